@@ -1,0 +1,57 @@
+// Shape logic shared by the CPU and CUDA depthwise-convolution kernels.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace proxynas_fast {
+
+struct DwConvGeometry {
+  int64_t N, C, H, W;  // input
+  int64_t M;           // channel multiplier (output channels = M * C)
+  int64_t KH, KW, SH, SW, PH, PW, DH, DW;
+  int64_t Ho, Wo;
+};
+
+inline DwConvGeometry dw_conv_geometry(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+                                       at::IntArrayRef padding, at::IntArrayRef dilation) {
+  TORCH_CHECK(input.dim() == 4, "dw_conv2d: input must be [N, C, H, W], got ", input.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == 1, "dw_conv2d: weight must be [M*C, 1, KH, KW], got ",
+              weight.sizes());
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "dw_conv2d: stride, padding and dilation take 2 values each");
+  TORCH_CHECK(input.scalar_type() == weight.scalar_type(), "dw_conv2d: input (", input.scalar_type(),
+              ") and weight (", weight.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK(input.device() == weight.device(), "dw_conv2d: input and weight must be on the same device");
+  DwConvGeometry g;
+  g.N = input.size(0);
+  g.C = input.size(1);
+  g.H = input.size(2);
+  g.W = input.size(3);
+  TORCH_CHECK(g.C > 0 && weight.size(0) % g.C == 0, "dw_conv2d: weight has ", weight.size(0),
+              " output channels, not a multiple of the ", g.C, " input channels");
+  g.M = weight.size(0) / g.C;
+  g.KH = weight.size(2);
+  g.KW = weight.size(3);
+  g.SH = stride[0];
+  g.SW = stride[1];
+  g.PH = padding[0];
+  g.PW = padding[1];
+  g.DH = dilation[0];
+  g.DW = dilation[1];
+  TORCH_CHECK(g.SH > 0 && g.SW > 0 && g.DH > 0 && g.DW > 0, "dw_conv2d: stride and dilation must be positive");
+  TORCH_CHECK(g.PH >= 0 && g.PW >= 0, "dw_conv2d: padding must be non-negative");
+  g.Ho = (g.H + 2 * g.PH - g.DH * (g.KH - 1) - 1) / g.SH + 1;
+  g.Wo = (g.W + 2 * g.PW - g.DW * (g.KW - 1) - 1) / g.SW + 1;
+  TORCH_CHECK(g.Ho > 0 && g.Wo > 0, "dw_conv2d: output would be empty for input ", input.sizes(), " and kernel ",
+              weight.sizes());
+  return g;
+}
+
+// Output columns wo whose input column wo*S + off lies in [0, W): [lo, hi).
+inline void valid_range(int64_t off, int64_t S, int64_t W, int64_t Wo, int64_t& lo, int64_t& hi) {
+  lo = off >= 0 ? 0 : (-off + S - 1) / S;
+  int64_t last = W - 1 - off;  // wo*S <= last
+  hi = last < 0 ? 0 : std::min<int64_t>(Wo, last / S + 1);
+  if (hi < lo) hi = lo;
+}
+
+}  // namespace proxynas_fast

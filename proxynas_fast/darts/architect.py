@@ -1,0 +1,202 @@
+"""Architecture-weight updates of DARTS (bi-level optimisation).
+
+The network weights w are trained on the training half, the architecture weights alpha on the validation half.
+`Architect.step` computes d L_val / d alpha and takes one Adam step (betas (0.5, 0.999)) on alpha:
+
+* first order (`unrolled=False`): the plain gradient of L_val(w, alpha), w held fixed;
+* second order (`unrolled=True`): the gradient through one virtual SGD step of the weights,
+      w' = w - eta * (momentum * buf + dL_train/dw + weight_decay * w),
+      grad = dL_val(w', alpha)/dalpha - eta * d2 L_train(w, alpha)/(dalpha dw) . v,    v = dL_val(w', alpha)/dw'.
+  The mixed second derivative times v is the finite difference
+      [dL_train(w + R v, alpha)/dalpha - dL_train(w - R v, alpha)/dalpha] / (2R),   R = 0.01 / ||v||,
+  as in the DARTS paper (Liu et al., 2019, eq. 7-8).
+
+Every forward pass runs in the model's current mode (training mode during search, so BatchNorm uses batch
+statistics and the extra passes update the running statistics, as in the reference implementation).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, List, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class SearchHyperparameters:
+    """Settings of a DARTS-style search; `Architect` reads momentum, weight_decay and the arch_* fields."""
+
+    batch_size: int
+    learning_rate: float  # initial SGD learning rate of the network weights (cosine-annealed)
+    learning_rate_min: float
+    momentum: float
+    weight_decay: float
+    epochs: int
+    init_channels: int
+    layers: int
+    grad_clip: float  # max gradient norm of the network weights
+    arch_learning_rate: float
+    arch_weight_decay: float
+    arch_begin_epoch: int = 0  # first epoch with architecture updates (PC-DARTS warms the weights up first)
+    warmup_epochs: int = 0  # linear learning-rate warm-up (PC-DARTS ImageNet, batch > 256)
+    train_portion: float = 0.5  # share of the search data used for weights; the rest trains alpha
+    unrolled: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# DARTS (Liu et al., 2019) CIFAR-10 search settings.
+DARTS_CIFAR_SEARCH = SearchHyperparameters(
+    batch_size=64, learning_rate=0.025, learning_rate_min=0.001, momentum=0.9, weight_decay=3e-4, epochs=50,
+    init_channels=16, layers=8, grad_clip=5.0, arch_learning_rate=3e-4, arch_weight_decay=1e-3,
+)
+
+ARCH_ADAM_BETAS = (0.5, 0.999)
+FINITE_DIFFERENCE_SCALE = 1e-2
+
+_REQUIRED = ("momentum", "weight_decay", "arch_learning_rate", "arch_weight_decay")
+
+
+def _setting(args: Any, name: str):
+    if isinstance(args, Mapping):
+        if name in args:
+            return args[name]
+    elif hasattr(args, name):
+        return getattr(args, name)
+    raise ValueError(f"Architect settings lack {name!r}; they need {', '.join(_REQUIRED)} "
+                     f"(got {type(args).__name__})")
+
+
+def _flatten(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+class Architect:
+    """Updates `model.arch_parameters()` with Adam on the validation loss.
+
+    `model` must provide `_loss(x, y)`, `arch_parameters()`, `weights_parameters()` and `new()` (all the search
+    networks in this package do). `args` is anything with the fields momentum, weight_decay (of the network's
+    SGD), arch_learning_rate and arch_weight_decay: an argparse Namespace, a dataclass or a dict.
+    """
+
+    def __init__(self, model, args, finite_difference_scale: float = FINITE_DIFFERENCE_SCALE):
+        self.model = model
+        # r in R = r / ||v||. The reference's 0.01 is large for ReLU/max-pool networks (the difference straddles
+        # kinks), but it is what DARTS uses; smaller values are useful for checking the maths on smooth models.
+        self.finite_difference_scale = float(finite_difference_scale)
+        self.network_momentum = float(_setting(args, "momentum"))
+        self.network_weight_decay = float(_setting(args, "weight_decay"))
+        self.optimizer = torch.optim.Adam(
+            self.model.arch_parameters(), lr=float(_setting(args, "arch_learning_rate")),
+            betas=ARCH_ADAM_BETAS, weight_decay=float(_setting(args, "arch_weight_decay")),
+        )
+        self._unrolled_model = None
+
+    # ----- public API -----
+    def step(self, input_train, target_train, input_valid, target_valid, eta: float,
+             network_optimizer: Optional[torch.optim.Optimizer], unrolled: bool) -> torch.Tensor:
+        """One Adam step on the architecture weights; returns the (detached) validation loss it used.
+
+        eta is the network's current learning rate (the size of the virtual step when `unrolled`).
+        """
+        grads, val_loss = self.arch_gradients(input_train, target_train, input_valid, target_valid,
+                                              eta, network_optimizer, unrolled)
+        self.optimizer.zero_grad()
+        for alpha, grad in zip(self.model.arch_parameters(), grads):
+            alpha.grad = grad
+        self.optimizer.step()
+        return val_loss
+
+    def arch_gradients(self, input_train, target_train, input_valid, target_valid, eta,
+                       network_optimizer, unrolled: bool):
+        """(d L_val / d alpha for each architecture tensor, validation loss); nothing is updated except
+        BatchNorm running statistics."""
+        if unrolled:
+            return self._unrolled_gradients(input_train, target_train, input_valid, target_valid,
+                                            eta, network_optimizer)
+        return self._first_order_gradients(input_valid, target_valid)
+
+    # ----- first order -----
+    def _first_order_gradients(self, input_valid, target_valid):
+        # autograd.grad rather than backward(): the weights' .grad stay untouched and their gradients are
+        # never computed, which the reference (whose loop zeroes them right after) pays for.
+        loss = self.model._loss(input_valid, target_valid)
+        grads = torch.autograd.grad(loss, self.model.arch_parameters())
+        return list(grads), loss.detach()
+
+    # ----- second order -----
+    def _unrolled_gradients(self, input_train, target_train, input_valid, target_valid, eta, network_optimizer):
+        unrolled = self._compute_unrolled_model(input_train, target_train, eta, network_optimizer)
+        loss = unrolled._loss(input_valid, target_valid)
+        arch = unrolled.arch_parameters()
+        weights = unrolled.weights_parameters()
+        grads = torch.autograd.grad(loss, arch + weights)
+        dalpha, vector = list(grads[: len(arch)]), list(grads[len(arch):])
+        implicit = self._hessian_vector_product(vector, input_train, target_train)
+        return [g - eta * ig for g, ig in zip(dalpha, implicit)], loss.detach()
+
+    def _momentum_term(self, weights, network_optimizer) -> List[torch.Tensor]:
+        """momentum * SGD momentum buffer, per weight (zeros before the optimiser's first step)."""
+        terms = []
+        for w in weights:
+            state = network_optimizer.state.get(w, {}) if network_optimizer is not None else {}
+            buf = state.get("momentum_buffer")
+            terms.append(torch.zeros_like(w) if buf is None else self.network_momentum * buf)
+        return terms
+
+    def _compute_unrolled_model(self, input_train, target_train, eta, network_optimizer):
+        """A copy of the model whose weights took one virtual SGD step (with momentum and weight decay) on the
+        training batch; the architecture weights are copied and are leaves of the copy."""
+        weights = self.model.weights_parameters()
+        loss = self.model._loss(input_train, target_train)
+        dtheta = torch.autograd.grad(loss, weights)
+        moments = self._momentum_term(weights, network_optimizer)
+        unrolled = self._unrolled_copy()
+        with torch.no_grad():
+            for dst, w, g, m in zip(unrolled.weights_parameters(), weights, dtheta, moments):
+                dst.copy_(w - eta * (m + g + self.network_weight_decay * w))
+        return unrolled
+
+    def _unrolled_copy(self):
+        """`model.new()` built once and refreshed each step (weights, buffers, alphas, backend) instead of a new
+        network per step as in the reference; same values, no repeated construction."""
+        ref = next(self.model.parameters())
+        cached = self._unrolled_model
+        if cached is None or next(cached.parameters()).device != ref.device \
+                or next(cached.parameters()).dtype != ref.dtype:
+            cached = self._unrolled_model = self.model.new()
+        cached.load_state_dict(self.model.state_dict())
+        with torch.no_grad():
+            for dst, src in zip(cached.arch_parameters(), self.model.arch_parameters()):
+                dst.copy_(src)
+        cached.backend = self.model.backend
+        cached.train(self.model.training)
+        return cached
+
+    def _hessian_vector_product(self, vector, input_train, target_train, r: Optional[float] = None):
+        """Central finite difference for d2 L_train / (dalpha dw) . vector at the model's current weights."""
+        r = self.finite_difference_scale if r is None else r
+        weights = self.model.weights_parameters()
+        arch = self.model.arch_parameters()
+        norm = float(_flatten(vector).norm())
+        if norm == 0.0:  # the validation loss is flat in w: no second-order correction
+            return [torch.zeros_like(a) for a in arch]
+        R = r / norm
+        saved = [w.detach().clone() for w in weights]
+        try:
+            with torch.no_grad():
+                for w, v in zip(weights, vector):
+                    w.add_(v, alpha=R)
+            grads_pos = torch.autograd.grad(self.model._loss(input_train, target_train), arch)
+            with torch.no_grad():
+                for w, w0, v in zip(weights, saved, vector):
+                    w.copy_(w0).sub_(v, alpha=R)
+            grads_neg = torch.autograd.grad(self.model._loss(input_train, target_train), arch)
+        finally:
+            # Put the exact weights back (also when a forward pass raised).
+            with torch.no_grad():
+                for w, w0 in zip(weights, saved):
+                    w.copy_(w0)
+        return [(p - n) / (2 * R) for p, n in zip(grads_pos, grads_neg)]

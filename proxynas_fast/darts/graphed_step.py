@@ -1,0 +1,110 @@
+"""One first-order DARTS search step, eager (`SearchStep`) or captured whole in a CUDA graph
+(`CudaGraphSearchStep`).
+
+A step is: architecture step (loss on the validation batch, backward, architecture optimiser step: Adam in
+DARTS) then weight step (loss on the training batch, backward, gradient-norm clip, weight optimiser step: SGD).
+
+The CUDA-graph version follows the torch.cuda.graphs recipe for whole-network capture: static input buffers,
+a few eager warm-up steps on a side stream (they allocate gradients, optimiser state and the fused cell's
+cached index tensors), then capture of forward + backward + optimiser steps, and replay after copying each new
+batch into the static buffers. Requirements (checked where possible):
+
+* every batch has the capture's shapes and dtypes;
+* Adam/AdamW must be built with `capturable=True` (their step counter then lives on the GPU);
+* learning rates are baked into the graph when they are Python floats: after changing one (an LR scheduler),
+  call `recapture()`, or give the optimisers tensor learning rates;
+* nothing in the step may synchronise with the host (no `.item()`); the fused cell satisfies this.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+Tensor = torch.Tensor
+
+
+class SearchStep:
+    """Eager first-order search step on `model` (a DARTS/PC-DARTS search network with `_loss` and
+    `weights_parameters()`)."""
+
+    def __init__(self, model: nn.Module, weight_optimizer: torch.optim.Optimizer,
+                 arch_optimizer: torch.optim.Optimizer, grad_clip: float = 5.0):
+        self.model = model
+        self.weight_optimizer = weight_optimizer
+        self.arch_optimizer = arch_optimizer
+        self.grad_clip = grad_clip
+        self._weights = list(model.weights_parameters())
+
+    def __call__(self, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor) -> Tuple[Tensor, Tensor]:
+        self.arch_optimizer.zero_grad(set_to_none=False)
+        arch_loss = self.model._loss(x_val, y_val)
+        arch_loss.backward()
+        self.arch_optimizer.step()
+
+        self.weight_optimizer.zero_grad(set_to_none=False)
+        weight_loss = self.model._loss(x_train, y_train)
+        weight_loss.backward()
+        nn.utils.clip_grad_norm_(self._weights, self.grad_clip)
+        self.weight_optimizer.step()
+        return arch_loss.detach(), weight_loss.detach()
+
+
+class CudaGraphSearchStep:
+    """`SearchStep` captured in one CUDA graph and replayed.
+
+    Usage:
+        step = CudaGraphSearchStep(model, w_opt, a_opt, example_batch=(xt, yt, xv, yv))
+        for xt, yt, xv, yv in loader:
+            arch_loss, weight_loss = step(xt, yt, xv, yv)   # tensors owned by the graph: clone to keep
+
+    The example batch fixes the shapes; it is used (and trains the model) for `warmup_steps` eager steps.
+    """
+
+    def __init__(self, model: nn.Module, weight_optimizer: torch.optim.Optimizer,
+                 arch_optimizer: torch.optim.Optimizer, example_batch: Sequence[Tensor], grad_clip: float = 5.0,
+                 warmup_steps: int = 3):
+        if not torch.cuda.is_available():
+            raise RuntimeError("CudaGraphSearchStep needs a CUDA device; use SearchStep on CPU")
+        if len(example_batch) != 4:
+            raise ValueError("example_batch must be (x_train, y_train, x_val, y_val)")
+        if any(not t.is_cuda for t in example_batch):
+            raise ValueError("CudaGraphSearchStep: the example batch must be on the GPU (model's device)")
+        param = next(model.parameters())
+        if not param.is_cuda:
+            raise ValueError("CudaGraphSearchStep: move the model to the GPU first")
+        for opt in (weight_optimizer, arch_optimizer):
+            if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)) and not all(
+                    g.get("capturable", False) for g in opt.param_groups):
+                raise ValueError(f"CudaGraphSearchStep: build {type(opt).__name__} with capturable=True so its "
+                                 "step counter stays on the GPU")
+        self._eager = SearchStep(model, weight_optimizer, arch_optimizer, grad_clip)
+        self._static_inputs = [t.detach().clone() for t in example_batch]
+        self._warmup_steps = int(warmup_steps)
+        self._graph: Optional[torch.cuda.CUDAGraph] = None
+        self._static_outputs: Optional[Tuple[Tensor, Tensor]] = None
+        self.recapture()
+
+    def recapture(self) -> None:
+        """(Re)run the warm-up steps and capture the step; needed after a learning-rate change."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(max(self._warmup_steps, 1)):
+                self._eager(*self._static_inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._static_outputs = self._eager(*self._static_inputs)
+        self._graph = graph
+
+    def __call__(self, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor) -> Tuple[Tensor, Tensor]:
+        for static, new, name in zip(self._static_inputs, (x_train, y_train, x_val, y_val),
+                                     ("x_train", "y_train", "x_val", "y_val")):
+            if new.shape != static.shape or new.dtype != static.dtype:
+                raise ValueError(f"CudaGraphSearchStep: {name} is {tuple(new.shape)} {new.dtype}, the captured "
+                                 f"step takes {tuple(static.shape)} {static.dtype}")
+            static.copy_(new, non_blocking=True)
+        self._graph.replay()
+        return self._static_outputs

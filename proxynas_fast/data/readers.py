@@ -1,0 +1,155 @@
+"""Readers for the on-disk layouts of each data set. Each returns arrays in the original order."""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from .base import DatasetError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as e:
+        raise DatasetError(f"{path}: not a readable CIFAR pickle batch ({e})") from None
+
+
+def read_cifar_pickle(root: Path, split: str, fine: bool) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """torchvision's `cifar-10-batches-py` / `cifar-100-python` layout."""
+    if fine:
+        files = [root / ("train" if split == "train" else "test")]
+        meta = _unpickle(root / "meta") if (root / "meta").exists() else {}
+        classes = meta.get("fine_label_names", [str(i) for i in range(100)])
+        label_key = "fine_labels"
+    else:
+        files = [root / f"data_batch_{i}" for i in range(1, 6)] if split == "train" else [root / "test_batch"]
+        meta = _unpickle(root / "batches.meta") if (root / "batches.meta").exists() else {}
+        classes = meta.get("label_names", [str(i) for i in range(10)])
+        label_key = "labels"
+    images, labels = [], []
+    for f in files:
+        if not f.exists():
+            raise DatasetError(f"{f}: missing CIFAR batch file")
+        d = _unpickle(f)
+        if "data" not in d or label_key not in d:
+            raise DatasetError(f"{f}: CIFAR batch without 'data'/'{label_key}' entries")
+        data = np.asarray(d["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3072:
+            raise DatasetError(f"{f}: expected rows of 3072 bytes, got shape {data.shape}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(d[label_key], dtype=np.int64))
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), list(classes)
+
+
+def read_svhn_mat(path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """SVHN's `train_32x32.mat`: X is [32, 32, 3, N], y in 1..10 where 10 means digit 0."""
+    from scipy.io import loadmat
+
+    try:
+        d = loadmat(str(path))
+    except Exception as e:  # noqa: BLE001 - scipy raises several types for bad files
+        raise DatasetError(f"{path}: not a readable SVHN .mat file ({e})") from None
+    if "X" not in d or "y" not in d:
+        raise DatasetError(f"{path}: SVHN .mat file without 'X'/'y'")
+    x = np.asarray(d["X"], dtype=np.uint8)
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+        raise DatasetError(f"{path}: expected X of shape [32,32,3,N], got {x.shape}")
+    y = np.asarray(d["y"], dtype=np.int64).reshape(-1) % 10
+    return np.ascontiguousarray(x.transpose(3, 0, 1, 2)), y
+
+
+def _decode_rgb(path: str, size: Optional[Tuple[int, int]]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot decode image ({e})") from None
+    if size is not None and arr.shape[:2] != size:
+        raise DatasetError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, expected {size[1]}x{size[0]}")
+    return arr
+
+
+def decode_images(paths: List[str], size: Tuple[int, int], threads: int = 0) -> np.ndarray:
+    """Decode equally sized images into one uint8 [N, H, W, 3] array (threads: PIL releases the GIL)."""
+    out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
+    threads = threads or min(8, os.cpu_count() or 1)
+
+    def work(i):
+        out[i] = _decode_rgb(paths[i], size)
+
+    with ThreadPoolExecutor(max_workers=threads) as ex:
+        list(ex.map(work, range(len(paths)), chunksize=256))
+    return out
+
+
+def list_class_folders(split_dir: Path) -> List[str]:
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise DatasetError(f"{split_dir}: no class folders (<class>/<image> layout expected)")
+    return classes
+
+
+def list_image_folder(split_dir: Path) -> Tuple[List[str], np.ndarray, List[str]]:
+    """All images under split_dir/<class>/, sorted by class then file name; labels = sorted class index."""
+    classes = list_class_folders(split_dir)
+    files, labels = [], []
+    for ci, c in enumerate(classes):
+        names = sorted(n for n in os.listdir(split_dir / c) if n.lower().endswith(IMAGE_SUFFIXES))
+        files += [str(split_dir / c / n) for n in names]
+        labels += [ci] * len(names)
+    if not files:
+        raise DatasetError(f"{split_dir}: no image files found")
+    return files, np.asarray(labels, np.int64), classes
+
+
+def read_order_file(order_file: Path, root: Path, classes: List[str]) -> Tuple[List[str], np.ndarray]:
+    """`index<TAB>path<TAB>label` lines mapping the original example index to its file (relative to root)."""
+    entries = {}
+    with open(order_file, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            s = line.strip()
+            if not s or s.startswith("#"):
+                continue
+            parts = s.split()
+            if len(parts) != 3:
+                raise DatasetError(f"{order_file}:{lineno}: expected 'index path label', got {s[:80]!r}")
+            try:
+                idx, label = int(parts[0]), int(parts[2])
+            except ValueError:
+                raise DatasetError(f"{order_file}:{lineno}: cannot parse index/label in {s[:80]!r}") from None
+            if idx in entries:
+                raise DatasetError(f"{order_file}:{lineno}: index {idx} appears twice")
+            rel = parts[1]
+            cls = Path(rel).parent.name
+            if cls in classes and classes.index(cls) != label:
+                raise DatasetError(f"{order_file}:{lineno}: label {label} disagrees with class folder {cls!r} "
+                                   f"(index {classes.index(cls)})")
+            entries[idx] = (str(root / rel), label)
+    n = len(entries)
+    if sorted(entries) != list(range(n)):
+        missing = sorted(set(range(n)) - set(entries))[:5]
+        raise DatasetError(f"{order_file}: indices are not 0..{n - 1} (missing e.g. {missing})")
+    files = [entries[i][0] for i in range(n)]
+    labels = np.asarray([entries[i][1] for i in range(n)], np.int64)
+    return files, labels
+
+
+def cache_key(files: List[str]) -> str:
+    """Identifies a list of files by their paths, sizes and modification times."""
+    h = hashlib.sha1()
+    for p in files:
+        st = os.stat(p)
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,100 @@
+"""Depthwise 2-D convolution with a channel multiplier (`proxynas_fast::dw_conv2d`), differentiable.
+
+input [N, C, H, W], weight [M*C, 1, KH, KW] -> [N, M*C, Ho, Wo]; output channel m*C + c convolves input channel
+c with kernel m*C + c. With M = 1 this is `F.conv2d(input, weight, groups=C)`; with M > 1 it computes M
+depthwise convolutions of the same input at once, their outputs as M contiguous channel blocks (the fused DARTS
+cell uses one block per edge that reads the same node).
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from .. import extension
+
+Tensor = torch.Tensor
+IntPair = Union[int, Sequence[int]]
+
+
+def _pair(name: str, v: IntPair) -> Tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(x) for x in v)
+    if len(v) != 2:
+        raise ValueError(f"dw_conv2d: {name} must be an int or 2 ints, got {v}")
+    return v
+
+
+def _check(input: Tensor, weight: Tensor) -> int:
+    if input.dim() != 4:
+        raise ValueError(f"dw_conv2d: input must be [N, C, H, W], got shape {tuple(input.shape)}")
+    if weight.dim() != 4 or weight.shape[1] != 1:
+        raise ValueError(f"dw_conv2d: weight must be [M*C, 1, KH, KW], got shape {tuple(weight.shape)}")
+    C = input.shape[1]
+    if C == 0 or weight.shape[0] % C != 0:
+        raise ValueError(f"dw_conv2d: weight's {weight.shape[0]} output channels are not a multiple of the "
+                         f"input's {C} channels")
+    return weight.shape[0] // C
+
+
+def dw_conv2d_reference(input: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair = 0,
+                        dilation: IntPair = 1) -> Tensor:
+    """Pure-PyTorch definition (ground truth of the tests, and the fallback without the extension)."""
+    M = _check(input, weight)
+    x = input.repeat(1, M, 1, 1) if M > 1 else input
+    return F.conv2d(x, weight, None, _pair("stride", stride), _pair("padding", padding),
+                    _pair("dilation", dilation), groups=weight.shape[0])
+
+
+def dw_conv2d(input: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair = 0,
+              dilation: IntPair = 1) -> Tensor:
+    """Depthwise convolution (see module docstring). Under torch.autocast both operands are cast to the autocast
+    dtype, like F.conv2d; bfloat16/float16 are computed in float32 on CPU."""
+    _check(input, weight)
+    s, p, d = _pair("stride", stride), _pair("padding", padding), _pair("dilation", dilation)
+    device_type = input.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        input, weight = input.to(dtype), weight.to(dtype)
+    elif weight.dtype != input.dtype:
+        raise ValueError(f"dw_conv2d: input ({input.dtype}) and weight ({weight.dtype}) dtypes differ")
+    if not extension.has_kernels_for(input.device):
+        extension.warn_fallback("dw_conv2d", input.device)
+        return dw_conv2d_reference(input, weight, s, p, d)
+    with torch.autocast(device_type, enabled=False):
+        return torch.ops.proxynas_fast.dw_conv2d(input, weight, list(s), list(p), list(d))
+
+
+def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+if extension.has_cpu_kernels():
+
+    @torch.library.register_fake("proxynas_fast::dw_conv2d")
+    def _dw_conv2d_fake(input, weight, stride, padding, dilation):
+        N, _, H, W = input.shape
+        KH, KW = weight.shape[2], weight.shape[3]
+        return input.new_empty((N, weight.shape[0], _out_size(H, KH, stride[0], padding[0], dilation[0]),
+                                _out_size(W, KW, stride[1], padding[1], dilation[1])))
+
+    @torch.library.register_fake("proxynas_fast::dw_conv2d_backward")
+    def _dw_conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, output_mask):
+        return (torch.empty_like(input) if output_mask[0] else None,
+                torch.empty_like(weight) if output_mask[1] else None)
+
+    def _setup_context(ctx, inputs, output):
+        input, weight, stride, padding, dilation = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.conv_args = (stride, padding, dilation)
+
+    def _backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
+        grad_input, grad_weight = torch.ops.proxynas_fast.dw_conv2d_backward(
+            grad_output, input, weight, *ctx.conv_args, mask)
+        return grad_input, grad_weight, None, None, None
+
+    torch.library.register_autograd("proxynas_fast::dw_conv2d", _backward, setup_context=_setup_context)

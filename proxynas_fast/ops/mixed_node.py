@@ -1,0 +1,139 @@
+"""Kernels of the fused DARTS mixed node (`proxynas_fast::channel_*`).
+
+A node is sum_k a_k * normalize_k(z_k) over every candidate op k of every incoming edge; with the per-channel
+normalisation folded into the weights that is `bias[c] + sum_k scale[k, c] * z_k`, computed in one pass
+(`channel_weighted_sum`). The backward pass needs the per-channel sums of the gradient and of gradient * z_k
+(`channel_dot_sums`) and then one elementwise pass per term (`channel_affine_combine`). `channel_moments` gives
+the batch statistics. All terms have one shape [N, C, H, W]; they may be channel-block views of bigger tensors.
+
+Each function uses the compiled kernel when there is one for the device, else the pure-PyTorch reference
+(`*_reference`), which also defines the semantics for the tests. Statistics come back in float32 (float64 for
+float64 inputs).
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+
+from .. import extension
+
+Tensor = torch.Tensor
+_DIMS = (0, 2, 3)
+
+
+def _stats_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _check_terms(op: str, terms: Sequence[Tensor], like: Tensor = None) -> None:
+    if like is None:
+        if len(terms) == 0:
+            raise ValueError(f"{op}: needs at least one term")
+        like = terms[0]
+    if like.dim() != 4:
+        raise ValueError(f"{op}: tensors must be [N, C, H, W], got shape {tuple(like.shape)}")
+    for k, t in enumerate(terms):
+        if t.shape != like.shape or t.dtype != like.dtype or t.device != like.device:
+            raise ValueError(f"{op}: term {k} is {tuple(t.shape)} {t.dtype} on {t.device}, expected "
+                             f"{tuple(like.shape)} {like.dtype} on {like.device}")
+
+
+def _use_kernel(op: str, t: Tensor) -> bool:
+    if extension.has_kernels_for(t.device):
+        return True
+    extension.warn_fallback(op, t.device)
+    return False
+
+
+# ----- references -----
+def channel_moments_reference(terms: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+    dt = _stats_dtype(terms[0])
+    pairs = [torch.var_mean(t.to(dt), dim=_DIMS, unbiased=False) for t in terms]
+    return torch.stack([m for _, m in pairs]), torch.stack([v for v, _ in pairs])
+
+
+def channel_weighted_sum_reference(terms: Sequence[Tensor], scale: Tensor, bias: Tensor) -> Tensor:
+    dt = _stats_dtype(terms[0])
+    out = bias.to(dt).view(1, -1, 1, 1).expand(terms[0].shape).clone()
+    for k, t in enumerate(terms):
+        out.add_(t.to(dt) * scale[k].to(dt).view(1, -1, 1, 1))
+    return out.to(terms[0].dtype)
+
+
+def channel_dot_sums_reference(grad: Tensor, terms: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+    dt = _stats_dtype(grad)
+    g = grad.to(dt)
+    sgz = [(g * t.to(dt)).sum(_DIMS) for t in terms]
+    return g.sum(_DIMS), torch.stack(sgz) if sgz else g.new_zeros((0, g.shape[1]))
+
+
+def channel_affine_combine_reference(grad: Tensor, terms: Sequence[Tensor], a: Tensor, b: Tensor,
+                                     c: Tensor) -> List[Tensor]:
+    dt = _stats_dtype(grad)
+    g = grad.to(dt)
+    col = lambda v: v.to(dt).view(1, -1, 1, 1)  # noqa: E731
+    return [(col(a[k]) * g + col(b[k]) * t.to(dt) + col(c[k])).to(grad.dtype) for k, t in enumerate(terms)]
+
+
+# ----- public entry points -----
+def channel_moments(terms: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance of each term: two [K, C] tensors."""
+    terms = list(terms)
+    _check_terms("channel_moments", terms)
+    if _use_kernel("channel_moments", terms[0]):
+        return torch.ops.proxynas_fast.channel_moments(terms)
+    return channel_moments_reference(terms)
+
+
+def channel_weighted_sum(terms: Sequence[Tensor], scale: Tensor, bias: Tensor) -> Tensor:
+    """bias[c] + sum_k scale[k, c] * terms[k], in the terms' dtype (accumulated in float32/float64)."""
+    terms = list(terms)
+    _check_terms("channel_weighted_sum", terms)
+    K, C = len(terms), terms[0].shape[1]
+    if tuple(scale.shape) != (K, C) or tuple(bias.shape) != (C,):
+        raise ValueError(f"channel_weighted_sum: scale must be [{K}, {C}] and bias [{C}], got "
+                         f"{tuple(scale.shape)} and {tuple(bias.shape)}")
+    if _use_kernel("channel_weighted_sum", terms[0]):
+        return torch.ops.proxynas_fast.channel_weighted_sum(terms, scale, bias)
+    return channel_weighted_sum_reference(terms, scale, bias)
+
+
+def channel_dot_sums(grad: Tensor, terms: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+    """(sum of grad per channel [C], sum of grad * terms[k] per channel [K, C])."""
+    terms = list(terms)
+    _check_terms("channel_dot_sums", terms, grad)
+    if _use_kernel("channel_dot_sums", grad):
+        return torch.ops.proxynas_fast.channel_dot_sums(grad, terms)
+    return channel_dot_sums_reference(grad, terms)
+
+
+def channel_affine_combine(grad: Tensor, terms: Sequence[Tensor], a: Tensor, b: Tensor, c: Tensor) -> List[Tensor]:
+    """[a[k, c] * grad + b[k, c] * terms[k] + c[k, c] for each k], in grad's dtype."""
+    terms = list(terms)
+    _check_terms("channel_affine_combine", terms, grad)
+    if _use_kernel("channel_affine_combine", grad):
+        return list(torch.ops.proxynas_fast.channel_affine_combine(grad, terms, a, b, c))
+    return channel_affine_combine_reference(grad, terms, a, b, c)
+
+
+if extension.has_cpu_kernels():
+
+    @torch.library.register_fake("proxynas_fast::channel_moments")
+    def _moments_fake(terms):
+        t = terms[0]
+        shape = (len(terms), t.shape[1])
+        return t.new_empty(shape, dtype=_stats_dtype(t)), t.new_empty(shape, dtype=_stats_dtype(t))
+
+    @torch.library.register_fake("proxynas_fast::channel_weighted_sum")
+    def _weighted_sum_fake(terms, scale, bias):
+        return torch.empty_like(terms[0], memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("proxynas_fast::channel_dot_sums")
+    def _dot_sums_fake(grad, terms):
+        dt = _stats_dtype(grad)
+        return grad.new_empty((grad.shape[1],), dtype=dt), grad.new_empty((len(terms), grad.shape[1]), dtype=dt)
+
+    @torch.library.register_fake("proxynas_fast::channel_affine_combine")
+    def _affine_combine_fake(grad, terms, a, b, c):
+        return [torch.empty_like(grad, memory_format=torch.contiguous_format) for _ in terms]

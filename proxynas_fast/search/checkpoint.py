@@ -1,0 +1,85 @@
+"""Per-epoch search checkpoints: written atomically, restored exactly.
+
+A checkpoint holds everything the next epoch depends on: network weights and buffers, the architecture
+weights, both optimisers, the learning-rate schedule, the epoch counter, the loaders' state and the RNG
+states of Python, NumPy and torch (CPU and every CUDA device). Restoring it and running the remaining
+epochs gives the same result as never stopping (bitwise on CPU with --deterministic).
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        # A resume on fewer devices restores those it has.
+        for i, s in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
+
+
+def save_checkpoint(path, state: Dict[str, Any]) -> None:
+    """torch.save into a temporary file beside `path`, fsync, then rename over it: a reader (or a resume
+    after a crash) sees the old checkpoint or the new one, never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(state, format_version=FORMAT_VERSION), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path, map_location: Any = "cpu") -> Dict[str, Any]:
+    path = Path(path)
+    try:
+        # Our own file: it holds RNG tuples and numpy arrays, which weights_only loading refuses.
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unpickling failure: say which file
+        raise RuntimeError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to start over")
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise RuntimeError(f"checkpoint {path} is not a proxynas_fast search checkpoint (format "
+                           f"{state.get('format_version') if isinstance(state, dict) else type(state).__name__})")
+    return state
+
+
+def remove_stale_temporaries(folder) -> None:
+    """Delete half-written checkpoint temporaries left by a killed run."""
+    for p in Path(folder).glob(f".{CHECKPOINT_NAME}.*.tmp"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def find_checkpoint(folder) -> Optional[Path]:
+    p = Path(folder) / CHECKPOINT_NAME
+    return p if p.is_file() else None

@@ -1,0 +1,293 @@
+"""Search configuration: paper defaults, strategy defaults, presets and the command line.
+
+A value is resolved in this order, later ones winning:
+  1. the paper's first-order DARTS settings (`PAPER_DEFAULTS`),
+  2. the strategy's own defaults where its paper differs (PC-DARTS: batch 256, lr 0.1, ...),
+  3. the preset (`paper` adds nothing; `cpu-demo` shrinks the run to minutes on two CPU cores),
+  4. flags given on the command line (or keys given to `resolve_config`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .strategies import SearchError, get_strategy, list_strategies
+
+DATASET_NAMES = ("cifar10", "cifar100", "svhn", "imagenet")
+BACKENDS = ("reference", "fused")
+
+# The proxy-data paper's search settings (those of DARTS, Liu et al. 2019, CIFAR-10).
+PAPER_DEFAULTS: Dict[str, Any] = dict(
+    epochs=50, batch_size=64, learning_rate=0.025, learning_rate_min=0.001, momentum=0.9, weight_decay=3e-4,
+    arch_learning_rate=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3, grad_clip=5.0, layers=8,
+    init_channels=16, arch_begin_epoch=0, portion=0.1,
+)
+
+# Preset values, common to all strategies, then per strategy.
+PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "paper": {"common": {}},
+    # Real CIFAR-10, 1000 proxy images (500 per half), a small supernet, 3 epochs: a few minutes on 2 cores.
+    "cpu-demo": {
+        "common": dict(portion=0.02, init_channels=8, layers=5, batch_size=32, epochs=3, learning_rate=0.025,
+                       learning_rate_min=0.001),
+        "pcdarts": dict(arch_begin_epoch=1),
+    },
+}
+
+
+@dataclass
+class SearchConfig:
+    dataset: str
+    out: str
+    data_dir: Optional[str] = None
+    download: bool = True
+    # proxy selection
+    entropy_file: Optional[str] = None
+    scorer_checkpoint: Optional[str] = None
+    scorer_arch: Optional[str] = None  # default: the paper's scorer for the data set
+    selection: str = "p1"
+    portion: Optional[float] = 0.1
+    count: Optional[int] = None
+    bin_width: Optional[float] = None  # default: the paper's width for the data set
+    selection_options: Dict[str, Any] = field(default_factory=dict)
+    weight_fraction: float = 0.5  # share of the proxy set that trains the weights; the rest trains alpha
+    # search
+    strategy: str = "darts"
+    preset: str = "paper"
+    epochs: int = 50
+    batch_size: int = 64  # per process
+    learning_rate: float = 0.025
+    learning_rate_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    arch_learning_rate: float = 3e-4
+    arch_betas: Tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    arch_begin_epoch: int = 0  # epochs of weight-only training before alpha updates start
+    grad_clip: float = 5.0
+    layers: int = 8
+    init_channels: int = 16
+    image_size: Optional[int] = None  # ImageNet only (default 224)
+    cutout: int = 0
+    # run
+    seed: int = 2
+    deterministic: bool = False
+    backend: Optional[str] = None  # None: `default_backend()`
+    device: str = "auto"
+    loader_backend: str = "auto"  # ImageNet decoding backend
+    resume: bool = False
+    tensorboard: bool = False
+    progress: Optional[bool] = None  # None: on when stderr is a terminal
+    log_every: int = 50  # steps between step records in log.jsonl
+
+    # ----- (de)serialisation -----
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["arch_betas"] = list(self.arch_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SearchConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SearchError(f"unknown configuration key(s) {unknown}")
+        values = dict(d)
+        if "arch_betas" in values:
+            values["arch_betas"] = tuple(float(b) for b in values["arch_betas"])
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    # ----- checks that need no data -----
+    def validate(self) -> "SearchConfig":
+        def bad(flag, why):
+            raise SearchError(f"--{flag.replace('_', '-')}: {why}")
+
+        if self.dataset not in DATASET_NAMES:
+            bad("dataset", f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
+        get_strategy(self.strategy)
+        if self.preset not in PRESETS:
+            bad("preset", f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.entropy_file and self.scorer_checkpoint:
+            raise SearchError("give either --entropy-file or --scorer-checkpoint, not both")
+        if self.selection != "random" and not (self.entropy_file or self.scorer_checkpoint):
+            raise SearchError(
+                f"--selection {self.selection} ranks examples by entropy: pass --entropy-file FILE (lines "
+                f"'index<TAB>entropy<TAB>label', e.g. from `python -m proxynas_fast.score`) or "
+                f"--scorer-checkpoint CKPT to score the {self.dataset} training set first. Only "
+                f"--selection random needs neither.")
+        if self.portion is not None and self.count is not None:
+            raise SearchError(f"give either --portion ({self.portion}) or --count ({self.count}), not both")
+        if self.portion is None and self.count is None:
+            raise SearchError("give --portion (0 < p <= 1) or --count (number of proxy examples)")
+        if self.portion is not None and not (math.isfinite(self.portion) and 0 < self.portion <= 1):
+            bad("portion", f"must be in (0, 1], got {self.portion}")
+        if self.count is not None and self.count < 2:
+            bad("count", f"must be at least 2 (one example per half), got {self.count}")
+        if not 0 < self.weight_fraction < 1:
+            bad("weight_fraction", f"must be strictly between 0 and 1, got {self.weight_fraction}")
+        for name in ("epochs", "batch_size", "layers", "init_channels", "log_every"):
+            if int(getattr(self, name)) < 1:
+                bad(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.init_channels % 2:
+            bad("init_channels", f"must be even (factorized reductions halve it), got {self.init_channels}")
+        if self.arch_begin_epoch < 0:
+            bad("arch_begin_epoch", f"must be >= 0, got {self.arch_begin_epoch}")
+        if not self.learning_rate > 0:
+            bad("learning_rate", f"must be > 0, got {self.learning_rate}")
+        if not 0 <= self.learning_rate_min <= self.learning_rate:
+            bad("learning_rate_min", f"must be in [0, learning rate {self.learning_rate}], "
+                                     f"got {self.learning_rate_min}")
+        if not self.arch_learning_rate > 0:
+            bad("arch_learning_rate", f"must be > 0, got {self.arch_learning_rate}")
+        if len(self.arch_betas) != 2 or not all(0 <= b < 1 for b in self.arch_betas):
+            bad("arch_betas", f"must be two numbers in [0, 1), got {self.arch_betas}")
+        for name in ("momentum", "weight_decay", "arch_weight_decay", "cutout"):
+            if getattr(self, name) < 0:
+                bad(name, f"must be >= 0, got {getattr(self, name)}")
+        if not self.grad_clip > 0:
+            bad("grad_clip", f"must be > 0, got {self.grad_clip}")
+        if self.image_size is not None:
+            if self.dataset != "imagenet":
+                bad("image_size", f"only ImageNet images are resized; {self.dataset} is searched at its "
+                                  "native 32x32")
+            if self.image_size < 16:
+                bad("image_size", f"must be at least 16 (the ImageNet stem downsamples 8x), got {self.image_size}")
+        if self.backend is not None and self.backend not in BACKENDS:
+            bad("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            bad("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        return self
+
+
+def resolve_config(overrides: Mapping[str, Any]) -> SearchConfig:
+    """Layer paper defaults, strategy defaults, the preset and `overrides` (only keys the user set)."""
+    overrides = dict(overrides)
+    strategy = get_strategy(overrides.get("strategy", "darts"))
+    preset = overrides.get("preset", "paper")
+    if preset not in PRESETS:
+        raise SearchError(f"--preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    values: Dict[str, Any] = dict(PAPER_DEFAULTS)
+    values.update(strategy.defaults)
+    values.update(PRESETS[preset]["common"])
+    values.update(PRESETS[preset].get(strategy.name, {}))
+    if "count" in overrides and "portion" not in overrides:
+        values["portion"] = None  # --count replaces the default portion
+    values.update(overrides)
+    values["strategy"] = strategy.name
+    values["preset"] = preset
+    for key in ("dataset", "out"):
+        if key not in values:
+            raise SearchError(f"--{key} is required")
+    return SearchConfig.from_dict(values).validate()
+
+
+def default_backend() -> str:
+    """'fused' when proxynas_fast.darts.fused imports and reports itself available, else 'reference'."""
+    try:
+        from proxynas_fast.darts import fused
+    except ImportError:
+        return "reference"
+    probe = getattr(fused, "is_available", None) or getattr(fused, "available", None)
+    try:
+        return "fused" if probe is not None and bool(probe()) else "reference"
+    except Exception:  # noqa: BLE001 - a failing probe means the fused path is not usable
+        return "reference"
+
+
+# ----- command line -----
+def _option_value(text: str):
+    """KEY=VALUE values from --selection-option: JSON when it parses (numbers, true/false), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_option(text: str) -> Tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.replace("-", "_"), _option_value(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    S = argparse.SUPPRESS  # unset flags stay out of the namespace, so presets and strategies can fill them
+    p = argparse.ArgumentParser(
+        prog="python -m proxynas_fast.search",
+        description="Select a proxy set by entropy and run a differentiable architecture search on it. "
+                    "Writes genotype.json, alphas.pt, cell drawings, the proxy index files, config.json and "
+                    "log.jsonl to --out. Run under torchrun for several processes.",
+        argument_default=S,
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help=f"one of {', '.join(DATASET_NAMES)}")
+    g.add_argument("--data-dir", help="data folder (default: $PROXYNAS_DATA, else ./data)")
+    g.add_argument("--no-download", dest="download", action="store_false",
+                   help="never download a missing data set")
+    g.add_argument("--image-size", type=int, help="ImageNet crop size (default 224)")
+    g.add_argument("--cutout", type=int, help="cutout length for the search batches (default 0: off)")
+    g.add_argument("--loader-backend", help="ImageNet decoding backend (auto, dali, pil, ...)")
+
+    g = p.add_argument_group("proxy selection")
+    g.add_argument("--entropy-file", help="per-example entropies: index<TAB>entropy<TAB>label")
+    g.add_argument("--scorer-checkpoint", help="score the training set with this scorer checkpoint first")
+    g.add_argument("--scorer-arch", help="scorer network (default: the paper's for the data set)")
+    g.add_argument("--selection", help="selection method (default p1; random needs no entropies)")
+    g.add_argument("--portion", type=float, help="share of the training set to select (default 0.1)")
+    g.add_argument("--count", type=int, help="number of examples to select instead of --portion")
+    g.add_argument("--bin-width", type=float, help="histogram bin width over log10(entropy)")
+    g.add_argument("--selection-option", dest="selection_options", type=_parse_option, action="append",
+                   metavar="KEY=VALUE", help="extra option for the selection method (repeatable)")
+    g.add_argument("--weight-fraction", type=float, help="share of the proxy set for the weights (0.5)")
+
+    g = p.add_argument_group("search")
+    g.add_argument("--strategy", help=f"one of {', '.join(list_strategies())} (default darts)")
+    g.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default paper)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int, help="batch size per process")
+    g.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float)
+    g.add_argument("--learning-rate-min", type=float, help="end of the cosine schedule")
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--arch-learning-rate", type=float)
+    g.add_argument("--arch-betas", type=float, nargs=2, metavar=("BETA1", "BETA2"))
+    g.add_argument("--arch-weight-decay", type=float)
+    g.add_argument("--arch-begin-epoch", type=int,
+                   help="epochs of weight-only warm-up before architecture updates (PC-DARTS: 15)")
+    g.add_argument("--grad-clip", type=float)
+    g.add_argument("--layers", type=int, help="cells in the supernet")
+    g.add_argument("--init-channels", type=int)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--out", help="output folder")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (starts fresh if it has none)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels and seeded loaders (bitwise-reproducible on CPU)")
+    g.add_argument("--backend", help="supernet cell implementation: reference or fused "
+                                     "(default: fused when available)")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--log-every", type=int, help="steps between step records in log.jsonl (default 50)")
+    p.add_argument("--list-strategies", action="store_true", help="list the search strategies and exit")
+    return p
+
+
+def overrides_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """The flags the user actually gave, as config keys."""
+    d = dict(vars(args))
+    d.pop("list_strategies", None)
+    if "selection_options" in d:
+        d["selection_options"] = dict(d["selection_options"])
+    if "arch_betas" in d:
+        d["arch_betas"] = tuple(d["arch_betas"])
+    return d

@@ -1,0 +1,141 @@
+"""One search epoch: alternate architecture and weight steps over the two proxy halves; and validation.
+
+Per step (as in DARTS): one architecture step on a batch of the architecture half (skipped during the warm-up
+epochs), then one SGD step of the network weights on a batch of the weight half. Under DDP the weight
+gradients are averaged by DDP and the architecture gradients by `arch_step`, so every rank applies the same
+updates and the alphas stay identical on all ranks.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from .distributed import DistContext, all_reduce_mean_, all_reduce_sum, broadcast_
+
+
+@dataclass
+class EpochMetrics:
+    loss: float
+    accuracy: float  # top-1, percent
+    examples: int  # over all ranks
+    seconds: float
+
+
+class _Running:
+    """Loss and top-1 sums kept on the device (no host sync per step)."""
+
+    def __init__(self, device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.count = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
+        n = target.shape[0]
+        self.loss += loss.detach().double() * n
+        self.correct += (logits.detach().argmax(dim=1) == target).sum()
+        self.count += n
+
+    def local(self):
+        return float(self.loss), int(self.correct), self.count
+
+    def reduce(self, ctx: DistContext, seconds: float) -> EpochMetrics:
+        loss, correct, count = all_reduce_sum(self.local(), ctx, self.loss.device)
+        count = int(round(count))
+        return EpochMetrics(loss / max(count, 1), 100.0 * correct / max(count, 1), count, seconds)
+
+
+def arch_step(architect, x_train, y_train, x_arch, y_arch, eta: float, network_optimizer, unrolled: bool,
+              ctx: DistContext) -> torch.Tensor:
+    """`Architect.step` with the architecture gradients averaged over ranks before the Adam update."""
+    grads, loss = architect.arch_gradients(x_train, y_train, x_arch, y_arch, eta, network_optimizer, unrolled)
+    all_reduce_mean_(grads, ctx)
+    architect.optimizer.zero_grad()
+    for alpha, grad in zip(architect.model.arch_parameters(), grads):
+        alpha.grad = grad
+    architect.optimizer.step()
+    return loss
+
+
+def weight_step(model: nn.Module, forward_model: nn.Module, optimizer, criterion, x, y, grad_clip: float):
+    """One SGD step of the network weights; `forward_model` is the DDP wrapper (or the model itself)."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = forward_model(x)
+    loss = criterion(logits, y)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.weights_parameters(), grad_clip)
+    optimizer.step()
+    return logits, loss
+
+
+def steps_per_epoch(weight_loader, arch_loader, ctx: DistContext, device) -> int:
+    """Both halves are consumed in lock step; every rank must run the same number of steps (DDP)."""
+    steps = min(len(weight_loader), len(arch_loader))
+    if ctx.enabled:
+        t = torch.tensor([steps], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        steps = int(t.item())
+    return steps
+
+
+def train_epoch(*, model, forward_model, architect, optimizer, criterion, weight_loader, arch_loader,
+                lr: float, grad_clip: float, update_arch: bool, unrolled: bool, ctx: DistContext, device,
+                progress: bool = False, description: str = "",
+                on_step: Optional[Callable[[int, int, float, float], None]] = None,
+                log_every: int = 50) -> EpochMetrics:
+    """Train one epoch; returns loss and top-1 of the weight steps over all ranks.
+
+    on_step(step, steps, mean_loss, accuracy) is called every `log_every` steps (local running values).
+    """
+    model.train()
+    start = time.perf_counter()
+    steps = steps_per_epoch(weight_loader, arch_loader, ctx, device)
+    running = _Running(device)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc=description, leave=False, file=sys.stderr, dynamic_ncols=True)
+    arch_batches = iter(arch_loader)
+    weight_batches = iter(weight_loader)
+    for step in range(steps):
+        x, y = next(weight_batches)
+        if update_arch:
+            x_arch, y_arch = next(arch_batches)
+            arch_step(architect, x, y, x_arch, y_arch, lr, optimizer, unrolled, ctx)
+        logits, loss = weight_step(model, forward_model, optimizer, criterion, x, y, grad_clip)
+        running.add(loss, logits, y)
+        done = step + 1
+        report = done % log_every == 0 or done == steps
+        if bar is not None:
+            bar.update(1)
+            if report or done % 10 == 0:
+                loss_sum, correct, count = running.local()
+                bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{100.0 * correct / count:.1f}")
+        if report and on_step is not None:
+            loss_sum, correct, count = running.local()
+            on_step(done, steps, loss_sum / count, 100.0 * correct / count)
+    if bar is not None:
+        bar.close()
+    return running.reduce(ctx, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def validate(model, criterion, loader, ctx: DistContext, device) -> EpochMetrics:
+    """Loss and top-1 on the architecture half in eval mode (BatchNorm running statistics), over all ranks.
+
+    Ranks first take rank 0's BatchNorm statistics, so every rank evaluates the same network."""
+    start = time.perf_counter()
+    broadcast_(list(model.buffers()), ctx)
+    model.eval()
+    running = _Running(device)
+    for x, y in loader:
+        logits = model(x)
+        running.add(criterion(logits, y), logits, y)
+    model.train()
+    return running.reduce(ctx, time.perf_counter() - start)

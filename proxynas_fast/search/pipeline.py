@@ -1,0 +1,416 @@
+"""The whole search pipeline: entropies (read, or scored) -> proxy selection -> 50/50 split -> search.
+
+`run_search(config)` runs it in this process; under torchrun every process calls it and they cooperate
+(DDP). Output files are described in `outputs.py`; resuming is described in `checkpoint.py`.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from proxynas_fast.entropy_file import EntropyTable, read_entropy_file
+from proxynas_fast.darts.genotypes import genotype_to_dict
+from proxynas_fast.selection import PROXY_FILES, write_proxy_files
+
+from . import checkpoint as ckpt
+from . import outputs
+from .config import SearchConfig, default_backend
+from .distributed import (DistContext, barrier, broadcast_, init_distributed, shutdown, wrap_model)
+from .loop import EpochMetrics, train_epoch, validate
+from .strategies import SearchError, get_strategy
+
+# Fields that may change between a run and its resume without changing its result.
+RESUME_MAY_DIFFER = {"resume", "progress", "tensorboard", "log_every", "data_dir", "loader_backend", "device",
+                     "download"}
+SCORED_ENTROPY_NAME = "entropy.txt"
+
+
+@dataclass
+class ProxySplit:
+    """The proxy set by data-set index (sorted), and its weight / architecture halves."""
+
+    selected: np.ndarray
+    weights: np.ndarray
+    arch: np.ndarray
+    entropy_source: Optional[str] = None  # the entropy file used (None: random selection without one)
+
+
+@dataclass
+class SearchComponents:
+    model: nn.Module
+    forward_model: nn.Module  # DDP wrapper, or the model
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    architect: Any
+
+
+@dataclass
+class SearchResult:
+    out_dir: Path
+    genotype: Any
+    epochs_done: int
+    split: ProxySplit
+    loaders: Dict[str, Any] = field(default_factory=dict)
+    history: list = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- setup
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    """--deterministic: deterministic kernels everywhere; on CUDA, ops without one only warn (bitwise equality
+    is promised on CPU). Otherwise let cuDNN pick the fastest algorithms."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def check_out_dir(config: SearchConfig) -> Optional[Dict[str, Any]]:
+    """Refuse to overwrite another run; on --resume, check the saved configuration matches. Returns the saved
+    configuration (or None)."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise SearchError(f"--out {out} exists and is not a folder")
+    saved_path = out / outputs.CONFIG_NAME
+    if not saved_path.is_file():
+        return None
+    if not config.resume:
+        raise SearchError(f"--out {out} already holds a search ({saved_path}); pass --resume to continue it "
+                          "or choose another --out")
+    import json
+
+    saved = json.loads(saved_path.read_text())
+    mine = config.to_dict()
+    differ = sorted(k for k in set(saved) | set(mine)
+                    if k not in RESUME_MAY_DIFFER and saved.get(k) != mine.get(k))
+    if differ:
+        detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {mine.get(k)!r}" for k in differ[:6])
+        raise SearchError(f"--resume: the options differ from the run saved in {saved_path} ({detail}); "
+                          "resume with the same options or choose another --out")
+    return saved
+
+
+def load_train_set(config: SearchConfig):
+    from proxynas_fast.data import load_dataset
+
+    data_dir = config.data_dir
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise SearchError(f"--data-dir {data_dir} does not exist (or is not a folder)")
+    return load_dataset(config.dataset, data_dir, "train", download=config.download)
+
+
+# --------------------------------------------------------------------------------------- entropy + proxy
+def check_entropy_matches(table: EntropyTable, dataset, dataset_name: str) -> EntropyTable:
+    """The table sorted by index, after checking it covers the data set's examples 0..N-1 with its labels."""
+    t = table.sorted_by_index()
+    n = len(dataset)
+    where = f"the {dataset_name} training set ({n} examples)"
+    m = min(len(t), n)
+    bad = np.flatnonzero(t.index[:m] != np.arange(m))
+    if bad.size or len(t) != n:
+        if bad.size:
+            p = int(bad[0])
+            first = p if t.index[p] > p else int(t.index[p])
+            why = (f"index {first} is missing from the file" if t.index[p] > p
+                   else f"index {first} is not an example of the data set")
+        elif len(t) < n:
+            first, why = len(t), f"indices {len(t)}..{n - 1} are missing from the file"
+        else:
+            first, why = int(t.index[n]), f"index {int(t.index[n])} is beyond the data set"
+        raise SearchError(f"entropy file {table.path} has {len(t)} entries but {where} needs one per example; "
+                          f"first mismatching index {first}: {why}")
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    wrong = np.flatnonzero(t.label != labels)
+    if wrong.size:
+        i = int(wrong[0])
+        raise SearchError(f"entropy file {table.path}: labels disagree with {where} at {wrong.size} example(s); "
+                          f"first mismatching index {i}: label {int(t.label[i])} in the file, "
+                          f"{int(labels[i])} in the data set (a file for another data set or order?)")
+    return t
+
+
+def score_training_set(config: SearchConfig, out_dir: Path, ctx: DistContext) -> Path:
+    """Entropy file for --scorer-checkpoint: scored once by rank 0 into --out/entropy.txt, reused on resume."""
+    from proxynas_fast import scoring
+    from proxynas_fast.data import dataset_info
+
+    path = out_dir / SCORED_ENTROPY_NAME
+    if ctx.is_main and not path.is_file():
+        ckpt_path = Path(config.scorer_checkpoint)
+        if not ckpt_path.is_file():
+            raise SearchError(f"--scorer-checkpoint {ckpt_path} does not exist")
+        arch = config.scorer_arch or dataset_info(config.dataset).scorer_arch
+        scoring.score_dataset(config.dataset, config.data_dir, str(ckpt_path), str(path), arch=arch,
+                              device=str(ctx.device))
+    barrier(ctx)
+    return path
+
+
+def select_proxy(config: SearchConfig, dataset, entropy_path: Optional[Path]) -> tuple:
+    """(ProxySplit, table): the selected data-set indices and their halves; `table` has one row per example
+    (entropy NaN when selecting at random without an entropy file)."""
+    from proxynas_fast.selection import select, split_proxy
+
+    n = len(dataset)
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    if entropy_path is not None:
+        table = check_entropy_matches(read_entropy_file(entropy_path), dataset, config.dataset)
+        values = table.entropy
+    else:
+        table = EntropyTable(np.arange(n, dtype=np.int64), np.full(n, np.nan), labels, "<none>")
+        values = np.zeros(n)  # `random` ignores the values
+    try:
+        positions = select(config.selection, values, portion=config.portion, count=config.count, labels=labels,
+                           seed=config.seed, bin_width=config.bin_width, dataset=config.dataset,
+                           **config.selection_options)
+        weights, arch = split_proxy(positions, config.weight_fraction, config.seed)
+    except ValueError as e:
+        raise SearchError(f"proxy selection ({config.selection}): {e}") from None
+    split = ProxySplit(positions, weights, arch, str(entropy_path) if entropy_path is not None else None)
+    return split, table
+
+
+def read_saved_split(out_dir: Path) -> Optional[ProxySplit]:
+    """The halves written by an earlier run of this --out (resume uses exactly those examples)."""
+    paths = {k: out_dir / name for k, name in PROXY_FILES.items()}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    read = {k: read_entropy_file(p, allow_nonfinite=True).index for k, p in paths.items()}
+    return ProxySplit(np.sort(read["all"]), np.sort(read["weights"]), np.sort(read["arch"]))
+
+
+def check_batches_fit(config: SearchConfig, split: ProxySplit, world_size: int) -> None:
+    need = config.batch_size * world_size
+    if min(len(split.weights), len(split.arch)) < need:
+        size = f"--count {config.count}" if config.count is not None else f"--portion {config.portion}"
+        raise SearchError(
+            f"{size} selects {len(split.selected)} examples of {config.dataset} ({len(split.weights)} for the "
+            f"weights, {len(split.arch)} for the architecture), but with --batch-size {config.batch_size} on "
+            f"{world_size} process(es) each half needs at least {need} examples for one batch; raise "
+            f"--portion/--count or lower --batch-size")
+
+
+# --------------------------------------------------------------------------------------------- loaders
+def build_loaders(config: SearchConfig, dataset, split: ProxySplit, *, rank: int, world_size: int,
+                  device: torch.device) -> Dict[str, Any]:
+    """{"weights", "arch"}: augmented, shuffled training batches of each half (incomplete batches dropped);
+    {"eval"}: the architecture half without augmentation, for the per-epoch validation."""
+    from proxynas_fast.loaders.sharding import derived_seed
+
+    common = dict(device=device, rank=rank, world_size=world_size)
+    seeds = {"weights": derived_seed(config.seed, 1), "arch": derived_seed(config.seed, 2), "eval": 0}
+    parts = {"weights": split.weights, "arch": split.arch, "eval": split.arch}
+    loaders = {}
+    if config.dataset == "imagenet":
+        from proxynas_fast.loaders import build_imagenet_loader, select_files
+
+        for key, part in parts.items():
+            files, labels = select_files(dataset.files, dataset.labels, part)
+            train = key != "eval"
+            loaders[key] = build_imagenet_loader(
+                files, labels, config.batch_size, train=train, backend=config.loader_backend,
+                seed=seeds[key], image_size=config.image_size or 224, drop_last=train, **common)
+    else:
+        from proxynas_fast.loaders import ResidentLoader
+
+        for key, part in parts.items():
+            train = key != "eval"
+            loaders[key] = ResidentLoader(
+                dataset.images, dataset.labels, config.batch_size, train=train, mean=dataset.mean,
+                std=dataset.std, pad=4, flip=True, cutout=config.cutout if train else 0, shuffle=train,
+                drop_last=train, seed=seeds[key], indices=part, **common)
+    return loaders
+
+
+# ----------------------------------------------------------------------------------------------- model
+def build_components(config: SearchConfig, num_classes: int, device: torch.device, ctx: DistContext,
+                     backend: str) -> SearchComponents:
+    from proxynas_fast.darts import Architect
+
+    strategy = get_strategy(config.strategy)
+    criterion = nn.CrossEntropyLoss().to(device)
+    model = strategy.build_model(dataset=config.dataset, C=config.init_channels, num_classes=num_classes,
+                                 layers=config.layers, criterion=criterion, backend=backend).to(device)
+    broadcast_(model.arch_parameters(), ctx)  # same start everywhere (DDP broadcasts the weights)
+    optimizer = torch.optim.SGD(model.weights_parameters(), config.learning_rate, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs, eta_min=config.learning_rate_min)
+    architect = Architect(model, config)
+    for group in architect.optimizer.param_groups:
+        group["betas"] = tuple(config.arch_betas)
+    return SearchComponents(model, wrap_model(model, ctx), criterion, optimizer, scheduler, architect)
+
+
+def checkpoint_state(parts: SearchComponents, loaders, epochs_done: int, config: SearchConfig) -> Dict[str, Any]:
+    return {
+        "epochs_done": epochs_done,
+        "config": config.to_dict(),
+        "model": parts.model.state_dict(),
+        "arch": parts.model.arch_state(),
+        "optimizer": parts.optimizer.state_dict(),
+        "arch_optimizer": parts.architect.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "loaders": {k: loader.state_dict() for k, loader in loaders.items()},
+        "rng": ckpt.capture_rng_state(),
+        "genotype": genotype_to_dict(parts.model.genotype()),
+    }
+
+
+def restore_state(state: Dict[str, Any], parts: SearchComponents, loaders) -> int:
+    parts.model.load_state_dict(state["model"])
+    parts.model.load_arch_state(state["arch"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.architect.optimizer.load_state_dict(state["arch_optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    for key, loader in loaders.items():
+        if key in state["loaders"]:
+            loader.load_state_dict(state["loaders"][key])
+    ckpt.restore_rng_state(state["rng"])
+    return int(state["epochs_done"])
+
+
+def _metrics(prefix: str, m: EpochMetrics) -> Dict[str, float]:
+    return {f"{prefix}_loss": m.loss, f"{prefix}_acc": m.accuracy, f"{prefix}_seconds": round(m.seconds, 3)}
+
+
+def write_results(out_dir: Path, parts: SearchComponents, config: SearchConfig, epochs_done: int) -> Any:
+    genotype = parts.model.genotype()
+    outputs.write_genotype(out_dir, genotype, dataset=config.dataset, strategy=config.strategy,
+                           epochs_done=epochs_done, epochs=config.epochs, finished=epochs_done >= config.epochs)
+    outputs.save_alphas(out_dir, parts.model)
+    outputs.draw_genotype(out_dir, genotype, title_prefix=f"{config.strategy} on {config.dataset}: ")
+    return genotype
+
+
+# ------------------------------------------------------------------------------------------------ main
+def run_search(config: SearchConfig, *, init_method: Optional[str] = None, rank: Optional[int] = None,
+               world_size: Optional[int] = None) -> SearchResult:
+    """Run the whole pipeline; under torchrun (or with init_method/rank/world_size) as one of several ranks."""
+    config.validate()
+    ctx = init_distributed(config.device, init_method=init_method, rank=rank, world_size=world_size)
+    try:
+        return _run(config, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _say(ctx: DistContext, text: str) -> None:
+    if ctx.is_main:
+        print(text, flush=True)
+
+
+def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
+    started = time.time()
+    out_dir = Path(config.out)
+    check_out_dir(config)
+    barrier(ctx)  # every rank has looked at --out before rank 0 writes into it
+    device = ctx.device
+    configure_determinism(config.deterministic, device)
+    backend = config.backend or default_backend()
+    strategy = get_strategy(config.strategy)
+
+    dataset = load_train_set(config)
+    existing = ckpt.find_checkpoint(out_dir) if config.resume else None
+    split = read_saved_split(out_dir) if existing is not None else None
+    if split is None:
+        if config.entropy_file:
+            entropy_path = Path(config.entropy_file)
+        elif config.scorer_checkpoint:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            entropy_path = score_training_set(config, out_dir, ctx)
+        else:
+            entropy_path = None
+        split, table = select_proxy(config, dataset, entropy_path)
+        check_batches_fit(config, split, ctx.world_size)
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_proxy_files(out_dir, table, split.selected, fraction=config.weight_fraction, seed=config.seed)
+    check_batches_fit(config, split, ctx.world_size)
+    if ctx.is_main:
+        outputs.write_config(out_dir, config.to_dict())
+        ckpt.remove_stale_temporaries(out_dir)
+
+    seed_everything(config.seed)
+    loaders = build_loaders(config, dataset, split, rank=ctx.rank, world_size=ctx.world_size, device=device)
+    parts = build_components(config, dataset.num_classes, device, ctx, backend)
+
+    log = outputs.RunLog(out_dir / outputs.LOG_NAME, enabled=ctx.is_main)
+    start_epoch = 0
+    if existing is not None:
+        start_epoch = restore_state(ckpt.load_checkpoint(existing, map_location=device), parts, loaders)
+        log.truncate_to_epoch(start_epoch)
+        log.write("resume", epochs_done=start_epoch)
+        _say(ctx, f"resuming {out_dir} after epoch {start_epoch}/{config.epochs}")
+    else:
+        if config.resume:  # --resume before the first checkpoint: start over, dropping the partial log
+            log.truncate_to_epoch(0)
+        log.write("start", config=config.to_dict(), world_size=ctx.world_size, device=str(device), backend=backend,
+                  torch=torch.__version__, python=platform.python_version(),
+                  proxy={"selected": len(split.selected), "weights": len(split.weights), "arch": len(split.arch),
+                         "entropy_file": split.entropy_source},
+                  steps_per_epoch=min(len(loaders["weights"]), len(loaders["arch"])))
+        _say(ctx, f"search {config.strategy} on {len(split.selected)} {config.dataset} examples "
+                  f"({len(split.weights)} weights / {len(split.arch)} architecture), {ctx.world_size} process(es) "
+                  f"on {device}, backend {backend}, {config.epochs} epochs -> {out_dir}")
+
+    tb = outputs.TensorBoardLogger(out_dir / "tensorboard", config.tensorboard and ctx.is_main)
+    progress = (config.progress if config.progress is not None else outputs.stderr_is_terminal()) and ctx.is_main
+    history = []
+    for epoch in range(start_epoch, config.epochs):
+        lr = parts.scheduler.get_last_lr()[0]
+        for loader in loaders.values():
+            loader.set_epoch(epoch)
+        update_arch = epoch >= config.arch_begin_epoch
+
+        def on_step(step, steps, loss, acc, _epoch=epoch):
+            log.write("step", epoch=_epoch + 1, step=step, steps=steps, loss=loss, acc=acc)
+
+        train = train_epoch(model=parts.model, forward_model=parts.forward_model, architect=parts.architect,
+                            optimizer=parts.optimizer, criterion=parts.criterion, weight_loader=loaders["weights"],
+                            arch_loader=loaders["arch"], lr=lr, grad_clip=config.grad_clip, update_arch=update_arch,
+                            unrolled=strategy.unrolled, ctx=ctx, device=device, progress=progress,
+                            description=f"epoch {epoch + 1}/{config.epochs}", on_step=on_step,
+                            log_every=config.log_every)
+        val = validate(parts.model, parts.criterion, loaders["eval"], ctx, device)
+        parts.scheduler.step()
+        genotype = parts.model.genotype()
+        record = dict(epoch=epoch + 1, epochs=config.epochs, lr=lr, arch_updates=update_arch,
+                      **_metrics("train", train), **_metrics("val", val),
+                      alphas=outputs.softmaxed_arch(parts.model), genotype=genotype_to_dict(genotype))
+        history.append(record)
+        if ctx.is_main:
+            log.write("epoch", **record)
+            tb.scalars(epoch + 1, **{k: v for k, v in record.items() if k.startswith(("train_", "val_", "lr"))})
+            ckpt.save_checkpoint(out_dir / ckpt.CHECKPOINT_NAME, checkpoint_state(parts, loaders, epoch + 1, config))
+            write_results(out_dir, parts, config, epoch + 1)
+        _say(ctx, f"epoch {epoch + 1}/{config.epochs} lr {lr:.5f} train loss {train.loss:.4f} acc "
+                  f"{train.accuracy:.2f}% | val loss {val.loss:.4f} acc {val.accuracy:.2f}% "
+                  f"({train.seconds + val.seconds:.1f}s){'' if update_arch else ' [weights only]'}")
+        barrier(ctx)
+
+    genotype = parts.model.genotype()
+    if ctx.is_main:
+        if start_epoch >= config.epochs:  # resumed a finished run: refresh the outputs
+            write_results(out_dir, parts, config, config.epochs)
+        log.write("end", genotype=genotype_to_dict(genotype), seconds=round(time.time() - started, 3))
+        _say(ctx, f"genotype: {genotype}")
+    tb.close()
+    return SearchResult(out_dir, genotype, config.epochs, split, loaders, history)

@@ -1,0 +1,151 @@
+"""python -m proxynas_fast.train: train a searched cell from scratch.
+
+  python -m proxynas_fast.train --arch DARTS_V2 --dataset cifar10 --data-dir data --out runs/darts_v2
+  python -m proxynas_fast.train --arch runs/search/genotype.json --preset cpu-demo --out runs/demo
+  ... --resume        continue the run in --out from its last checkpoint
+
+Every preset value (see --preset) can be overridden by its own option.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from proxynas_fast.train.config import AMP_MODES, DATASET_NAMES, LR_SCHEDULES, PRESETS, make_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m proxynas_fast.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", required=True,
+                   help="a registered genotype name (see --list-archs) or a genotype.json written by a search")
+    p.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES)
+    p.add_argument("--data-dir", default=None, help="data folder (default: $PROXYNAS_DATA, else ./data)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<arch>)")
+    p.add_argument("--preset", default="paper", choices=PRESETS,
+                   help="paper: the DARTS evaluation settings; cpu-demo: minutes on two CPU cores")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out if there is one")
+
+    g = p.add_argument_group("network (default: from the preset)")
+    g.add_argument("--init-channels", type=int)
+    g.add_argument("--layers", type=int, help="number of cells")
+    g.add_argument("--auxiliary", action=argparse.BooleanOptionalAction, default=None,
+                   help="auxiliary head at 2/3 depth")
+    g.add_argument("--auxiliary-weight", type=float)
+    g.add_argument("--drop-path-prob", type=float, help="final drop-path probability (ramped from 0)")
+
+    g = p.add_argument_group("data (default: from the preset)")
+    g.add_argument("--cutout", type=int, help="cutout square side in pixels (0: off)")
+    g.add_argument("--train-limit", type=int, help="train on only N examples")
+    g.add_argument("--train-portion", type=float, help="train on this fraction of the training set")
+    g.add_argument("--test-limit", type=int, help="evaluate on only N test examples")
+    g.add_argument("--subset", choices=("random", "first"),
+                   help="how limits pick examples: a seeded random subset (default) or the first N")
+
+    g = p.add_argument_group("optimisation (default: from the preset)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES)
+    g.add_argument("--lr-gamma", type=float, help="step schedule: decay factor")
+    g.add_argument("--lr-step", type=int, help="step schedule: epochs between decays")
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--grad-clip", type=float, help="gradient-norm clip (0: off)")
+    g.add_argument("--label-smoothing", type=float)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    g.add_argument("--amp", choices=AMP_MODES, help="autocast dtype (bf16 also works on CPU)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="deterministic kernels (slower on CUDA; CPU runs are deterministic anyway)")
+    g.add_argument("--eval-every", type=int, help="evaluate every N epochs (the last epoch always)")
+    g.add_argument("--loader-backend", choices=("auto", "dali", "pil"),
+                   help="ImageNet decoding backend (auto: DALI when installed, else PIL)")
+    g.add_argument("--skip-bad-images", action=argparse.BooleanOptionalAction, default=None,
+                   help="ImageNet: log and drop unreadable image files instead of stopping")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a tty)")
+    return p
+
+
+def _default_out(arch: str) -> str:
+    path = Path(arch)
+    if path.suffix == ".json":
+        name = path.parent.name if path.stem == "genotype" and path.parent.name else path.stem
+    else:
+        name = arch
+    return str(Path("runs") / (name or "run"))
+
+
+def _configure_determinism(deterministic: bool, device) -> None:
+    import torch
+
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from proxynas_fast.darts.genotypes import genotype_to_dict, get_genotype
+    from proxynas_fast.data import DatasetError
+    from proxynas_fast.loaders import ImageFileError
+
+    try:
+        genotype = get_genotype(args.arch)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f"error: --arch: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+
+    overrides = {k: getattr(args, k) for k in (
+        "data_dir", "init_channels", "layers", "auxiliary", "auxiliary_weight", "drop_path_prob", "cutout",
+        "train_limit", "train_portion", "test_limit", "subset", "epochs", "batch_size", "lr", "lr_schedule",
+        "lr_gamma", "lr_step", "momentum", "weight_decay", "grad_clip", "label_smoothing", "seed", "device",
+        "amp", "channels_last", "deterministic", "eval_every", "loader_backend", "skip_bad_images")}
+    if args.no_progress:
+        overrides["progress"] = False
+    out = args.out or _default_out(args.arch)
+    try:
+        cfg = make_config(args.preset, args.arch, args.dataset, out, **overrides)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from proxynas_fast.train.data import build_loaders
+    from proxynas_fast.train.networks import build_network, count_parameters
+    from proxynas_fast.train.trainer import Trainer, resolve_device
+
+    try:
+        device = resolve_device(cfg.device)
+        _configure_determinism(cfg.deterministic, device)
+        # Weights are initialised from the seed; a resumed run overwrites them from the checkpoint.
+        torch.manual_seed(cfg.seed)
+        train_loader, test_loader, info = build_loaders(cfg, device)
+        model = build_network(genotype, cfg.dataset, info["num_classes"], cfg.init_channels, cfg.layers,
+                              cfg.auxiliary)
+        meta = {"genotype": genotype_to_dict(genotype), **info}
+        print(f"{cfg.arch} on {cfg.dataset}: {count_parameters(model) / 1e6:.3f}M parameters "
+              f"(without auxiliary head), {info['train_examples']} train / {info['test_examples']} test "
+              f"examples, device {device}, out {out}", file=sys.stderr, flush=True)
+        trainer = Trainer(cfg, model, train_loader, test_loader, device, Path(out), meta)
+        results = trainer.fit(resume=args.resume)
+    except (DatasetError, ImageFileError, ValueError, FileExistsError, FileNotFoundError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: results[k] for k in ("arch", "dataset", "params", "test_acc", "test_loss")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

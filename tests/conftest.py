@@ -1,0 +1,46 @@
+"""Shared fixtures: the read-only data beside the project (../shared) and small helpers."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("PROXYNAS_SHARED", REPO_ROOT.parent / "shared"))
+
+
+def pytest_configure(config):
+    # 2-core machines: keep intra-op threads at the core count, no oversubscription.
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 2)))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED_DIR.is_dir():
+        pytest.fail(f"the shared data folder {SHARED_DIR} is missing (set PROXYNAS_SHARED)")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg_dir(shared_dir) -> Path:
+    return shared_dir / "data" / "cifar10-jpeg"
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample_dir(shared_dir) -> Path:
+    return shared_dir / "data" / "imagenet-sample"
+
+
+@pytest.fixture(scope="session")
+def reference_entropy_dir(shared_dir) -> Path:
+    return shared_dir / "reference" / "entropy"
+
+
+@pytest.fixture(scope="session")
+def checkpoints_dir(shared_dir) -> Path:
+    return shared_dir / "reference" / "checkpoints"
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,0 +1,127 @@
+"""The fused DARTS / PC-DARTS cells against the reference cells: outputs, weight gradients, architecture-weight
+gradients and BatchNorm running statistics, in training and eval mode."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from proxynas_fast.darts import fused
+from proxynas_fast.darts.model_search import Cell, Network
+from proxynas_fast.darts.pcdarts import PCNetwork
+
+DTYPE = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny shapes: a parallel region costs more than the work (and much more on a loaded 2-core machine).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _pair(network_cls, seed=0, **kw):
+    torch.manual_seed(seed)
+    ref = network_cls(**kw).to(DTYPE)
+    with torch.no_grad():  # random alphas far from uniform, so every candidate matters differently
+        for a in ref.arch_parameters():
+            a.normal_(0.0, 1.0)
+    fus = copy.deepcopy(ref)
+    for a_ref, a_fus in zip(ref.arch_parameters(), fus.arch_parameters()):
+        with torch.no_grad():
+            a_fus.copy_(a_ref)
+    fus.backend = "fused"
+    return ref, fus
+
+
+def _run(model, x, y):
+    for p in list(model.parameters()) + model.arch_parameters():
+        p.grad = None
+    logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    loss.backward()
+    return logits.detach()
+
+
+def _compare(ref, fus, x, y, atol=1e-9):
+    out_ref, out_fus = _run(ref, x, y), _run(fus, x, y)
+    torch.testing.assert_close(out_fus, out_ref, atol=atol, rtol=1e-7)
+    for (name, p_ref), p_fus in zip(ref.named_parameters(), fus.parameters()):
+        assert p_fus.grad is not None, f"no gradient for {name} on the fused path"
+        torch.testing.assert_close(p_fus.grad, p_ref.grad, atol=atol, rtol=1e-6, msg=f"gradient of {name}")
+    for a_ref, a_fus in zip(ref.arch_parameters(), fus.arch_parameters()):
+        torch.testing.assert_close(a_fus.grad, a_ref.grad, atol=atol, rtol=1e-6)
+    for (name, b_ref), b_fus in zip(ref.named_buffers(), fus.buffers()):
+        torch.testing.assert_close(b_fus, b_ref, atol=atol, rtol=1e-7, msg=f"buffer {name}")
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_fused_network_matches_reference(train):
+    # layers=3: cell 0 normal, cells 1 and 2 reduction (stride-2 edges, FactorizedReduce skips, odd sizes 5 -> 3).
+    ref, fus = _pair(Network, C=4, num_classes=5, layers=3)
+    ref.train(train)
+    fus.train(train)
+    x = torch.randn(3, 3, 10, 10, dtype=DTYPE)
+    y = torch.tensor([0, 3, 4])
+    _compare(ref, fus, x, y)
+    _compare(ref, fus, x * 0.5, y)  # second step: running statistics keep matching
+
+
+def test_fused_cell_channels_last_input():
+    torch.manual_seed(1)
+    cell = Cell(4, 4, 6, 6, 4, reduction=False, reduction_prev=False).to(DTYPE)
+    s0 = torch.randn(2, 6, 6, 6, dtype=DTYPE)
+    s1 = torch.randn(2, 6, 6, 6, dtype=DTYPE)
+    w = torch.softmax(torch.randn(14, 8, dtype=DTYPE), -1)
+    ref = copy.deepcopy(cell).reference_forward(s0, s1, w)
+    out = fused.cell_forward(cell, s0.to(memory_format=torch.channels_last),
+                             s1.to(memory_format=torch.channels_last), w)
+    torch.testing.assert_close(out, ref)
+
+
+def test_fused_cell_rejects_foreign_structure():
+    cell = Cell(2, 2, 4, 4, 4, reduction=False, reduction_prev=False)
+    cell._ops[0]._ops[4] = torch.nn.Identity()
+    x = torch.randn(1, 4, 4, 4)
+    with pytest.raises(fused.FusedCellError, match="edge 0 candidate sep_conv_3x3"):
+        fused.cell_forward(cell, x, x, torch.ones(5, 8))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_fused_pcdarts_network_matches_reference(train):
+    # k=2 partial channels; includes the beta (edge-normalisation) gradients and the strided bypass max-pool.
+    ref, fus = _pair(PCNetwork, C=4, num_classes=5, layers=3, k=2)
+    ref.train(train)
+    fus.train(train)
+    x = torch.randn(2, 3, 8, 8, dtype=DTYPE)
+    _compare(ref, fus, x, torch.tensor([1, 4]))
+
+
+def test_fused_network_bfloat16_autocast():
+    torch.manual_seed(5)
+    ref = Network(C=4, num_classes=5, layers=3)
+    fus = copy.deepcopy(ref)
+    fus.backend = "fused"
+    x = torch.randn(4, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_ref, out_fus = ref(x), fus(x)
+    assert out_fus.dtype == out_ref.dtype
+    torch.testing.assert_close(out_fus.float(), out_ref.float(), atol=0.1, rtol=0.05)
+    out_fus.float().sum().backward()
+    assert all(a.grad is not None and torch.isfinite(a.grad).all() for a in fus.arch_parameters())
+
+
+def test_fused_cell_runs_under_torch_compile():
+    torch.manual_seed(6)
+    cell = Cell(2, 2, 4, 4, 4, reduction=False, reduction_prev=False)
+    s0, s1 = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    w = torch.softmax(torch.randn(5, 8), -1).requires_grad_()
+    expected = fused.cell_forward(copy.deepcopy(cell), s0, s1, w)
+    compiled = torch.compile(lambda a, b, ww: fused.cell_forward(cell, a, b, ww), backend="aot_eager")
+    out = compiled(s0, s1, w)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all()

@@ -1,0 +1,154 @@
+"""The fused-cell kernels (`proxynas_fast.ops.dw_conv2d`, `proxynas_fast.ops.mixed_node`) against their
+pure-PyTorch definitions, and gradcheck of their autograd wrappers, on every device with kernels."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from proxynas_fast import extension
+from proxynas_fast.darts import fused
+from proxynas_fast.ops import mixed_node as mn
+from proxynas_fast.ops.dw_conv2d import dw_conv2d, dw_conv2d_reference
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not extension.has_cuda_kernels(),
+                                                  reason="needs a CUDA device and the CUDA kernels")),
+]
+needs_kernels = pytest.mark.skipif(not extension.has_cpu_kernels(), reason="the extension is not built")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny shapes: a parallel region costs more than the work (and much more on a loaded 2-core machine).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# (kernel, dilation, stride, padding, multiplier): every DARTS case plus odd paddings and sizes
+DW_CASES = [(3, 1, 1, 1, 1), (5, 1, 1, 2, 3), (3, 2, 1, 2, 2), (5, 2, 1, 4, 1), (3, 1, 2, 1, 4), (5, 1, 2, 2, 1),
+            (3, 2, 2, 2, 2), (5, 2, 2, 4, 1), (3, 1, 1, 0, 1), (3, 1, 2, 0, 2), (5, 1, 1, 3, 1), (3, 1, 3, 1, 1)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k,d,s,p,m", DW_CASES)
+def test_dw_conv2d_matches_conv2d(device, k, d, s, p, m):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 20, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(3 * m, 1, k, k, dtype=torch.float64, device=device, requires_grad=True)
+    out = dw_conv2d(x, w, s, p, d)
+    ref = dw_conv2d_reference(x, w, s, p, d)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    gx, gw = torch.autograd.grad(out, (x, w), g)
+    rx, rw = torch.autograd.grad(ref, (x, w), g)
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+
+
+@needs_kernels
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k,d,s,p,m", [(3, 1, 1, 1, 2), (5, 2, 2, 4, 1), (3, 2, 1, 2, 1)])
+def test_dw_conv2d_gradcheck(device, k, d, s, p, m):
+    torch.manual_seed(1)
+    x = torch.randn(2, 2, 6, 7, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(2 * m, 1, k, k, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: dw_conv2d(a, b, s, p, d), (x, w))
+
+
+@needs_kernels
+@pytest.mark.parametrize("device", DEVICES)
+def test_dw_conv2d_float32_bfloat16_channels_last(device):
+    torch.manual_seed(2)
+    x = torch.randn(4, 8, 16, 16, device=device)
+    w = torch.randn(16, 1, 3, 3, device=device)
+    ref = dw_conv2d_reference(x.double(), w.double(), 1, 1, 1)
+    torch.testing.assert_close(dw_conv2d(x, w, 1, 1, 1).double(), ref, atol=1e-5, rtol=1e-5)
+    out_cl = dw_conv2d(x.to(memory_format=torch.channels_last), w, 1, 1, 1)
+    torch.testing.assert_close(out_cl.double(), ref, atol=1e-5, rtol=1e-5)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        out_bf = dw_conv2d(x, w, 1, 1, 1)
+    assert out_bf.dtype == torch.bfloat16
+    torch.testing.assert_close(out_bf.double(), ref, atol=0.1, rtol=0.02)
+
+
+def test_dw_conv2d_rejects_bad_shapes():
+    x = torch.randn(1, 3, 5, 5)
+    with pytest.raises(ValueError, match="not a multiple"):
+        dw_conv2d(x, torch.randn(4, 1, 3, 3))
+    with pytest.raises(ValueError, match="input must be"):
+        dw_conv2d(x[0], torch.randn(3, 1, 3, 3))
+
+
+def _terms(device, dtype):
+    base = torch.randn(3, 12, 5, 6, dtype=dtype, device=device)
+    # a plain tensor and channel-block views of a bigger one (as the fused cell passes them)
+    return [torch.randn(3, 4, 5, 6, dtype=dtype, device=device) * 2 + 1, base[:, 4:8], base[:, 8:12]]
+
+
+@needs_kernels
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_mixed_node_kernels_match_reference(device, dtype):
+    torch.manual_seed(3)
+    terms = _terms(device, dtype)
+    g = torch.randn(3, 4, 5, 6, dtype=dtype, device=device)
+    scale, bias = torch.randn(3, 4, device=device), torch.randn(4, device=device)
+    a, b, c = (torch.randn(3, 4, device=device) for _ in range(3))
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype != torch.bfloat16 else dict(atol=0.05, rtol=0.02)
+    for got, want in zip(mn.channel_moments(terms), mn.channel_moments_reference(terms)):
+        torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(mn.channel_weighted_sum(terms, scale, bias),
+                               mn.channel_weighted_sum_reference(terms, scale, bias), **tol)
+    for got, want in zip(mn.channel_dot_sums(g, terms), mn.channel_dot_sums_reference(g, terms)):
+        torch.testing.assert_close(got, want, **tol)
+    for got, want in zip(mn.channel_affine_combine(g, terms, a, b, c),
+                         mn.channel_affine_combine_reference(g, terms, a, b, c)):
+        torch.testing.assert_close(got, want, **tol)
+
+
+def test_mixed_node_kernels_reject_mismatched_terms():
+    with pytest.raises(ValueError, match="term 1"):
+        mn.channel_moments([torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 5)])
+
+
+def _node_inputs(device, training):
+    """A node with every kind of term: given pre-BN tensors, max/avg pooling + BN, identity."""
+    torch.manual_seed(4)
+    C = 3
+    h0 = torch.randn(2, C, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
+    h1 = torch.randn(2, C, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
+    z = torch.randn(2, 2 * C, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
+    bns = [nn.BatchNorm2d(C, affine=False).to(device, torch.float64).train(training) for _ in range(4)]
+    for bn in bns:  # non-trivial running statistics for eval mode
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    T = fused._Term
+    terms = [T("z", 2, 0, 4, bn=bns[0]), T("z", 3, 1, 6, bn=bns[1]),
+             T("pool", 0, 0, 1, bn=bns[2], pool=nn.MaxPool2d(3, 1, 1)),
+             T("pool", 1, 1, 2, bn=bns[3], pool=nn.AvgPool2d(3, 1, 1, count_include_pad=False)),
+             T("id", 1, 1, 3)]
+    weights = torch.softmax(torch.randn(2, 8, dtype=torch.float64, device=device), -1).requires_grad_()
+    return terms, weights, h0, h1, z, bns
+
+@needs_kernels
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training", [True, False])
+def test_mixed_node_gradcheck_and_reference(device, training):
+    terms, weights, h0, h1, z, bns = _node_inputs(device, training)
+
+    def node(w, a, b, zz):
+        z0, z1 = zz.split(3, dim=1)
+        return fused._MixedNode.apply(fused._NodeSpec(terms), w, a, b, z0, z1)
+
+    assert torch.autograd.gradcheck(node, (weights, h0, h1, z))
+    # and the value is the reference formula
+    z0, z1 = z.split(3, dim=1)
+    ref = (weights[0, 4] * bns[0](z0) + weights[1, 6] * bns[1](z1) + weights[0, 1] * bns[2](F.max_pool2d(h0, 3, 1, 1))
+           + weights[1, 2] * bns[3](F.avg_pool2d(h1, 3, 1, 1, count_include_pad=False)) + weights[1, 3] * h1)
+    torch.testing.assert_close(node(weights, h0, h1, z), ref)
