@@ -116,11 +116,12 @@ def test_fused_network_bfloat16_autocast():
 
 def test_fused_cell_runs_under_torch_compile():
     torch.manual_seed(6)
-    cell = Cell(2, 2, 4, 4, 4, reduction=False, reduction_prev=False)
+    # one node (2 edges) keeps the tracing time small; dynamo traces the node's autograd.Function and kernels
+    cell = Cell(1, 1, 4, 4, 4, reduction=False, reduction_prev=False)
     s0, s1 = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
-    w = torch.softmax(torch.randn(5, 8), -1).requires_grad_()
+    w = torch.softmax(torch.randn(2, 8), -1).requires_grad_()
     expected = fused.cell_forward(copy.deepcopy(cell), s0, s1, w)
-    compiled = torch.compile(lambda a, b, ww: fused.cell_forward(cell, a, b, ww), backend="aot_eager")
+    compiled = torch.compile(lambda a, b, ww: fused.cell_forward(cell, a, b, ww), backend="eager")
     out = compiled(s0, s1, w)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     out.sum().backward()

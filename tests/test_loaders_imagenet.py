@@ -140,7 +140,8 @@ def test_greyscale_images_become_three_equal_channels(imagenet, greyscale_indice
     assert x.shape == (8, 3, SMALL, SMALL)
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     pixels = x * std + mean  # back to [0, 1]
-    assert torch.allclose(pixels[:, 0], pixels[:, 1], atol=2e-3) and torch.allclose(pixels[:, 0], pixels[:, 2], atol=2e-3)
+    assert torch.allclose(pixels[:, 0], pixels[:, 1], atol=2e-3)
+    assert torch.allclose(pixels[:, 0], pixels[:, 2], atol=2e-3)
 
 
 @pytest.fixture()
@@ -229,6 +230,14 @@ def test_two_ranks_read_disjoint_halves_in_the_planned_order(imagenet, proxy, ba
         shards.append(set(y))
     assert len(shards[0]) == len(shards[1]) == 32
     assert not shards[0] & shards[1] and shards[0] | shards[1] == set(ids)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_drop_last_yields_only_full_batches(imagenet, proxy, backend):
+    files, labels = select_files(imagenet.files, imagenet.labels, proxy[:20])
+    loader = build_imagenet_loader(files, labels, 8, backend=backend, drop_last=True, image_size=SMALL)
+    assert len(loader) == 2
+    assert [y.shape[0] for _, y in loader] == [8, 8]
 
 
 def test_epoch_order_is_seeded_and_resumable(imagenet, proxy):

@@ -73,6 +73,13 @@ def _flatten(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
+def _grad(loss, inputs) -> List[torch.Tensor]:
+    """d loss / d inputs, with zeros for inputs the loss does not depend on (e.g. reduction-cell alphas of a
+    network without reduction cells)."""
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+
+
 class Architect:
     """Updates `model.arch_parameters()` with Adam on the validation loss.
 
@@ -123,8 +130,7 @@ class Architect:
         # autograd.grad rather than backward(): the weights' .grad stay untouched and their gradients are
         # never computed, which the reference (whose loop zeroes them right after) pays for.
         loss = self.model._loss(input_valid, target_valid)
-        grads = torch.autograd.grad(loss, self.model.arch_parameters())
-        return list(grads), loss.detach()
+        return _grad(loss, self.model.arch_parameters()), loss.detach()
 
     # ----- second order -----
     def _unrolled_gradients(self, input_train, target_train, input_valid, target_valid, eta, network_optimizer):
@@ -132,8 +138,8 @@ class Architect:
         loss = unrolled._loss(input_valid, target_valid)
         arch = unrolled.arch_parameters()
         weights = unrolled.weights_parameters()
-        grads = torch.autograd.grad(loss, arch + weights)
-        dalpha, vector = list(grads[: len(arch)]), list(grads[len(arch):])
+        grads = _grad(loss, arch + weights)
+        dalpha, vector = grads[: len(arch)], grads[len(arch):]
         implicit = self._hessian_vector_product(vector, input_train, target_train)
         return [g - eta * ig for g, ig in zip(dalpha, implicit)], loss.detach()
 
@@ -151,7 +157,7 @@ class Architect:
         training batch; the architecture weights are copied and are leaves of the copy."""
         weights = self.model.weights_parameters()
         loss = self.model._loss(input_train, target_train)
-        dtheta = torch.autograd.grad(loss, weights)
+        dtheta = _grad(loss, weights)
         moments = self._momentum_term(weights, network_optimizer)
         unrolled = self._unrolled_copy()
         with torch.no_grad():
@@ -189,11 +195,11 @@ class Architect:
             with torch.no_grad():
                 for w, v in zip(weights, vector):
                     w.add_(v, alpha=R)
-            grads_pos = torch.autograd.grad(self.model._loss(input_train, target_train), arch)
+            grads_pos = _grad(self.model._loss(input_train, target_train), arch)
             with torch.no_grad():
                 for w, w0, v in zip(weights, saved, vector):
                     w.copy_(w0).sub_(v, alpha=R)
-            grads_neg = torch.autograd.grad(self.model._loss(input_train, target_train), arch)
+            grads_neg = _grad(self.model._loss(input_train, target_train), arch)
         finally:
             # Put the exact weights back (also when a forward pass raised).
             with torch.no_grad():

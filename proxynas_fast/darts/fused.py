@@ -197,7 +197,7 @@ class _MixedNode(torch.autograd.Function):
                                        for k in fixed])
         rows = _device_index(tuple(t.row for t in terms), weights.device)
         cols = _device_index(tuple(t.col for t in terms), weights.device)
-        a = weights.detach()[rows, cols].to(stat_dtype)
+        a = weights.detach()[rows, cols].to(stat_dtype).clone()
         scale = a[:, None] * rstd
         bias = -(scale * mu).sum(0)
         out = channel_weighted_sum(zs, scale, bias)

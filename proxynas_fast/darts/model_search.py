@@ -309,6 +309,7 @@ class Network(nn.Module):
         return (F.softmax(self.alphas_normal, dim=-1), F.softmax(self.alphas_reduce, dim=-1))
 
     def genotype(self) -> Genotype:
+        """The discrete cell (see `parse_cell`); concat lists are plain lists (the reference used `range`)."""
         normal, reduce = (w.detach().cpu().tolist() for w in self._genotype_weights())
         concat = list(range(2 + self._steps - self._multiplier, self._steps + 2))
         return Genotype(normal=parse_cell(normal, self._steps), normal_concat=concat,

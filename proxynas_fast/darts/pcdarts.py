@@ -34,7 +34,7 @@ PCDARTS_IMAGENET_K = 2
 # PC-DARTS CIFAR-10 search: larger batch (partial channels save memory) and a larger architecture learning
 # rate; alpha/beta updates start after 15 warm-up epochs of weight training.
 PCDARTS_CIFAR_SEARCH = SearchHyperparameters(
-    batch_size=256, learning_rate=0.1, learning_rate_min=0.0, momentum=0.9, weight_decay=3e-4, epochs=50,
+    batch_size=256, learning_rate=0.1, learning_rate_min=0.001, momentum=0.9, weight_decay=3e-4, epochs=50,
     init_channels=16, layers=8, grad_clip=5.0, arch_learning_rate=6e-4, arch_weight_decay=1e-3,
     arch_begin_epoch=15,
 )

@@ -36,9 +36,6 @@ class AugmentParams:
     def as_tuple(self) -> tuple:
         return (self.offset_y, self.offset_x, self.flip, self.cutout_y, self.cutout_x)
 
-    def to(self, device, non_blocking: bool = False) -> "AugmentParams":
-        return AugmentParams(*(t.to(device, non_blocking=non_blocking) for t in self.as_tuple()))
-
 
 def draw_augment_params(
     count: int, generator: torch.Generator, *, pad: int, height: int, width: int, flip: bool

@@ -154,7 +154,22 @@ class PilImageNetLoader(ImageNetLoader):
         on_gpu = self.device.type == "cuda"
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_threads,
                             collate_fn=_collate_readable, pin_memory=on_gpu, drop_last=self.drop_last)
-        for batch in loader:
+        batches = iter(loader)
+        while True:
+            failure = None
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except ImageFileError as e:  # from __getitem__ or re-raised from a worker; names the file
+                # The exception's frames form a reference cycle that would keep the worker processes
+                # alive until a garbage collection (whose shutdown then stalls ~5 s): cut it and
+                # shut the workers down now.
+                e.__traceback__ = None
+                failure = ImageFileError(str(e), path=e.path)
+            if failure is not None:
+                del batches
+                raise failure
             if batch is None:  # every file of the batch was unreadable and skipped
                 continue
             pixels, labels = batch

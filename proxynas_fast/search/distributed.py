@@ -125,3 +125,15 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
 
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DDP(model, device_ids=ids, output_device=ids[0] if ids else None, broadcast_buffers=True)
+
+
+def max_difference_from_rank0(tensors: Sequence[torch.Tensor], ctx: DistContext) -> float:
+    """Largest |x - x_rank0| over the tensors and all ranks (0.0 when the ranks agree bitwise)."""
+    if not ctx.enabled or not tensors:
+        return 0.0
+    local = torch.cat([t.detach().reshape(-1).double() for t in tensors])
+    reference = local.clone()
+    dist.broadcast(reference, 0)
+    diff = (local - reference).abs().max().reshape(1)
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return float(diff.item())

@@ -24,7 +24,8 @@ from proxynas_fast.selection import PROXY_FILES, write_proxy_files
 from . import checkpoint as ckpt
 from . import outputs
 from .config import SearchConfig, default_backend
-from .distributed import (DistContext, barrier, broadcast_, init_distributed, shutdown, wrap_model)
+from .distributed import (DistContext, barrier, broadcast_, init_distributed, max_difference_from_rank0, shutdown,
+                          wrap_model)
 from .loop import EpochMetrics, train_epoch, validate
 from .strategies import SearchError, get_strategy
 
@@ -366,7 +367,8 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
                   torch=torch.__version__, python=platform.python_version(),
                   proxy={"selected": len(split.selected), "weights": len(split.weights), "arch": len(split.arch),
                          "entropy_file": split.entropy_source},
-                  steps_per_epoch=min(len(loaders["weights"]), len(loaders["arch"])))
+                  steps_per_epoch=min(len(loaders["weights"]), len(loaders["arch"])),
+                  loaders={k: getattr(v, "backend", type(v).__name__) for k, v in loaders.items()})
         _say(ctx, f"search {config.strategy} on {len(split.selected)} {config.dataset} examples "
                   f"({len(split.weights)} weights / {len(split.arch)} architecture), {ctx.world_size} process(es) "
                   f"on {device}, backend {backend}, {config.epochs} epochs -> {out_dir}")
@@ -407,10 +409,14 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
         barrier(ctx)
 
     genotype = parts.model.genotype()
+    # Every rank must end with the same network; measured, not assumed.
+    rank_diff = {"alphas": max_difference_from_rank0(parts.model.arch_parameters(), ctx),
+                 "weights": max_difference_from_rank0(parts.model.weights_parameters(), ctx)}
     if ctx.is_main:
         if start_epoch >= config.epochs:  # resumed a finished run: refresh the outputs
             write_results(out_dir, parts, config, config.epochs)
-        log.write("end", genotype=genotype_to_dict(genotype), seconds=round(time.time() - started, 3))
+        log.write("end", genotype=genotype_to_dict(genotype), seconds=round(time.time() - started, 3),
+                  world_size=ctx.world_size, rank_max_abs_diff=rank_diff)
         _say(ctx, f"genotype: {genotype}")
     tb.close()
     return SearchResult(out_dir, genotype, config.epochs, split, loaders, history)

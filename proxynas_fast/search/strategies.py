@@ -53,10 +53,10 @@ _STRATEGIES: Dict[str, SearchStrategy] = {
         SearchStrategy(
             "pcdarts", "PC-DARTS: partial channels + edge normalisation, first order, arch warm-up",
             unrolled=False, network="PCNetwork", imagenet_network="PCNetworkImageNetSearch",
-            # PC-DARTS train_search defaults: a larger batch and learning rates, cosine to 0, and no
+            # PC-DARTS train_search defaults: a larger batch and learning rates, and no
             # architecture updates during the first 15 epochs.
-            defaults=MappingProxyType(dict(batch_size=256, learning_rate=0.1, learning_rate_min=0.0,
-                                           arch_learning_rate=6e-4, warmup_epochs=15)),
+            defaults=MappingProxyType(dict(batch_size=256, learning_rate=0.1,
+                                           arch_learning_rate=6e-4, arch_begin_epoch=15)),
         ),
     )
 }

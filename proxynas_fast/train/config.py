@@ -110,7 +110,7 @@ _PAPER_IMAGENET = dict(
 
 # Small enough for a few minutes on two CPU cores, big enough to learn well above chance.
 _CPU_DEMO = dict(
-    init_channels=16, layers=8, auxiliary=True, drop_path_prob=0.0, cutout=0, epochs=3, batch_size=64,
+    init_channels=16, layers=8, auxiliary=True, drop_path_prob=0.0, cutout=0, epochs=2, batch_size=64,
     lr=0.05, train_limit=5000, test_limit=1000, channels_last=False, amp="none",
 )
 

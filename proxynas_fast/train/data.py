@@ -65,6 +65,8 @@ def build_loaders(cfg: TrainConfig, device: torch.device) -> Tuple[Any, Any, Dic
         test_loader = loaders.ResidentLoader(
             test_ds.images, test_ds.labels, cfg.batch_size, train=False, pad=0, flip=False, cutout=0,
             shuffle=False, drop_last=False, **common)
-    info = {"num_classes": train_ds.num_classes, "train_examples": len(train_ds),
-            "test_examples": len(test_ds)}
+    # The ImageNet loaders may have dropped unreadable files (--skip-bad-images): count what they read.
+    info = {"num_classes": train_ds.num_classes,
+            "train_examples": len(getattr(train_loader, "files", train_ds)),
+            "test_examples": len(getattr(test_loader, "files", test_ds))}
     return train_loader, test_loader, info

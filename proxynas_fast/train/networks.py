@@ -6,7 +6,7 @@ Module names follow the reference DARTS `model.py`, so state_dicts load in eithe
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn

@@ -9,7 +9,6 @@ uninterrupted run (bit-exact on CPU; on CUDA as far as cuDNN is deterministic).
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import sys
@@ -31,6 +30,8 @@ LOG_NAME = "log.jsonl"
 RESULTS_NAME = "results.json"
 
 # Options that only change how a run executes, not what it computes: they may differ on resume.
+SYNC_EVERY = 20  # training steps between reads of the running loss (each read syncs a GPU)
+
 _RUNTIME_ONLY = {"out", "data_dir", "device", "progress", "eval_every", "loader_backend", "extra"}
 
 
@@ -234,7 +235,7 @@ class Trainer:
                     kept.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by the kill
-        atomic_write_text(self.log_path, "".join(l + "\n" for l in kept))
+        atomic_write_text(self.log_path, "".join(line + "\n" for line in kept))
 
     def _append_log(self, record: Dict[str, Any]) -> None:
         with open(self.log_path, "a") as f:
@@ -249,15 +250,18 @@ class Trainer:
         model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(epoch)
-        loss_sum, correct, count = 0.0, 0, 0
-        batches = self.train_loader
+        # Sums stay on the device; reading them (a GPU sync) happens only every SYNC_EVERY steps.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        count = 0
         bar = None
         if _show_progress(cfg.progress):
             from tqdm import tqdm
 
             bar = tqdm(total=len(self.train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        dynamic_ncols=True)
-        for step, (x, y) in enumerate(batches):
+        step = -1
+        for step, (x, y) in enumerate(self.train_loader):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -266,9 +270,6 @@ class Trainer:
                 loss = self.criterion(logits.float(), y)
                 if logits_aux is not None:
                     loss = loss + cfg.auxiliary_weight * self.criterion(logits_aux.float(), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"epoch {epoch + 1} step {step}: loss is {loss.item()}; "
-                                         f"lower --lr or use --amp bf16/none")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
@@ -277,29 +278,39 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             n = y.numel()
-            loss_sum += loss.item() * n
-            correct += (logits.argmax(dim=1) == y).sum().item()
+            loss_sum += loss.detach().double() * n
+            correct += (logits.detach().argmax(dim=1) == y).sum()
             count += n
+            if (step + 1) % SYNC_EVERY == 0:
+                self._check_finite(loss_sum, epoch, step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_sum.item() / count:.3f}",
+                                    acc=f"{100.0 * correct.item() / count:.1f}")
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{100.0 * correct / count:.1f}")
         if bar is not None:
             bar.close()
         if count == 0:
             raise ValueError("the training loader yielded no batches (is --batch-size larger than the data?)")
+        self._check_finite(loss_sum, epoch, step)
+        loss_sum, correct = loss_sum.item(), correct.item()
         return {"train_loss": loss_sum / count, "train_acc": 100.0 * correct / count}
+
+    @staticmethod
+    def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+        if not torch.isfinite(loss_sum):
+            raise FloatingPointError(f"epoch {epoch + 1}, by step {step + 1}: the training loss is not finite; "
+                                     f"lower --lr, or use --amp bf16 / none")
 
     # -- the run
     def fit(self, resume: bool = False) -> Dict[str, Any]:
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        resumed = False
-        if resume:
-            resumed = self.resume()
-        elif self.checkpoint_path.exists():
+        if not resume and self.checkpoint_path.exists():
             raise FileExistsError(f"{self.checkpoint_path} exists: pass --resume to continue that run, "
                                   f"or choose another --out")
-        else:
+        resumed = resume and self.resume()
+        if not resumed:  # a fresh run (also --resume without a checkpoint yet)
             seed_everything(cfg.seed)
             if self.log_path.exists():
                 self.log_path.unlink()
@@ -348,5 +359,5 @@ class Trainer:
 
 def read_log(path: Path) -> List[Dict[str, Any]]:
     """The per-epoch records of a run's log.jsonl (event lines such as 'resumed' left out)."""
-    return [r for r in (json.loads(l) for l in Path(path).read_text().splitlines() if l.strip())
-            if "event" not in r]
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r for r in records if "event" not in r]

@@ -1,0 +1,157 @@
+"""One first-order DARTS search step (architecture step + weight step), fused cells against reference cells.
+
+Run: `python -m pytest benchmarks/bench_search_step.py --benchmark-only -s`
+
+Shapes: CIFAR (32 px, C=16, 8 cells, batch 64, the paper's search setting) and ImageNet (224 px, the PC-DARTS
+ImageNet search network; batch 32 on GPU, reduced to PROXYNAS_BENCH_IMAGENET_BATCH (default 2) on CPU, where a
+full batch takes minutes per step). PROXYNAS_BENCH_CIFAR_BATCH overrides the CIFAR batch (default 64).
+
+Both backends run in the same session on the same model weights and batches; `test_*_ratio` prints and records
+(extra_info) the speed ratio of the medians and the peak-memory ratio, and checks the goals on CPU
+(>= 2x faster, <= 0.6x activation memory).
+
+Peak memory: on GPU, torch.cuda.max_memory_allocated over one step (reset before). On CPU there is no allocator
+peak, so we measure the *activation memory* of a forward pass: the total size of the distinct storages that
+autograd keeps for backward (collected with torch.autograd.graph.saved_tensors_hooks, deduplicated by storage),
+which is what the step holds at its peak, at the end of the forward (see docs/PERFORMANCE.md).
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+from proxynas_fast.darts.graphed_step import SearchStep
+from proxynas_fast.darts.model_search import Network
+from proxynas_fast.darts.model_search_imagenet import PCNetworkImageNetSearch
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+CIFAR_BATCH = int(os.environ.get("PROXYNAS_BENCH_CIFAR_BATCH", "64"))
+IMAGENET_BATCH = int(os.environ.get("PROXYNAS_BENCH_IMAGENET_BATCH", "32" if ON_GPU else "2"))
+ROUNDS = int(os.environ.get("PROXYNAS_BENCH_ROUNDS", "3"))
+SPEED_GOAL, MEMORY_GOAL = (4.0, None) if ON_GPU else (2.0, 0.6)
+
+SHAPES = {
+    "cifar": dict(make=lambda: Network(C=16, num_classes=10, layers=8), batch=CIFAR_BATCH, size=32, classes=10),
+    "imagenet": dict(make=lambda: PCNetworkImageNetSearch(C=16, num_classes=1000, layers=8), batch=IMAGENET_BATCH,
+                     size=224, classes=1000),
+}
+_results: dict = {}
+
+
+def build(shape: str, backend: str, seed: int = 0):
+    """Model, optimisers (DARTS settings) and one train/val batch pair, identical for both backends."""
+    spec = SHAPES[shape]
+    torch.manual_seed(seed)
+    model = spec["make"]().to(DEVICE)
+    model.backend = backend
+    w_opt = torch.optim.SGD(model.weights_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3,
+                             capturable=ON_GPU)
+    g = torch.Generator().manual_seed(seed + 1)
+    n, s, c = spec["batch"], spec["size"], spec["classes"]
+    batch = [torch.randn(n, 3, s, s, generator=g), torch.randint(0, c, (n,), generator=g),
+             torch.randn(n, 3, s, s, generator=g), torch.randint(0, c, (n,), generator=g)]
+    return model, SearchStep(model, w_opt, a_opt), [t.to(DEVICE) for t in batch]
+
+
+def activation_bytes(model, x, y) -> int:
+    """Bytes of the distinct storages autograd saves during one forward (the activation memory)."""
+    storages = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        storages[(st.data_ptr(), st.device)] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model._loss(x, y)
+    del loss
+    return sum(storages.values())
+
+
+def peak_memory(model, step, batch) -> int:
+    if ON_GPU:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(*batch)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    return activation_bytes(model, batch[0], batch[1])
+
+
+def _sync():
+    if ON_GPU:
+        torch.cuda.synchronize()
+
+
+def _run_backend(benchmark, shape, backend):
+    model, step, batch = build(shape, backend)
+    step(*batch)  # warm-up (allocations, optimiser state)
+    _sync()
+
+    def one_step():
+        step(*batch)
+        _sync()
+
+    benchmark.pedantic(one_step, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    mem = peak_memory(model, step, batch)
+    benchmark.extra_info.update(backend=backend, shape=shape, batch=SHAPES[shape]["batch"], peak_bytes=mem,
+                                device=torch.cuda.get_device_name() if ON_GPU else "cpu",
+                                threads=torch.get_num_threads())
+    _results[(shape, backend)] = (benchmark.stats.stats.median, mem)
+
+
+@pytest.mark.benchmark(group="search_step_cifar")
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_cifar_step(benchmark, backend):
+    _run_backend(benchmark, "cifar", backend)
+
+
+@pytest.mark.benchmark(group="search_step_imagenet")
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_imagenet_step(benchmark, backend):
+    _run_backend(benchmark, "imagenet", backend)
+
+
+def _ratio(benchmark, shape):
+    if (shape, "reference") not in _results or (shape, "fused") not in _results:
+        pytest.skip("run together with both backends' benchmarks of this shape")
+    (t_ref, m_ref), (t_fus, m_fus) = _results[(shape, "reference")], _results[(shape, "fused")]
+    speedup, memory = t_ref / t_fus, m_fus / m_ref
+    benchmark.extra_info.update(speedup=speedup, memory_ratio=memory)
+    benchmark.pedantic(lambda: None, rounds=1)
+    print(f"\n{shape} search step on {DEVICE} (batch {SHAPES[shape]['batch']}, {torch.get_num_threads()} threads): "
+          f"reference {t_ref:.2f}s {m_ref / 2**20:.0f} MiB, fused {t_fus:.2f}s {m_fus / 2**20:.0f} MiB -> "
+          f"speedup {speedup:.2f}x, memory {memory:.2f}x")
+    return speedup, memory
+
+
+@pytest.mark.benchmark(group="search_step_cifar")
+def test_cifar_ratio(benchmark):
+    speedup, memory = _ratio(benchmark, "cifar")
+    assert speedup >= SPEED_GOAL, f"fused step only {speedup:.2f}x faster (goal {SPEED_GOAL}x)"
+    if MEMORY_GOAL is not None:
+        assert memory <= MEMORY_GOAL, f"fused activation memory {memory:.2f}x of the reference (goal {MEMORY_GOAL}x)"
+
+
+@pytest.mark.benchmark(group="search_step_imagenet")
+def test_imagenet_ratio(benchmark):
+    _ratio(benchmark, "imagenet")
+
+
+def test_backends_agree_on_one_step():
+    """The two backends take the same step (guards the benchmark against comparing different work)."""
+    models = []
+    for backend in ("reference", "fused"):
+        model, step, batch = build("cifar", backend)
+        small = [t[:4] for t in batch]
+        step(*small)
+        models.append(model)
+    for a, b in zip(models[0].arch_parameters(), models[1].arch_parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert copy.deepcopy(models[1].state_dict()).keys() == models[0].state_dict().keys()

@@ -1,0 +1,136 @@
+"""Search configuration: paper/strategy/preset defaults, the command line, strategies, backend choice, and the
+errors raised before any data is read."""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from proxynas_fast.darts import (DARTS_CIFAR_SEARCH, PCDARTS_CIFAR_SEARCH, Network, NetworkImageNetSearch,
+                                 PCNetwork, PCNetworkImageNetSearch)
+from proxynas_fast.search import (PAPER_DEFAULTS, SearchConfig, SearchError, build_parser, default_backend,
+                                  get_strategy, list_strategies, resolve_config)
+from proxynas_fast.search.__main__ import main
+from proxynas_fast.search.config import overrides_from_args
+
+BASE = {"dataset": "cifar10", "out": "runs/x", "entropy_file": "e.txt"}
+
+
+def cli_overrides(*argv):
+    return overrides_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_paper_defaults_are_the_issue_numbers_and_match_darts_module():
+    cfg = resolve_config(BASE)
+    expected = dict(epochs=50, batch_size=64, learning_rate=0.025, learning_rate_min=0.001, momentum=0.9,
+                    weight_decay=3e-4, arch_learning_rate=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3,
+                    grad_clip=5.0, layers=8, init_channels=16, arch_begin_epoch=0, portion=0.1,
+                    weight_fraction=0.5, strategy="darts", selection="p1")
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    assert {k: getattr(cfg, k) for k in PAPER_DEFAULTS} == PAPER_DEFAULTS
+    # Dataclass defaults are the paper's too (a config built without resolve_config agrees).
+    plain = SearchConfig(dataset="cifar10", out="x")
+    assert {k: getattr(plain, k) for k in PAPER_DEFAULTS} == PAPER_DEFAULTS
+    for key in ("batch_size", "learning_rate", "learning_rate_min", "momentum", "weight_decay", "epochs",
+                "init_channels", "layers", "grad_clip", "arch_learning_rate", "arch_weight_decay"):
+        assert getattr(cfg, key) == getattr(DARTS_CIFAR_SEARCH, key), key
+
+
+def test_pcdarts_carries_its_own_defaults_and_flags_still_win():
+    cfg = resolve_config(dict(BASE, strategy="pcdarts"))
+    assert (cfg.batch_size, cfg.learning_rate, cfg.arch_learning_rate, cfg.arch_begin_epoch) == (256, 0.1, 6e-4, 15)
+    for key in ("batch_size", "learning_rate", "learning_rate_min", "arch_learning_rate", "arch_begin_epoch",
+                "weight_decay", "arch_weight_decay"):
+        assert getattr(cfg, key) == getattr(PCDARTS_CIFAR_SEARCH, key), key
+    cfg = resolve_config(dict(BASE, **cli_overrides("--strategy", "pcdarts", "--batch-size", "32", "--lr", "0.05")))
+    assert (cfg.batch_size, cfg.learning_rate, cfg.arch_learning_rate) == (32, 0.05, 6e-4)
+
+
+def test_cpu_demo_preset_and_precedence():
+    cfg = resolve_config(dict(BASE, preset="cpu-demo"))
+    assert (cfg.portion, cfg.init_channels, cfg.layers, cfg.batch_size, cfg.epochs) == (0.02, 8, 5, 32, 3)
+    assert cfg.strategy == "darts" and not get_strategy(cfg.strategy).unrolled  # first order
+    pc = resolve_config(dict(BASE, preset="cpu-demo", strategy="pcdarts"))
+    assert pc.batch_size == 32 and pc.arch_begin_epoch == 1  # the preset beats the strategy ...
+    cfg = resolve_config(dict(BASE, preset="cpu-demo", epochs=1, layers=3))
+    assert (cfg.epochs, cfg.layers) == (1, 3)  # ... and flags beat the preset
+
+
+def test_command_line_keeps_only_given_flags():
+    o = cli_overrides("--dataset", "svhn", "--out", "o", "--selection", "random", "--count", "100",
+                      "--arch-betas", "0.9", "0.99", "--selection-option", "class_balanced=true", "--no-progress",
+                      "--deterministic")
+    assert o == {"dataset": "svhn", "out": "o", "selection": "random", "count": 100, "arch_betas": (0.9, 0.99),
+                 "selection_options": {"class_balanced": True}, "progress": False, "deterministic": True}
+    cfg = resolve_config(o)
+    assert cfg.portion is None and cfg.count == 100  # --count replaces the default portion
+    assert SearchConfig.from_dict(cfg.to_dict()) == cfg  # config.json round trip
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"dataset": "mnist"}, "unknown data set 'mnist'"),
+    ({"strategy": "enas"}, "unknown search strategy 'enas'"),
+    ({"portion": 0.1, "count": 10}, "not both"),
+    ({"portion": 1.5}, "--portion: must be in (0, 1]"),
+    ({"init_channels": 5}, "--init-channels: must be even"),
+    ({"image_size": 64}, "--image-size: only ImageNet"),
+    ({"backend": "cuda"}, "--backend: must be one of reference, fused"),
+    ({"learning_rate_min": 1.0}, "--learning-rate-min"),
+    ({"scorer_checkpoint": "c.th"}, "either --entropy-file or --scorer-checkpoint"),
+])
+def test_invalid_configurations_name_the_flag(change, message):
+    with pytest.raises(SearchError) as e:
+        resolve_config(dict(BASE, **change))
+    assert message in str(e.value)
+
+
+def test_entropy_needed_unless_random():
+    with pytest.raises(SearchError, match=r"--selection p1 ranks examples by entropy: pass --entropy-file"):
+        resolve_config({"dataset": "cifar10", "out": "o"})
+    assert resolve_config({"dataset": "cifar10", "out": "o", "selection": "random"}).entropy_file is None
+
+
+def test_strategy_registry_builds_the_right_networks():
+    assert list_strategies() == ["darts", "darts2", "pcdarts"]
+    assert [get_strategy(n).unrolled for n in list_strategies()] == [False, True, False]
+    assert get_strategy("darts").network_class("cifar10") is Network
+    assert get_strategy("darts2").network_class("svhn") is Network
+    assert get_strategy("pcdarts").network_class("cifar100") is PCNetwork
+    assert get_strategy("darts").network_class("imagenet") is NetworkImageNetSearch
+    assert get_strategy("pcdarts").network_class("imagenet") is PCNetworkImageNetSearch
+    model = get_strategy("pcdarts").build_model(dataset="cifar10", C=4, num_classes=10, layers=3, criterion=None,
+                                                backend="reference")
+    assert isinstance(model, PCNetwork) and len(model.arch_parameters()) == 4
+
+
+def test_default_backend_resolution(monkeypatch):
+    for probe, expected in ((lambda: True, "fused"), (lambda: False, "reference")):
+        fake = types.ModuleType("proxynas_fast.darts.fused")
+        fake.is_available = probe
+        monkeypatch.setitem(sys.modules, "proxynas_fast.darts.fused", fake)
+        monkeypatch.setattr("proxynas_fast.darts.fused", fake, raising=False)
+        assert default_backend() == expected
+    monkeypatch.setitem(sys.modules, "proxynas_fast.darts.fused", None)  # import fails
+    assert default_backend() == "reference"
+
+
+def test_cli_errors_before_reading_data(tmp_path, capsys):
+    assert main(["--dataset", "imagenet21k", "--data-dir", str(tmp_path), "--selection", "random",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--dataset: unknown data set 'imagenet21k'; choose one of cifar10, cifar100, svhn, imagenet" \
+        in capsys.readouterr().err
+    missing = tmp_path / "no-such-folder"
+    assert main(["--dataset", "cifar10", "--data-dir", str(missing), "--selection", "random",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert f"--data-dir {missing} does not exist" in capsys.readouterr().err
+    assert main(["--dataset", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--entropy-file" in err and "--scorer-checkpoint" in err and "--selection random" in err
+    assert not (tmp_path / "o").exists()  # nothing written by a failed start
+
+
+def test_list_strategies(capsys):
+    assert main(["--list-strategies"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("darts:") and "darts2:" in out and "pcdarts:" in out and "batch_size=256" in out
