@@ -1,6 +1,7 @@
 """Training from scratch: presets, the trainer's checkpoint/resume, and the CLI on real CIFAR-10."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -157,10 +158,18 @@ def test_results_checkpoint_contents_and_resume_guards(tmp_path, one_thread):
         _tiny_trainer(tmp_path, epochs=1, amp="fp16", channels_last=True, lr=0.1).fit(resume=True)
 
 
-def test_step_schedule_and_bf16(tmp_path, one_thread):
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_step_schedule_bf16_and_progress_bar(tmp_path, one_thread, monkeypatch):
     trainer = _tiny_trainer(tmp_path, lr_schedule="step", lr_gamma=0.5, epochs=2, auxiliary=False,
-                            label_smoothing=0.1, amp="bf16")
+                            label_smoothing=0.1, amp="bf16", progress=True)
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     trainer.fit()
+    assert "epoch 2/2:" in terminal.getvalue() and "2/2 [" in terminal.getvalue()  # the tqdm bar
     assert [r["lr"] for r in read_log(tmp_path / "log.jsonl")] == pytest.approx([0.05, 0.025])
     assert np.isfinite(read_log(tmp_path / "log.jsonl")[-1]["train_loss"])
 
