@@ -43,4 +43,14 @@ def checkpoints_dir(shared_dir) -> Path:
     return shared_dir / "reference" / "checkpoints"
 
 
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for tests of tiny tensors: a parallel region costs more than the work, and on a
+    busy 2-core machine a second thread's spin-waits made small models 10-50x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -12,16 +12,11 @@ from torch.func import functional_call
 
 from proxynas_fast.darts import DARTS_CIFAR_SEARCH, Architect, Network, PCDARTS_CIFAR_SEARCH
 
+# Tiny shapes: one intra-op thread (a parallel region costs more than the work; see conftest).
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 ETA = 0.05
 SETTINGS = dict(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4, arch_weight_decay=1e-3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class SmoothNetwork(Network):
@@ -31,6 +26,7 @@ class SmoothNetwork(Network):
     smooth too."""
 
     def __init__(self, *args, **kwargs):
+        kwargs["backend"] = "reference"  # the fused cell implements ReLU / max-pool, not these substitutes
         super().__init__(*args, **kwargs)
         for module in list(self.modules()):
             for name, child in list(module.named_children()):

@@ -20,15 +20,8 @@ from proxynas_fast.darts import (
 )
 from reference_darts_functional import random_state_dict, reference_forward, reference_layout
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: on a loaded 2-core machine a second intra-op thread only adds spin-wait stalls.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny shapes: one intra-op thread (a parallel region costs more than the work; see conftest).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 TINY = dict(C=4, num_classes=10, layers=3)  # layers=3: cells 1 and 2 are reduction cells

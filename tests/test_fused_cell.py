@@ -11,16 +11,10 @@ from proxynas_fast.darts import fused
 from proxynas_fast.darts.model_search import Cell, Network
 from proxynas_fast.darts.pcdarts import PCNetwork
 
+# Tiny shapes: one intra-op thread (a parallel region costs more than the work; see conftest).
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 DTYPE = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny shapes: a parallel region costs more than the work (and much more on a loaded 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _pair(network_cls, seed=0, **kw):
@@ -126,3 +120,20 @@ def test_fused_cell_runs_under_torch_compile():
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     out.sum().backward()
     assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
+def test_search_step_eager_and_graph_step_needs_cuda():
+    from proxynas_fast.darts.graphed_step import CudaGraphSearchStep, SearchStep
+
+    torch.manual_seed(7)
+    model = Network(C=4, num_classes=3, layers=3, backend="fused")  # a normal and two reduction cells
+    w_opt = torch.optim.SGD(model.weights_parameters(), lr=0.1)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=0.1)
+    batch = [torch.randn(2, 3, 8, 8), torch.tensor([0, 2]), torch.randn(2, 3, 8, 8), torch.tensor([1, 0])]
+    before = [a.detach().clone() for a in model.arch_parameters()]
+    arch_loss, weight_loss = SearchStep(model, w_opt, a_opt)(*batch)
+    assert torch.isfinite(arch_loss) and torch.isfinite(weight_loss)
+    assert all(not torch.equal(b, a) for b, a in zip(before, model.arch_parameters()))
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="needs a CUDA device"):
+            CudaGraphSearchStep(model, w_opt, a_opt, example_batch=batch)

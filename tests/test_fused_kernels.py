@@ -12,21 +12,15 @@ from proxynas_fast.darts import fused
 from proxynas_fast.ops import mixed_node as mn
 from proxynas_fast.ops.dw_conv2d import dw_conv2d, dw_conv2d_reference
 
+# Tiny shapes: one intra-op thread (a parallel region costs more than the work; see conftest).
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not extension.has_cuda_kernels(),
                                                   reason="needs a CUDA device and the CUDA kernels")),
 ]
 needs_kernels = pytest.mark.skipif(not extension.has_cpu_kernels(), reason="the extension is not built")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny shapes: a parallel region costs more than the work (and much more on a loaded 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # (kernel, dilation, stride, padding, multiplier): every DARTS case plus odd paddings and sizes

@@ -21,19 +21,12 @@ from proxynas_fast.loaders import (
     select_files,
 )
 
+# Tiny shapes: one intra-op thread (a parallel region costs more than the work; see conftest).
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
 BACKENDS = [pytest.param("dali", marks=needs_dali), "pil"]
 SMALL = 64  # image_size for tests that do not look at the 224 format
-
-
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    """The loaders' per-batch tensor ops are small; on a shared 2-core machine, 2-thread OpenMP
-    regions stall on busy cores (measured 20x slower batches), so these tests use one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

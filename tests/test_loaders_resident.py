@@ -10,19 +10,12 @@ from PIL import Image
 from conftest import requires_cuda
 from proxynas_fast.loaders import ResidentLoader
 
+# Tiny shapes: one intra-op thread (a parallel region costs more than the work; see conftest).
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 SLICE = 512
-
-
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    """The loaders' per-batch tensor ops are small; on a shared 2-core machine, 2-thread OpenMP
-    regions stall on busy cores (measured 20x slower batches), so these tests use one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

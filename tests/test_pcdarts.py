@@ -23,12 +23,8 @@ from proxynas_fast.darts import (
 from reference_darts_functional import random_state_dict, reference_forward, reference_layout
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny shapes: one intra-op thread (a parallel region costs more than the work; see conftest).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_full_size_layouts_match_reference():

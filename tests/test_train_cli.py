@@ -24,15 +24,6 @@ from proxynas_fast.train.trainer import Trainer, load_checkpoint, read_log
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks are all per-op overhead: a second intra-op thread only adds synchronisation."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------- presets
 
 def test_paper_presets_are_the_darts_settings():
@@ -120,7 +111,7 @@ def _tiny_trainer(tmp_path, fail_at=None, **overrides):
     return Trainer(cfg, model, train, test, torch.device("cpu"), tmp_path, {"note": "tiny"})
 
 
-def test_interrupted_and_resumed_training_matches_uninterrupted(tmp_path, one_thread):
+def test_interrupted_and_resumed_training_matches_uninterrupted(tmp_path, single_thread):
     full = _tiny_trainer(tmp_path / "full")
     full_results = full.fit(resume=True)  # nothing to resume yet: a fresh, seeded run
     with pytest.raises(KeyboardInterrupt):
@@ -141,7 +132,7 @@ def test_interrupted_and_resumed_training_matches_uninterrupted(tmp_path, one_th
     assert not [p for p in (tmp_path / "full").iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_results_checkpoint_contents_and_resume_guards(tmp_path, one_thread):
+def test_results_checkpoint_contents_and_resume_guards(tmp_path, single_thread):
     trainer = _tiny_trainer(tmp_path, epochs=1, amp="fp16", channels_last=True)
     results = trainer.fit()
     assert trainer.scaler.is_enabled()  # fp16 needs loss scaling
@@ -163,7 +154,7 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-def test_step_schedule_bf16_and_progress_bar(tmp_path, one_thread, monkeypatch):
+def test_step_schedule_bf16_and_progress_bar(tmp_path, single_thread, monkeypatch):
     trainer = _tiny_trainer(tmp_path, lr_schedule="step", lr_gamma=0.5, epochs=2, auxiliary=False,
                             label_smoothing=0.1, amp="bf16", progress=True)
     terminal = FakeTerminal()
@@ -174,7 +165,7 @@ def test_step_schedule_bf16_and_progress_bar(tmp_path, one_thread, monkeypatch):
     assert np.isfinite(read_log(tmp_path / "log.jsonl")[-1]["train_loss"])
 
 
-def test_non_finite_loss_stops_the_run(tmp_path, one_thread):
+def test_non_finite_loss_stops_the_run(tmp_path, single_thread):
     trainer = _tiny_trainer(tmp_path, epochs=1)
     trainer.train_loader.x[:] = float("nan")
     with pytest.raises(FloatingPointError, match="epoch 1"):
@@ -194,7 +185,7 @@ def test_cli_rejects_unknown_arch_and_bad_data_dir(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_short_cifar10_training_learns(tmp_path, cifar10_jpeg_dir, one_thread):
+def test_short_cifar10_training_learns(tmp_path, cifar10_jpeg_dir, single_thread):
     # Measured: 36.7 % test accuracy after 3 epochs (~70 CPU-seconds); chance is 10 %.
     out = tmp_path / "run"
     rc = main(["--arch", "DARTS_V2", "--dataset", "cifar10", "--data-dir", str(cifar10_jpeg_dir),
@@ -258,7 +249,7 @@ def test_killed_and_resumed_cli_run_ends_like_an_uninterrupted_one(tmp_path, cif
     assert [r["epoch"] for r in read_log(cut_dir / "log.jsonl")] == [1, 2, 3]
 
 
-def test_imagenet_training_runs_on_real_images(tmp_path, imagenet_sample_dir, one_thread):
+def test_imagenet_training_runs_on_real_images(tmp_path, imagenet_sample_dir, single_thread):
     """NetworkImageNet + the ImageNet loader on 10 real classes (the sample has no val split, so its
     images stand in for both splits here)."""
     classes = sorted(p.name for p in (imagenet_sample_dir / "train").iterdir())[:10]

@@ -11,13 +11,8 @@ from proxynas_fast.train.networks import (Cell, NetworkCIFAR, NetworkImageNet, b
                                           drop_path)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks are all per-op overhead: a second intra-op thread only adds synchronisation."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny shapes: one intra-op thread (a parallel region costs more than the work; see conftest).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("arch, expected", [

@@ -29,9 +29,19 @@ BACKENDS = ("reference", "fused")
 _NONE_INDEX = PRIMITIVES.index("none")
 
 
+def default_backend() -> str:
+    """'fused' when the compiled kernels are present (the fused cell then runs them), else 'reference'."""
+    from proxynas_fast import extension
+
+    return "fused" if extension.has_cpu_kernels() else "reference"
+
+
 def check_backend(backend: str) -> str:
+    """Validate a backend name; "auto" (or None) means `default_backend()`."""
+    if backend in (None, "auto"):
+        return default_backend()
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {backend!r}")
     return backend
 
 
@@ -148,14 +158,15 @@ class Network(nn.Module):
         layers: number of cells; cells `layers // 3` and `2 * layers // 3` are reduction cells (channels doubled).
         criterion: loss used by `_loss` (default `nn.CrossEntropyLoss()`).
         steps: intermediate nodes per cell; multiplier: how many of the last nodes form the cell output.
-        backend: "reference" or "fused" (see module docstring); settable later via `model.backend`.
+        backend: "reference", "fused" or "auto" (fused when the compiled kernels exist; see module docstring);
+            settable later via `model.backend`.
     """
 
     # First cell's preprocess0 halves its input when the stem already downsampled twice (ImageNet variant).
     _first_reduction_prev = False
 
     def __init__(self, C: int, num_classes: int, layers: int, criterion: Optional[nn.Module] = None,
-                 steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, backend: str = "reference"):
+                 steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, backend: str = "auto"):
         super().__init__()
         for name, value in (("C", C), ("num_classes", num_classes), ("layers", layers), ("steps", steps),
                             ("multiplier", multiplier), ("stem_multiplier", stem_multiplier)):
@@ -271,7 +282,8 @@ class Network(nn.Module):
 
     @backend.setter
     def backend(self, value: str) -> None:
-        object.__setattr__(self, "_backend", check_backend(value))
+        value = check_backend(value)
+        object.__setattr__(self, "_backend", value)
         for cell in self.cells:
             cell.backend = value
 

@@ -50,6 +50,6 @@ class PCNetworkImageNetSearch(ImageNetStemMixin, PCNetwork):
     """PC-DARTS ImageNet search network (partial channels with k=2 by default, edge normalisation)."""
 
     def __init__(self, C, num_classes, layers, criterion=None, steps=4, multiplier=4, stem_multiplier=3,
-                 k=PCDARTS_IMAGENET_K, backend="reference"):
+                 k=PCDARTS_IMAGENET_K, backend="auto"):
         super().__init__(C, num_classes, layers, criterion, steps=steps, multiplier=multiplier,
                          stem_multiplier=stem_multiplier, k=k, backend=backend)

@@ -121,7 +121,7 @@ class PCNetwork(Network):
 
     def __init__(self, C: int, num_classes: int, layers: int, criterion: Optional[nn.Module] = None,
                  steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, k: int = PCDARTS_CIFAR_K,
-                 backend: str = "reference"):
+                 backend: str = "auto"):
         if int(k) < 1:
             raise ValueError(f"partial-channel factor k must be a positive integer, got {k!r}")
         # Needed by _make_cell, which the base constructor calls.

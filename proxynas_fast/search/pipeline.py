@@ -24,8 +24,8 @@ from proxynas_fast.selection import PROXY_FILES, write_proxy_files
 from . import checkpoint as ckpt
 from . import outputs
 from .config import SearchConfig, default_backend
-from .distributed import (DistContext, barrier, broadcast_, init_distributed, max_difference_from_rank0, shutdown,
-                          wrap_model)
+from .distributed import (DistContext, barrier, broadcast_, broadcast_object, init_distributed,
+                          max_difference_from_rank0, shutdown, wrap_model)
 from .loop import EpochMetrics, train_epoch, validate
 from .strategies import SearchError, get_strategy
 
@@ -62,7 +62,8 @@ class SearchResult:
     epochs_done: int
     split: ProxySplit
     loaders: Dict[str, Any] = field(default_factory=dict)
-    history: list = field(default_factory=list)
+    history: list = field(default_factory=list)  # the per-epoch log records of this invocation
+    model: Optional[nn.Module] = None
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -148,19 +149,31 @@ def check_entropy_matches(table: EntropyTable, dataset, dataset_name: str) -> En
     return t
 
 
-def score_training_set(config: SearchConfig, out_dir: Path, ctx: DistContext) -> Path:
-    """Entropy file for --scorer-checkpoint: scored once by rank 0 into --out/entropy.txt, reused on resume."""
-    from proxynas_fast import scoring
+def score_training_set(config: SearchConfig, dataset, out_dir: Path, ctx: DistContext) -> Path:
+    """Entropy file for --scorer-checkpoint: every rank scores a shard of the training set (gathered in index
+    order), rank 0 writes --out/entropy.txt; a resumed or repeated run reuses that file."""
     from proxynas_fast.data import dataset_info
+    from proxynas_fast.entropy_file import write_entropy_file
+    from proxynas_fast.scoring import CheckpointError, load_scorer, score_dataset
 
     path = out_dir / SCORED_ENTROPY_NAME
-    if ctx.is_main and not path.is_file():
-        ckpt_path = Path(config.scorer_checkpoint)
-        if not ckpt_path.is_file():
-            raise SearchError(f"--scorer-checkpoint {ckpt_path} does not exist")
-        arch = config.scorer_arch or dataset_info(config.dataset).scorer_arch
-        scoring.score_dataset(config.dataset, config.data_dir, str(ckpt_path), str(path), arch=arch,
-                              device=str(ctx.device))
+    if broadcast_object(path.is_file(), ctx):  # rank 0's view, taken before anyone writes it
+        return path
+    ckpt_path = Path(config.scorer_checkpoint)
+    if not ckpt_path.is_file():
+        raise SearchError(f"--scorer-checkpoint {ckpt_path} does not exist")
+    info = dataset_info(config.dataset)
+    arch = config.scorer_arch or info.scorer_arch
+    try:
+        scorer = load_scorer(arch, ckpt_path, dataset.num_classes)
+    except (CheckpointError, ValueError) as e:
+        raise SearchError(f"--scorer-checkpoint: {e}") from None
+    result = score_dataset(scorer, dataset, mean=info.scorer_mean, std=info.scorer_std, device=ctx.device,
+                           bin_width=info.bin_width, image_size=config.image_size or 224)
+    if ctx.is_main:
+        write_entropy_file(path, np.arange(len(result.entropy)), result.entropy, result.labels)
+        print(f"scored {len(result.entropy)} {config.dataset} examples with {arch} ({ckpt_path}): top-1 "
+              f"{100 * result.top1:.2f}% -> {path}", flush=True)
     barrier(ctx)
     return path
 
@@ -318,6 +331,27 @@ def _say(ctx: DistContext, text: str) -> None:
         print(text, flush=True)
 
 
+def prepare_split(config: SearchConfig, dataset, out_dir: Path, ctx: DistContext, resuming: bool) -> ProxySplit:
+    """The proxy halves: those saved in --out when resuming, else entropies -> selection -> split (rank 0
+    writes the proxy files)."""
+    split = read_saved_split(out_dir) if resuming else None
+    if split is None:
+        if config.entropy_file:
+            entropy_path = Path(config.entropy_file)
+        elif config.scorer_checkpoint:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            entropy_path = score_training_set(config, dataset, out_dir, ctx)
+        else:
+            entropy_path = None
+        split, table = select_proxy(config, dataset, entropy_path)
+        check_batches_fit(config, split, ctx.world_size)
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_proxy_files(out_dir, table, split.selected, fraction=config.weight_fraction, seed=config.seed)
+    check_batches_fit(config, split, ctx.world_size)
+    return split
+
+
 def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
     started = time.time()
     out_dir = Path(config.out)
@@ -330,21 +364,7 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
 
     dataset = load_train_set(config)
     existing = ckpt.find_checkpoint(out_dir) if config.resume else None
-    split = read_saved_split(out_dir) if existing is not None else None
-    if split is None:
-        if config.entropy_file:
-            entropy_path = Path(config.entropy_file)
-        elif config.scorer_checkpoint:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            entropy_path = score_training_set(config, out_dir, ctx)
-        else:
-            entropy_path = None
-        split, table = select_proxy(config, dataset, entropy_path)
-        check_batches_fit(config, split, ctx.world_size)
-        if ctx.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_proxy_files(out_dir, table, split.selected, fraction=config.weight_fraction, seed=config.seed)
-    check_batches_fit(config, split, ctx.world_size)
+    split = prepare_split(config, dataset, out_dir, ctx, resuming=existing is not None)
     if ctx.is_main:
         outputs.write_config(out_dir, config.to_dict())
         ckpt.remove_stale_temporaries(out_dir)
@@ -377,35 +397,17 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
     progress = (config.progress if config.progress is not None else outputs.stderr_is_terminal()) and ctx.is_main
     history = []
     for epoch in range(start_epoch, config.epochs):
-        lr = parts.scheduler.get_last_lr()[0]
-        for loader in loaders.values():
-            loader.set_epoch(epoch)
-        update_arch = epoch >= config.arch_begin_epoch
-
-        def on_step(step, steps, loss, acc, _epoch=epoch):
-            log.write("step", epoch=_epoch + 1, step=step, steps=steps, loss=loss, acc=acc)
-
-        train = train_epoch(model=parts.model, forward_model=parts.forward_model, architect=parts.architect,
-                            optimizer=parts.optimizer, criterion=parts.criterion, weight_loader=loaders["weights"],
-                            arch_loader=loaders["arch"], lr=lr, grad_clip=config.grad_clip, update_arch=update_arch,
-                            unrolled=strategy.unrolled, ctx=ctx, device=device, progress=progress,
-                            description=f"epoch {epoch + 1}/{config.epochs}", on_step=on_step,
-                            log_every=config.log_every)
-        val = validate(parts.model, parts.criterion, loaders["eval"], ctx, device)
-        parts.scheduler.step()
-        genotype = parts.model.genotype()
-        record = dict(epoch=epoch + 1, epochs=config.epochs, lr=lr, arch_updates=update_arch,
-                      **_metrics("train", train), **_metrics("val", val),
-                      alphas=outputs.softmaxed_arch(parts.model), genotype=genotype_to_dict(genotype))
+        record = search_epoch(epoch, config, strategy, parts, loaders, ctx, log, progress)
         history.append(record)
         if ctx.is_main:
             log.write("epoch", **record)
             tb.scalars(epoch + 1, **{k: v for k, v in record.items() if k.startswith(("train_", "val_", "lr"))})
             ckpt.save_checkpoint(out_dir / ckpt.CHECKPOINT_NAME, checkpoint_state(parts, loaders, epoch + 1, config))
             write_results(out_dir, parts, config, epoch + 1)
-        _say(ctx, f"epoch {epoch + 1}/{config.epochs} lr {lr:.5f} train loss {train.loss:.4f} acc "
-                  f"{train.accuracy:.2f}% | val loss {val.loss:.4f} acc {val.accuracy:.2f}% "
-                  f"({train.seconds + val.seconds:.1f}s){'' if update_arch else ' [weights only]'}")
+        _say(ctx, f"epoch {epoch + 1}/{config.epochs} lr {record['lr']:.5f} train loss {record['train_loss']:.4f} "
+                  f"acc {record['train_acc']:.2f}% | val loss {record['val_loss']:.4f} acc {record['val_acc']:.2f}% "
+                  f"({record['train_seconds'] + record['val_seconds']:.1f}s)"
+                  f"{'' if record['arch_updates'] else ' [weights only]'}")
         barrier(ctx)
 
     genotype = parts.model.genotype()
@@ -419,4 +421,28 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
                   world_size=ctx.world_size, rank_max_abs_diff=rank_diff)
         _say(ctx, f"genotype: {genotype}")
     tb.close()
-    return SearchResult(out_dir, genotype, config.epochs, split, loaders, history)
+    return SearchResult(out_dir, genotype, config.epochs, split, loaders, history, parts.model)
+
+
+def search_epoch(epoch: int, config: SearchConfig, strategy, parts: SearchComponents, loaders, ctx: DistContext,
+                 log: outputs.RunLog, progress: bool) -> Dict[str, Any]:
+    """Train one epoch (alpha updates from `arch_begin_epoch` on), validate, step the schedule; the log record."""
+    lr = parts.scheduler.get_last_lr()[0]
+    for loader in loaders.values():
+        loader.set_epoch(epoch)
+    update_arch = epoch >= config.arch_begin_epoch
+
+    def on_step(step, steps, loss, acc):
+        log.write("step", epoch=epoch + 1, step=step, steps=steps, loss=loss, acc=acc)
+
+    train = train_epoch(model=parts.model, forward_model=parts.forward_model, architect=parts.architect,
+                        optimizer=parts.optimizer, criterion=parts.criterion, weight_loader=loaders["weights"],
+                        arch_loader=loaders["arch"], lr=lr, grad_clip=config.grad_clip, update_arch=update_arch,
+                        unrolled=strategy.unrolled, ctx=ctx, device=ctx.device, progress=progress,
+                        description=f"epoch {epoch + 1}/{config.epochs}", on_step=on_step,
+                        log_every=config.log_every)
+    val = validate(parts.model, parts.criterion, loaders["eval"], ctx, ctx.device)
+    parts.scheduler.step()
+    return dict(epoch=epoch + 1, epochs=config.epochs, lr=lr, arch_updates=update_arch,
+                **_metrics("train", train), **_metrics("val", val),
+                alphas=outputs.softmaxed_arch(parts.model), genotype=genotype_to_dict(parts.model.genotype()))
