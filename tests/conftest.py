@@ -14,6 +14,9 @@ SHARED_DIR = Path(os.environ.get("PROXYNAS_SHARED", REPO_ROOT.parent / "shared")
 def pytest_configure(config):
     # 2-core machines: keep intra-op threads at the core count, no oversubscription.
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 2)))
+    # Subprocesses started by tests (CLIs, torchrun ranks) run tiny configurations: one intra-op thread each.
+    # With two, a busy machine stalls them in spin-waits (a 30 s search took over 300 s).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -281,7 +281,7 @@ def test_fused_backend_dispatches_to_cell_forward(monkeypatch):
     monkeypatch.setitem(sys.modules, "proxynas_fast.darts.fused", fake)
     monkeypatch.setattr(darts_pkg, "fused", fake, raising=False)
 
-    model = _tiny(dtype=torch.float32)
+    model = _tiny(dtype=torch.float32, backend="reference")
     x = torch.randn(2, 3, 16, 16)
     expected = model(x)
     model.backend = "fused"

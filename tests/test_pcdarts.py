@@ -138,7 +138,7 @@ def test_pc_backend_dispatch_and_new(monkeypatch):
     monkeypatch.setitem(sys.modules, "proxynas_fast.darts.fused", fake)
     monkeypatch.setattr(darts_pkg, "fused", fake, raising=False)
 
-    model = PCNetwork(8, 10, 3, None)
+    model = PCNetwork(8, 10, 3, None, backend="reference")
     x = torch.randn(2, 3, 16, 16)
     expected = model(x)
     model.backend = "fused"

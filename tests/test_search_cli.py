@@ -18,11 +18,13 @@ from proxynas_fast.search.outputs import read_log
 from proxynas_fast.selection import select
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One OpenMP thread: as fast for these tiny networks, and immune to the spin-wait slowdown of a busy machine.
+CHILD_ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
 
 
 def run_cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "proxynas_fast.search", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=REPO))
+                          capture_output=True, text=True, timeout=timeout, env=CHILD_ENV)
 
 
 def test_cifar10_search_writes_a_valid_genotype(cifar10_jpeg_dir, reference_entropy_dir, tmp_path):

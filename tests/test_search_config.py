@@ -102,6 +102,9 @@ def test_strategy_registry_builds_the_right_networks():
     model = get_strategy("pcdarts").build_model(dataset="cifar10", C=4, num_classes=10, layers=3, criterion=None,
                                                 backend="reference")
     assert isinstance(model, PCNetwork) and len(model.arch_parameters()) == 4
+    with pytest.raises(SearchError, match=r"--init-channels 6 .*PCNetwork cannot be built: .*k=4"):
+        get_strategy("pcdarts").build_model(dataset="cifar10", C=6, num_classes=10, layers=3, criterion=None,
+                                            backend="reference")
 
 
 def test_default_backend_resolution(monkeypatch):
@@ -113,6 +116,10 @@ def test_default_backend_resolution(monkeypatch):
         assert default_backend() == expected
     monkeypatch.setitem(sys.modules, "proxynas_fast.darts.fused", None)  # import fails
     assert default_backend() == "reference"
+    monkeypatch.undo()
+    # The real module (no probe of its own): fused exactly when the compiled kernels are there.
+    from proxynas_fast import extension
+    assert default_backend() == ("fused" if extension.has_cpu_kernels() else "reference")
 
 
 def test_cli_errors_before_reading_data(tmp_path, capsys):
@@ -134,3 +141,19 @@ def test_list_strategies(capsys):
     assert main(["--list-strategies"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("darts:") and "darts2:" in out and "pcdarts:" in out and "batch_size=256" in out
+
+
+def test_resume_refuses_changed_options(tmp_path):
+    from proxynas_fast.search.outputs import write_config
+    from proxynas_fast.search.pipeline import check_out_dir
+
+    out = tmp_path / "run"
+    saved = resolve_config(dict(BASE, out=str(out), epochs=3))
+    write_config(out, saved.to_dict())
+    with pytest.raises(SearchError, match="already holds a search .* pass --resume"):
+        check_out_dir(saved)
+    same = resolve_config(dict(BASE, out=str(out), epochs=3, resume=True, progress=False, device="cpu"))
+    assert check_out_dir(same) == saved.to_dict()  # progress/device may change on resume
+    longer = resolve_config(dict(BASE, out=str(out), epochs=5, resume=True))
+    with pytest.raises(SearchError, match=r"--resume: the options differ .*epochs: saved 3 vs now 5"):
+        check_out_dir(longer)

@@ -4,6 +4,7 @@ installed) reading exactly the selected files."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from proxynas_fast.darts import NetworkImageNetSearch, get_genotype
 from proxynas_fast.data import load_dataset
@@ -11,6 +12,9 @@ from proxynas_fast.entropy_file import read_entropy_file
 from proxynas_fast.loaders import dali_available
 from proxynas_fast.search import resolve_config, run_search
 from proxynas_fast.search.outputs import read_log
+
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: one intra-op thread
 
 
 def test_imagenet_search_reads_only_the_selected_files(imagenet_sample_dir, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 
 from proxynas_fast.darts import PCNetwork, get_genotype
+from proxynas_fast.search import SearchError
 from proxynas_fast.search import checkpoint as ckpt
 from proxynas_fast.search import outputs
 
@@ -93,7 +95,8 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     real_save = torch.save
 
     def dies_half_way(obj, f, *a, **k):
-        f.write(b"partial bytes")
+        with open(f, "wb") as handle:
+            handle.write(b"partial bytes")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", dies_half_way)
@@ -104,11 +107,11 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert state["epochs_done"] == 1 and torch.equal(state["w"], torch.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == [ckpt.CHECKPOINT_NAME]
 
-    (tmp_path / f".{ckpt.CHECKPOINT_NAME}.abc.tmp").write_bytes(b"left by a kill")
+    (tmp_path / f".{ckpt.CHECKPOINT_NAME}.abc.pt").write_bytes(b"left by a kill")
     ckpt.remove_stale_temporaries(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [ckpt.CHECKPOINT_NAME]
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="bad.pt cannot be read"):
+    with pytest.raises(SearchError, match="bad.pt cannot be read"):
         ckpt.load_checkpoint(tmp_path / "bad.pt")
 
 
@@ -122,8 +125,13 @@ def test_rng_state_round_trip():
     assert first[:2] == again[:2] and torch.equal(first[2], again[2])
 
 
-def test_genotype_file_loads_with_get_genotype(tmp_path):
+def test_genotype_and_config_files_load_and_are_readable(tmp_path):
     genotype = get_genotype("DARTS_V2")
     path = outputs.write_genotype(tmp_path, genotype, dataset="cifar10", epochs_done=3)
     assert get_genotype(str(path)) == genotype
     assert json.loads(path.read_text())["epochs_done"] == 3
+    config = outputs.write_config(tmp_path, {"seed": 2})
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in (path, config):  # ordinary permissions, not mkstemp's 0600
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -13,6 +13,9 @@ from proxynas_fast.search import SearchError, resolve_config, run_search
 from proxynas_fast.search import pipeline
 
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: one intra-op thread
+
+
 @pytest.fixture(scope="module")
 def first_2000(cifar10_jpeg_dir):
     return load_dataset("cifar10", cifar10_jpeg_dir, "train", download=False).subset(range(2000))

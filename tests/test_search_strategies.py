@@ -5,11 +5,15 @@ from __future__ import annotations
 import importlib.util
 import warnings
 
+import pytest
 import torch
 
 from proxynas_fast.darts import Network, PCNetwork
 from proxynas_fast.search import resolve_config, run_search
 from proxynas_fast.search.outputs import read_log
+
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: one intra-op thread
 
 
 def tiny(cifar10_jpeg_dir, out, **kw):

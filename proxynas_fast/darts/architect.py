@@ -69,6 +69,13 @@ def _setting(args: Any, name: str):
                      f"(got {type(args).__name__})")
 
 
+def _optional_setting(args: Any, name: str, default):
+    try:
+        return _setting(args, name)
+    except ValueError:
+        return default
+
+
 def _flatten(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
@@ -97,7 +104,7 @@ class Architect:
         self.network_weight_decay = float(_setting(args, "weight_decay"))
         self.optimizer = torch.optim.Adam(
             self.model.arch_parameters(), lr=float(_setting(args, "arch_learning_rate")),
-            betas=ARCH_ADAM_BETAS, weight_decay=float(_setting(args, "arch_weight_decay")),
+            betas=tuple(_optional_setting(args, "arch_betas", ARCH_ADAM_BETAS)), weight_decay=float(_setting(args, "arch_weight_decay")),
         )
         self._unrolled_model = None
 

@@ -3,10 +3,15 @@
     python -m proxynas_fast.search --dataset cifar10 --data-dir D --entropy-file F --selection p1 \
         --portion 0.1 --strategy darts --epochs 50 --out runs/NAME
 
-or from Python: `run_search(resolve_config({...}))`.
+Several processes (DDP; gloo on CPU, NCCL on GPU; --batch-size is per process, only rank 0 writes):
+
+    torchrun --nproc-per-node 2 -m proxynas_fast.search ...same flags...
+
+From Python: `run_search(resolve_config({"dataset": "cifar10", "out": "runs/x", ...}))`.
 """
 from .config import PAPER_DEFAULTS, PRESETS, SearchConfig, build_parser, default_backend, resolve_config
-from .strategies import SearchError, SearchStrategy, get_strategy, list_strategies
+from .errors import SearchError
+from .strategies import SearchStrategy, get_strategy, list_strategies
 
 
 def run_search(config, **kwargs):

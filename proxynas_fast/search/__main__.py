@@ -5,9 +5,11 @@ import sys
 
 from proxynas_fast.data import DatasetError
 from proxynas_fast.entropy_file import EntropyFileError
+from proxynas_fast.loaders import ImageFileError
 
 from .config import build_parser, overrides_from_args, resolve_config
-from .strategies import SearchError, get_strategy, list_strategies
+from .errors import SearchError
+from .strategies import get_strategy, list_strategies
 
 
 def main(argv=None) -> int:
@@ -24,7 +26,7 @@ def main(argv=None) -> int:
     try:
         config = resolve_config(overrides_from_args(args))
         run_search(config)
-    except (SearchError, DatasetError, EntropyFileError, FileNotFoundError) as e:
+    except (SearchError, DatasetError, EntropyFileError, ImageFileError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -7,14 +7,16 @@ epochs gives the same result as never stopping (bitwise on CPU with --determinis
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
+
+from proxynas_fast.atomic import atomic_torch_save
+
+from .errors import SearchError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -41,19 +43,7 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
 def save_checkpoint(path, state: Dict[str, Any]) -> None:
     """torch.save into a temporary file beside `path`, fsync, then rename over it: a reader (or a resume
     after a crash) sees the old checkpoint or the new one, never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state, format_version=FORMAT_VERSION), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_torch_save(dict(state, format_version=FORMAT_VERSION), path)
 
 
 def load_checkpoint(path, map_location: Any = "cpu") -> Dict[str, Any]:
@@ -64,16 +54,16 @@ def load_checkpoint(path, map_location: Any = "cpu") -> Dict[str, Any]:
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - any unpickling failure: say which file
-        raise RuntimeError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to start over")
+        raise SearchError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to start over")
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise RuntimeError(f"checkpoint {path} is not a proxynas_fast search checkpoint (format "
+        raise SearchError(f"checkpoint {path} is not a proxynas_fast search checkpoint (format "
                            f"{state.get('format_version') if isinstance(state, dict) else type(state).__name__})")
     return state
 
 
 def remove_stale_temporaries(folder) -> None:
     """Delete half-written checkpoint temporaries left by a killed run."""
-    for p in Path(folder).glob(f".{CHECKPOINT_NAME}.*.tmp"):
+    for p in Path(folder).glob(f".{CHECKPOINT_NAME}.*"):
         try:
             p.unlink()
         except OSError:

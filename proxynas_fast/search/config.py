@@ -15,7 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .strategies import SearchError, get_strategy, list_strategies
+from .errors import SearchError
+from .strategies import get_strategy, list_strategies
 
 DATASET_NAMES = ("cifar10", "cifar100", "svhn", "imagenet")
 BACKENDS = ("reference", "fused")
@@ -189,16 +190,10 @@ def resolve_config(overrides: Mapping[str, Any]) -> SearchConfig:
 
 
 def default_backend() -> str:
-    """'fused' when proxynas_fast.darts.fused imports and reports itself available, else 'reference'."""
-    try:
-        from proxynas_fast.darts import fused
-    except ImportError:
-        return "reference"
-    probe = getattr(fused, "is_available", None) or getattr(fused, "available", None)
-    try:
-        return "fused" if probe is not None and bool(probe()) else "reference"
-    except Exception:  # noqa: BLE001 - a failing probe means the fused path is not usable
-        return "reference"
+    """'fused' when the compiled kernels are present, else 'reference' (one rule for the CLI and the models)."""
+    from proxynas_fast.darts.model_search import default_backend as model_default
+
+    return model_default()
 
 
 # ----- command line -----
@@ -247,29 +242,36 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE", help="extra option for the selection method (repeatable)")
     g.add_argument("--weight-fraction", type=float, help="share of the proxy set for the weights (0.5)")
 
-    g = p.add_argument_group("search")
+    g = p.add_argument_group("search", "defaults: the paper's (shown), then the strategy's, then the preset's")
+
+    def d(key):
+        return f"default {PAPER_DEFAULTS[key]}"
+
     g.add_argument("--strategy", help=f"one of {', '.join(list_strategies())} (default darts)")
     g.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default paper)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="batch size per process")
-    g.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float)
-    g.add_argument("--learning-rate-min", type=float, help="end of the cosine schedule")
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--arch-learning-rate", type=float)
-    g.add_argument("--arch-betas", type=float, nargs=2, metavar=("BETA1", "BETA2"))
-    g.add_argument("--arch-weight-decay", type=float)
+    g.add_argument("--epochs", type=int, help=d("epochs"))
+    g.add_argument("--batch-size", type=int, help=f"batch size per process, {d('batch_size')} (PC-DARTS 256)")
+    g.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float,
+                   help=f"SGD learning rate of the weights, {d('learning_rate')} (PC-DARTS 0.1)")
+    g.add_argument("--learning-rate-min", type=float, help=f"end of the cosine schedule, {d('learning_rate_min')}")
+    g.add_argument("--momentum", type=float, help=d("momentum"))
+    g.add_argument("--weight-decay", type=float, help=d("weight_decay"))
+    g.add_argument("--arch-learning-rate", type=float, help=f"Adam on the alphas, {d('arch_learning_rate')} "
+                                                            "(PC-DARTS 6e-4)")
+    g.add_argument("--arch-betas", type=float, nargs=2, metavar=("BETA1", "BETA2"), help=d("arch_betas"))
+    g.add_argument("--arch-weight-decay", type=float, help=d("arch_weight_decay"))
     g.add_argument("--arch-begin-epoch", type=int,
-                   help="epochs of weight-only warm-up before architecture updates (PC-DARTS: 15)")
-    g.add_argument("--grad-clip", type=float)
-    g.add_argument("--layers", type=int, help="cells in the supernet")
-    g.add_argument("--init-channels", type=int)
+                   help="epochs of weight-only warm-up before architecture updates (default 0, PC-DARTS 15)")
+    g.add_argument("--grad-clip", type=float, help=f"max norm of the weight gradients, {d('grad_clip')}")
+    g.add_argument("--layers", type=int, help=f"cells in the supernet, {d('layers')}")
+    g.add_argument("--init-channels", type=int, help=d("init_channels"))
 
     g = p.add_argument_group("run")
     g.add_argument("--out", help="output folder")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (starts fresh if it has none)")
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=int, help="seed of the selection, the split, the weights and the loaders "
+                                            "(default 2)")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels and seeded loaders (bitwise-reproducible on CPU)")
     g.add_argument("--backend", help="supernet cell implementation: reference or fused "

@@ -3,7 +3,9 @@
 Per step (as in DARTS): one architecture step on a batch of the architecture half (skipped during the warm-up
 epochs), then one SGD step of the network weights on a batch of the weight half. Under DDP the weight
 gradients are averaged by DDP and the architecture gradients by `arch_step`, so every rank applies the same
-updates and the alphas stay identical on all ranks.
+updates and the alphas stay identical on all ranks. (Second order under DDP: each rank unrolls the weights with
+its own training batch, so the averaged hypergradient is the mean of the per-rank ones; for first order the
+average is exactly the gradient of the mean loss.)
 """
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -20,8 +19,8 @@ from typing import Any, Dict, List, Sequence
 import torch
 import torch.nn.functional as F
 
+from proxynas_fast.atomic import atomic_torch_save, atomic_write, atomic_write_text
 from proxynas_fast.darts.genotypes import PRIMITIVES, Genotype, genotype_to_dict
-from proxynas_fast.entropy_file import atomic_write_text
 
 LOG_NAME = "log.jsonl"
 CONFIG_NAME = "config.json"
@@ -54,11 +53,7 @@ def softmaxed_arch(model) -> Dict[str, List]:
 def save_alphas(out_dir, model) -> Path:
     raw = arch_state(model)
     payload = {"primitives": list(PRIMITIVES), "arch": raw, "softmax": softmaxed_arch(model)}
-    path = Path(out_dir) / ALPHAS_NAME
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(payload, Path(out_dir) / ALPHAS_NAME)
 
 
 def write_genotype(out_dir, genotype: Genotype, **meta) -> Path:
@@ -210,12 +205,10 @@ def draw_cell(edges: Sequence, concat: Sequence[int], path, title: str = "") -> 
                 zorder=4)
     if title:
         ax.set_title(title, fontsize=10)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def draw_genotype(out_dir, genotype: Genotype, title_prefix: str = "") -> Dict[str, Path]:

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
@@ -17,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from proxynas_fast.entropy_file import EntropyTable, read_entropy_file
 from proxynas_fast.darts.genotypes import genotype_to_dict
+from proxynas_fast.entropy_file import EntropyTable, read_entropy_file
 from proxynas_fast.selection import PROXY_FILES, write_proxy_files
 
 from . import checkpoint as ckpt
@@ -26,8 +27,9 @@ from . import outputs
 from .config import SearchConfig, default_backend
 from .distributed import (DistContext, barrier, broadcast_, broadcast_object, init_distributed,
                           max_difference_from_rank0, shutdown, wrap_model)
+from .errors import SearchError
 from .loop import EpochMetrics, train_epoch, validate
-from .strategies import SearchError, get_strategy
+from .strategies import get_strategy
 
 # Fields that may change between a run and its resume without changing its result.
 RESUME_MAY_DIFFER = {"resume", "progress", "tensorboard", "log_every", "data_dir", "loader_backend", "device",
@@ -97,8 +99,6 @@ def check_out_dir(config: SearchConfig) -> Optional[Dict[str, Any]]:
     if not config.resume:
         raise SearchError(f"--out {out} already holds a search ({saved_path}); pass --resume to continue it "
                           "or choose another --out")
-    import json
-
     saved = json.loads(saved_path.read_text())
     mine = config.to_dict()
     differ = sorted(k for k in set(saved) | set(mine)
@@ -268,8 +268,6 @@ def build_components(config: SearchConfig, num_classes: int, device: torch.devic
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs, eta_min=config.learning_rate_min)
     architect = Architect(model, config)
-    for group in architect.optimizer.param_groups:
-        group["betas"] = tuple(config.arch_betas)
     return SearchComponents(model, wrap_model(model, ctx), criterion, optimizer, scheduler, architect)
 
 

@@ -13,9 +13,7 @@ from typing import Any, Dict, List, Mapping
 
 import torch.nn as nn
 
-
-class SearchError(ValueError):
-    """A search that cannot run as configured; the message names the argument or file and the problem."""
+from .errors import SearchError
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,10 @@ class SearchStrategy:
     def build_model(self, *, dataset: str, C: int, num_classes: int, layers: int, criterion: nn.Module,
                     backend: str) -> nn.Module:
         cls = self.network_class(dataset)
-        return cls(C, num_classes, layers, criterion, backend=backend)
+        try:
+            return cls(C, num_classes, layers, criterion, backend=backend)
+        except ValueError as e:  # e.g. PC-DARTS needs its partial-channel factor to divide the channels
+            raise SearchError(f"--init-channels {C} / --layers {layers}: {cls.__name__} cannot be built: {e}") from None
 
 
 _STRATEGIES: Dict[str, SearchStrategy] = {
