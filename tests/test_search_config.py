@@ -2,8 +2,6 @@
 errors raised before any data is read."""
 from __future__ import annotations
 
-import sys
-import types
 
 import pytest
 
@@ -108,18 +106,17 @@ def test_strategy_registry_builds_the_right_networks():
 
 
 def test_default_backend_resolution(monkeypatch):
-    for probe, expected in ((lambda: True, "fused"), (lambda: False, "reference")):
-        fake = types.ModuleType("proxynas_fast.darts.fused")
-        fake.is_available = probe
-        monkeypatch.setitem(sys.modules, "proxynas_fast.darts.fused", fake)
-        monkeypatch.setattr("proxynas_fast.darts.fused", fake, raising=False)
-        assert default_backend() == expected
-    monkeypatch.setitem(sys.modules, "proxynas_fast.darts.fused", None)  # import fails
-    assert default_backend() == "reference"
-    monkeypatch.undo()
-    # The real module (no probe of its own): fused exactly when the compiled kernels are there.
+    """The CLI and the models share one rule: fused exactly when the compiled kernels are there."""
     from proxynas_fast import extension
+    from proxynas_fast.darts import Network
+
     assert default_backend() == ("fused" if extension.has_cpu_kernels() else "reference")
+    monkeypatch.setattr(extension, "has_cpu_kernels", lambda: False)
+    assert default_backend() == "reference"
+    assert Network(4, 10, 3, None).backend == "reference"
+    monkeypatch.setattr(extension, "has_cpu_kernels", lambda: True)
+    assert default_backend() == "fused"
+    assert Network(4, 10, 3, None).backend == "fused"
 
 
 def test_cli_errors_before_reading_data(tmp_path, capsys):
