@@ -31,7 +31,7 @@ timeout 120 "$PY" - >"$OUT/cell_cuda.log" 2>&1 <<'PYEOF'
 import copy, torch
 from proxynas_fast.darts.model_search import Network
 torch.manual_seed(0)
-ref = Network(C=8, num_classes=10, layers=5).cuda()
+ref = Network(C=8, num_classes=10, layers=5, criterion=None, backend="reference").cuda()
 fus = copy.deepcopy(ref); fus.backend = "fused"
 x = torch.randn(8, 3, 32, 32, device="cuda"); y = torch.randint(0, 10, (8,), device="cuda")
 for m in (ref, fus):
