@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..atomic import atomic_torch_save
+from ..rng import capture_rng_state, restore_rng_state
 from ..selection.forgetting import ForgettingTracker
 from .models import create_scorer
 
@@ -31,16 +32,6 @@ class ScorerRecipe:
     batch_size: int = 128
     milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of `epochs`
     seed: int = 0
-
-
-def _rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(s):
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
 
 
 def train_scorer(dataset, out_path, recipe: ScorerRecipe, *, mean, std, device="cpu", resume: bool = False,
@@ -75,7 +66,7 @@ def train_scorer(dataset, out_path, recipe: ScorerRecipe, *, mean, std, device="
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         tracker.load_state_dict(ck["forgetting"])
-        _set_rng_state(ck["rng"])
+        restore_rng_state(ck["rng"])
         start, best = ck["epoch"], ck["best_prec1"]
         log(f"resumed {progress_path} at epoch {start}")
     criterion = nn.CrossEntropyLoss()
@@ -100,7 +91,7 @@ def train_scorer(dataset, out_path, recipe: ScorerRecipe, *, mean, std, device="
             acc = 100.0 * evaluate(model, eval_dataset, mean=mean, std=std, device=device)
         best = max(best, acc)
         atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                           "forgetting": tracker.state_dict(), "rng": _rng_state(), "epoch": epoch + 1,
+                           "forgetting": tracker.state_dict(), "rng": capture_rng_state(), "epoch": epoch + 1,
                            "best_prec1": best, "recipe": asdict(recipe)}, progress_path)
         log(f"epoch {epoch + 1}/{recipe.epochs}: {'test' if eval_dataset is not None else 'train'} acc {acc:.2f}%")
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < recipe.epochs:

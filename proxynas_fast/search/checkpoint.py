@@ -7,37 +7,18 @@ epochs gives the same result as never stopping (bitwise on CPU with --determinis
 """
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
 
 from proxynas_fast.atomic import atomic_torch_save
+from proxynas_fast.rng import capture_rng_state, restore_rng_state  # noqa: F401 - part of this module's API
 
 from .errors import SearchError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
-
-
-def capture_rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available():
-        # A resume on fewer devices restores those it has.
-        for i, s in enumerate(cuda[: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(s, i)
 
 
 def save_checkpoint(path, state: Dict[str, Any]) -> None:

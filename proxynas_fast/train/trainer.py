@@ -9,7 +9,6 @@ uninterrupted run (bit-exact on CPU; on CUDA as far as cuDNN is deterministic).
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import time
@@ -21,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from proxynas_fast.entropy_file import atomic_write_text
+from proxynas_fast.atomic import atomic_torch_save, atomic_write_text
+from proxynas_fast.rng import capture_rng_state, restore_rng_state
 from proxynas_fast.train.config import TrainConfig
 from proxynas_fast.train.networks import count_parameters
 
@@ -53,37 +53,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def capture_rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda_states = state["cuda"]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-
-
-def save_checkpoint_atomic(path: Path, state: Dict[str, Any]) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
@@ -331,7 +300,7 @@ class Trainer:
             self.train_seconds += seconds
             record["seconds"] = round(seconds, 3)
             self._append_log(record)
-            save_checkpoint_atomic(self.checkpoint_path, self.state_dict(epoch + 1))
+            atomic_torch_save(self.state_dict(epoch + 1), self.checkpoint_path)
             msg = (f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.4g} train_loss {record['train_loss']:.4f} "
                    f"train_acc {record['train_acc']:.2f}")
             if "test_acc" in record:
