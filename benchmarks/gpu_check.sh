@@ -24,7 +24,7 @@ log "build rc=$build_rc"
   2>&1 | tee -a "$OUT/gpu_check.log"
 
 log "2. CUDA tests"
-timeout 120 "$PY" -m pytest -q -x tests/test_fused_kernels.py -k cuda -p no:cacheprovider >"$OUT/tests.log" 2>&1
+timeout 150 "$PY" -m pytest -q tests/test_fused_kernels.py tests/test_fused_cell.py -k cuda -p no:cacheprovider >"$OUT/tests.log" 2>&1
 log "kernel tests rc=$? ($(tail -1 "$OUT/tests.log"))"
 timeout 120 "$PY" - >"$OUT/cell_cuda.log" 2>&1 <<'PYEOF'
 # fused vs reference network on the GPU, float32, one forward/backward

@@ -64,6 +64,25 @@ def test_fused_network_matches_reference(train):
     _compare(ref, fus, x * 0.5, y)  # second step: running statistics keep matching
 
 
+def test_fused_shared_pooling_survives_repeated_and_partial_backward():
+    """Pooling is shared by the nodes of a cell and recomputed once in the backward (see fused._SharedPool):
+    backward twice through a retained graph, and gradients of the alphas alone, equal the reference's."""
+    ref, fus = _pair(Network, C=4, num_classes=5, layers=3)
+    x, y = torch.randn(2, 3, 8, 8, dtype=DTYPE), torch.tensor([1, 4])
+    grads = []
+    for model in (ref, fus):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        first = torch.autograd.grad(loss, model.arch_parameters(), retain_graph=True)
+        loss.backward(retain_graph=True)
+        loss.backward()
+        grads.append((first, [p.grad.clone() for p in model.parameters()]))
+    (ref_alpha, ref_w), (fus_alpha, fus_w) = grads
+    for a, b in zip(fus_alpha, ref_alpha):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
+    for a, b in zip(fus_w, ref_w):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-6)
+
+
 def test_fused_cell_channels_last_input():
     torch.manual_seed(1)
     cell = Cell(4, 4, 6, 6, 4, reduction=False, reduction_prev=False).to(DTYPE)
@@ -137,3 +156,62 @@ def test_search_step_eager_and_graph_step_needs_cuda():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="needs a CUDA device"):
             CudaGraphSearchStep(model, w_opt, a_opt, example_batch=batch)
+
+
+def _small_search_setup(device, seed=7):
+    torch.manual_seed(seed)
+    model = Network(C=4, num_classes=3, layers=3, backend="fused").to(device)
+    w_opt = torch.optim.SGD(model.weights_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=0.1, betas=(0.5, 0.999), weight_decay=1e-3,
+                             capturable=device != "cpu")
+    g = torch.Generator().manual_seed(seed)
+    batch = [torch.randn(2, 3, 8, 8, generator=g), torch.tensor([0, 2]), torch.randn(2, 3, 8, 8, generator=g),
+             torch.tensor([1, 0])]
+    return model, w_opt, a_opt, [t.to(device) for t in batch]
+
+
+def test_training_snapshot_undoes_steps_in_place():
+    """Restoring after some steps gives back the same tensors holding the old values, with the optimiser state the
+    steps created zeroed, so the next step equals the first step of an untouched copy."""
+    from proxynas_fast.darts.graphed_step import SearchStep, TrainingSnapshot
+
+    model, w_opt, a_opt, batch = _small_search_setup("cpu")
+    twin, tw_opt, ta_opt, _ = _small_search_setup("cpu")
+    ids = [id(t) for t in list(model.parameters()) + list(model.buffers())]
+    snapshot = TrainingSnapshot(model, [w_opt, a_opt])
+    step = SearchStep(model, w_opt, a_opt)
+    for _ in range(3):
+        step(*batch)
+    snapshot.restore()
+    assert ids == [id(t) for t in list(model.parameters()) + list(model.buffers())]
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    for a, b in zip(model.arch_parameters(), twin.arch_parameters()):  # not in the state_dict (reference layout)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert all(torch.count_nonzero(v) == 0 for st in w_opt.state.values() for v in st.values() if torch.is_tensor(v))
+    step(*batch)
+    SearchStep(twin, tw_opt, ta_opt)(*batch)
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    for a, b in zip(model.arch_parameters(), twin.arch_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="dampening"):
+        TrainingSnapshot(model, [torch.optim.SGD(model.weights_parameters(), lr=0.1, momentum=0.9, dampening=0.1)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_step_follows_eager_steps_cuda():
+    """Replays of the captured step take the same steps as eager SearchStep (warm-up undone)."""
+    from proxynas_fast.darts.graphed_step import CudaGraphSearchStep, SearchStep
+
+    model, w_opt, a_opt, batch = _small_search_setup("cuda")
+    twin, tw_opt, ta_opt, _ = _small_search_setup("cuda")
+    graphed, eager = CudaGraphSearchStep(model, w_opt, a_opt, example_batch=batch), SearchStep(twin, tw_opt, ta_opt)
+    for i in range(3):
+        shifted = [t.roll(i, 0) for t in batch]
+        got, want = graphed(*shifted), eager(*shifted)
+        torch.testing.assert_close(torch.stack(got), torch.stack(want), rtol=1e-4, atol=1e-5)
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    for a, b in zip(model.arch_parameters(), twin.arch_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -2,6 +2,8 @@
 pure-PyTorch definitions, and gradcheck of their autograd wrappers, on every device with kernels."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -11,6 +13,7 @@ from proxynas_fast import extension
 from proxynas_fast.darts import fused
 from proxynas_fast.ops import mixed_node as mn
 from proxynas_fast.ops.dw_conv2d import dw_conv2d, dw_conv2d_reference
+from proxynas_fast.ops.pool2d import pool2d, pool2d_reference
 
 # Tiny shapes: one intra-op thread (a parallel region costs more than the work; see conftest).
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -112,7 +115,8 @@ def test_mixed_node_kernels_reject_mismatched_terms():
 
 
 def _node_inputs(device, training):
-    """A node with every kind of term: given pre-BN tensors, max/avg pooling + BN, identity."""
+    """A node with every kind of term: given pre-BN tensors, pooled states + BN (the node owns the pools),
+    identity. Tensor slots: 0 h0, 1 h1, 2/3 the two channel blocks of z."""
     torch.manual_seed(4)
     C = 3
     h0 = torch.randn(2, C, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
@@ -124,8 +128,9 @@ def _node_inputs(device, training):
         bn.running_var.uniform_(0.5, 2)
     T = fused._Term
     terms = [T("z", 2, 0, 4, bn=bns[0]), T("z", 3, 1, 6, bn=bns[1]),
-             T("pool", 0, 0, 1, bn=bns[2], pool=nn.MaxPool2d(3, 1, 1)),
-             T("pool", 1, 1, 2, bn=bns[3], pool=nn.AvgPool2d(3, 1, 1, count_include_pad=False)),
+             T("pool", 0, 0, 1, bn=bns[2], pool=fused._SharedPool(nn.MaxPool2d(3, 1, 1)), owner=True),
+             T("pool", 1, 1, 2, bn=bns[3], pool=fused._SharedPool(nn.AvgPool2d(3, 1, 1, count_include_pad=False)),
+               owner=True),
              T("id", 1, 1, 3)]
     weights = torch.softmax(torch.randn(2, 8, dtype=torch.float64, device=device), -1).requires_grad_()
     return terms, weights, h0, h1, z, bns
@@ -138,7 +143,10 @@ def test_mixed_node_gradcheck_and_reference(device, training):
 
     def node(w, a, b, zz):
         z0, z1 = zz.split(3, dim=1)
-        return fused._MixedNode.apply(fused._NodeSpec(terms), w, a, b, z0, z1)
+        out = fused._MixedNode.apply(fused._NodeSpec(terms), w, a, b, z0, z1)
+        for t in terms[2:4]:
+            t.pool.release()  # as the cell does after its forward
+        return out
 
     assert torch.autograd.gradcheck(node, (weights, h0, h1, z))
     # and the value is the reference formula
@@ -146,3 +154,71 @@ def test_mixed_node_gradcheck_and_reference(device, training):
     ref = (weights[0, 4] * bns[0](z0) + weights[1, 6] * bns[1](z1) + weights[0, 1] * bns[2](F.max_pool2d(h0, 3, 1, 1))
            + weights[1, 2] * bns[3](F.avg_pool2d(h1, 3, 1, 1, count_include_pad=False)) + weights[1, 3] * h1)
     torch.testing.assert_close(node(weights, h0, h1, z), ref)
+
+
+# ----- pool2d -----
+# (kernel, stride, padding): the DARTS pools (3x3, stride 1/2, pad 1) and other windows
+POOL_CASES = [(3, 1, 1), (3, 2, 1), (2, 2, 0), (3, 3, 1), (5, 2, 2), (3, 1, 0)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("is_max", [True, False])
+@pytest.mark.parametrize("k,s,p", POOL_CASES)
+def test_pool2d_matches_torch(is_max, k, s, p):
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 9, 14, dtype=torch.float64, requires_grad=True)
+    out = pool2d(x, is_max, k, s, p)
+    ref = pool2d_reference(x, is_max, k, s, p)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+
+
+@needs_kernels
+@pytest.mark.parametrize("is_max", [True, False])
+def test_pool2d_gradcheck(is_max):
+    torch.manual_seed(6)
+    x = torch.randn(2, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: pool2d(a, is_max, 3, 2, 1), (x,))
+    assert torch.autograd.gradcheck(lambda a: pool2d(a, is_max, 3, 1, 1), (x,))
+
+
+@needs_kernels
+def test_max_pool2d_ties_nan_and_infinities_like_torch():
+    """Gradients go to the same winner as PyTorch's: the first maximum in row-major window order; NaN wins."""
+    ties = torch.tensor([[1., 1., 0., 2.], [1., 1., 2., 2.], [-math.inf, 0., 3., 3.], [0., 1., 3., 1.]])
+    with_nan = ties.clone()
+    with_nan[3, 1] = float("nan")
+    x = torch.stack([ties, with_nan]).unsqueeze(0).requires_grad_()  # channel 1 takes the NaN path
+    g = torch.arange(1., 33.).view(1, 2, 4, 4)
+    out, ref = pool2d(x, True, 3, 1, 1), pool2d_reference(x, True, 3, 1, 1)
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+    flat = torch.full((1, 1, 3, 3), -math.inf, requires_grad=True)  # every window all -inf
+    torch.testing.assert_close(torch.autograd.grad(pool2d(flat, True, 3, 1, 1).sum(), flat)[0],
+                               torch.autograd.grad(pool2d_reference(flat, True, 3, 1, 1).sum(), flat)[0])
+
+
+@needs_kernels
+@pytest.mark.parametrize("is_max", [True, False])
+def test_pool2d_float32_bfloat16_channels_last(is_max):
+    torch.manual_seed(7)
+    x = torch.randn(4, 8, 16, 16)
+    ref = pool2d_reference(x, is_max, 3, 2, 1)
+    torch.testing.assert_close(pool2d(x, is_max, 3, 2, 1), ref, atol=1e-6, rtol=1e-6)
+    out_cl = pool2d(x.to(memory_format=torch.channels_last), is_max, 3, 2, 1)
+    torch.testing.assert_close(out_cl, ref, atol=1e-6, rtol=1e-6)
+    xb = x.bfloat16().requires_grad_()
+    out_bf = pool2d(xb, is_max, 3, 2, 1)
+    assert out_bf.dtype == torch.bfloat16
+    torch.testing.assert_close(out_bf.float(), pool2d_reference(xb.float(), is_max, 3, 2, 1), atol=0.02, rtol=0.01)
+    out_bf.float().sum().backward()
+    assert xb.grad.dtype == torch.bfloat16 and torch.isfinite(xb.grad.float()).all()
+
+
+def test_pool2d_rejects_bad_windows():
+    x = torch.randn(1, 2, 5, 5)
+    with pytest.raises((ValueError, RuntimeError), match="pad"):
+        pool2d(x, True, 3, 1, 2)
+    with pytest.raises(ValueError, match="input must be"):
+        pool2d(x[0], True, 3, 1, 1)

@@ -22,7 +22,22 @@ static std::tuple<at::Tensor, at::Tensor, at::Tensor> entropy_histogram(const at
   return op.call(x, e);
 }
 
+static at::Tensor pool2d(const at::Tensor& x, bool is_max, int64_t k, int64_t s, int64_t p) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("proxynas_fast::pool2d", "")
+                       .typed<at::Tensor(const at::Tensor&, bool, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>();
+  return op.call(x, is_max, {k, k}, {s, s}, {p, p});
+}
+
 int main() {
+  // pooling equals ATen's max_pool2d / avg_pool2d(count_include_pad=false), strides 1 and 2
+  auto planes = at::randn({2, 3, 7, 9}, at::kFloat);
+  for (int64_t stride : {1, 2}) {
+    EXPECT(at::allclose(pool2d(planes, true, 3, stride, 1), at::max_pool2d(planes, {3, 3}, {stride, stride}, {1, 1})));
+    EXPECT(at::allclose(pool2d(planes, false, 3, stride, 1),
+                        at::avg_pool2d(planes, {3, 3}, {stride, stride}, {1, 1}, false, false)));
+  }
+
   // uniform rows over C classes have entropy log(C); a one-hot row has entropy 0 and lands in bin 0
   auto x = at::zeros({3, 10});
   x.index_put_({1, 4}, 500.0);

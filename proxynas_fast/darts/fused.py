@@ -14,8 +14,11 @@ What is fused, relative to the reference (which evaluates 8 ops on each of the 1
 * the stride-2 FactorizedReduce skips of all edges leaving a cell input: one 2x2 stride-2 convolution;
 * per node, one autograd function (`_MixedNode`) evaluates pooling, identity, zero, every final BatchNorm
   (affine-free) and the weighted sum over candidates and incoming edges, with the `proxynas_fast.ops.mixed_node`
-  kernels: it keeps neither per-op outputs nor normalised tensors (pooling is recomputed in backward) and computes
-  the architecture-weight gradient dL/dw[e, k] = <dL/dnode, op_k(h_j)> as a by-product of the BN backward sums.
+  kernels: it keeps neither per-op outputs nor normalised tensors and computes the architecture-weight gradient
+  dL/dw[e, k] = <dL/dnode, op_k(h_j)> as a by-product of the BN backward sums;
+* pooling (`proxynas_fast.ops.pool2d`, a fast CPU kernel) runs once per state and pool type in the forward, shared
+  by every node that reads the state, and is dropped after the cell's forward; in the backward it is recomputed
+  once, the gradients of all the reading nodes are summed, and one pooling backward runs (`_SharedPool`).
 
 Inputs in channels_last are accepted (the cell computes in NCHW and returns NCHW); bfloat16 under torch.autocast
 follows the reference's dtypes (convolutions in bfloat16, statistics and sums accumulated in float32).
@@ -23,7 +26,7 @@ follows the reference's dtypes (convolutions in bfloat16, statistics and sums ac
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from proxynas_fast.ops.dw_conv2d import dw_conv2d
 from proxynas_fast.ops.mixed_node import (channel_affine_combine, channel_dot_sums, channel_moments,
                                           channel_weighted_sum)
+from proxynas_fast.ops.pool2d import pool2d, pool2d_backward
 
 from .genotypes import PRIMITIVES
 from .operations import DilConv, FactorizedReduce, Identity, SepConv, Zero
@@ -93,21 +97,56 @@ def _batch_norm_group(y: Tensor, bns: Sequence[nn.BatchNorm2d]) -> Tensor:
 # --------------------------------------------------------------------------------------------------------------
 @dataclass
 class _Term:
-    """One candidate output in a node sum: kind "z" (a given pre-BN tensor), "pool" (pooled source, then BN) or
-    "id" (the source itself)."""
+    """One candidate output in a node sum: kind "z" (a given pre-BN tensor), "pool" (the source pooled through
+    `pool`, then normalised) or "id" (the source itself)."""
 
     kind: str
     src: int                      # index into the node's tensor inputs
     row: int                      # edge (row of the weights)
     col: int                      # candidate (column of the weights)
     bn: Optional[nn.BatchNorm2d] = None
-    pool: Optional[nn.Module] = None
+    pool: Optional["_SharedPool"] = None
+    owner: bool = False           # this node runs the pooling backward (see _SharedPool)
+
+
+class _SharedPool:
+    """One pooling (max or avg) of one state, shared by the nodes of a cell that read the state.
+
+    Forward: computed once (`value`), kept only until the cell's forward ends (`release`). Backward: the DARTS
+    cell's structure orders the nodes' backward passes: the first node that reads the state (the *owner*) runs
+    after all the other readers, because they all read its output. So the other readers deposit their gradient
+    with respect to the pooled tensor (`deposit`), and the owner adds its own, runs the one pooling backward and
+    frees everything (`backward`). The pooled tensor is recomputed once in the backward, by whichever reader
+    needs it first."""
+
+    def __init__(self, module: nn.Module):
+        self.is_max = isinstance(module, nn.MaxPool2d)
+        self.args = (module.kernel_size, module.stride, module.padding)
+        self._value: Optional[Tensor] = None
+        self._grad: Optional[Tensor] = None
+
+    def value(self, h: Tensor) -> Tensor:
+        if self._value is None:
+            self._value = pool2d(h.detach(), self.is_max, *self.args)
+        return self._value
+
+    def release(self) -> None:
+        self._value = None
+
+    def deposit(self, grad: Tensor) -> None:
+        self._grad = grad if self._grad is None else self._grad.add_(grad)
+
+    def backward(self, grad: Tensor, h: Tensor) -> Tensor:
+        if self._grad is not None:
+            grad = grad + self._grad
+        out = pool2d_backward(grad.to(h.dtype), h, self.value(h), self.is_max, *self.args)
+        self._value = self._grad = None
+        return out
 
 
 @dataclass
 class _NodeSpec:
     terms: List[_Term]
-    pool_cache: Dict = field(default_factory=dict)   # (src tensor id, pool module type, stride) -> z, forward only
 
 
 _index_cache: Dict[Tuple, Tensor] = {}
@@ -133,20 +172,8 @@ def _device_mask(true_at: Tuple[int, ...], size: int, device: torch.device) -> T
     return t
 
 
-def _pool(pool: nn.Module, x: Tensor) -> Tensor:
-    return pool(x)
-
-
-def _pool_backward(pool: nn.Module, grad: Tensor, x: Tensor) -> Tensor:
-    k, s, p = pool.kernel_size, pool.stride, pool.padding
-    pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
-    if isinstance(pool, nn.MaxPool2d):
-        _, idx = torch.ops.aten.max_pool2d_with_indices(x, pair(k), pair(s), pair(p), pair(pool.dilation),
-                                                        pool.ceil_mode)
-        return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, pair(k), pair(s), pair(p),
-                                                               pair(pool.dilation), pool.ceil_mode, idx)
-    return torch.ops.aten.avg_pool2d_backward(grad, x, pair(k), pair(s), pair(p), pool.ceil_mode,
-                                              pool.count_include_pad, pool.divisor_override)
+def _term_value(t: _Term, tensors: Sequence[Tensor]) -> Tensor:
+    return t.pool.value(tensors[t.src]) if t.kind == "pool" else tensors[t.src]
 
 
 def _common_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
@@ -163,17 +190,7 @@ class _MixedNode(torch.autograd.Function):
     def forward(ctx, spec: _NodeSpec, weights: Tensor, *tensors: Tensor) -> Tensor:
         terms = spec.terms
         dtype = _common_dtype(tensors)
-        zs: List[Tensor] = []
-        for t in terms:
-            x = tensors[t.src]
-            if t.kind == "pool":
-                key = (id(x), type(t.pool), t.pool.stride)
-                z = spec.pool_cache.get(key)
-                if z is None:
-                    z = spec.pool_cache[key] = _pool(t.pool, x)
-            else:
-                z = x
-            zs.append(z.to(dtype))
+        zs = [_term_value(t, tensors).to(dtype) for t in terms]
         K, C = len(terms), zs[0].shape[1]
         dev = zs[0].device
         stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -215,8 +232,7 @@ class _MixedNode(torch.autograd.Function):
         terms: List[_Term] = ctx.spec_terms
         dtype = ctx.dtype
         g = grad.to(dtype).contiguous()
-        zs = [_pool(t.pool, tensors[t.src]).to(dtype) if t.kind == "pool" else tensors[t.src].to(dtype)
-              for t in terms]
+        zs = [_term_value(t, tensors).to(dtype) for t in terms]
         sg, sgz = channel_dot_sums(g, zs)
         count = g.numel() // g.shape[1]
         sgxhat = rstd * (sgz - mu * sg[None, :])               # <grad, normalised term> per channel
@@ -232,22 +248,25 @@ class _MixedNode(torch.autograd.Function):
         def add(i: int, value: Tensor) -> None:
             grads[i] = value if grads[i] is None else grads[i] + value
 
-        # Terms whose tensor is an input get their gradient in one kernel call; pooled and identity terms are
-        # reduced to their source one at a time, so at most one extra full-size tensor is live.
-        direct = [k for k, t in enumerate(terms) if t.kind == "z" and needs[t.src]]
+        # The gradients of all normalised terms in one kernel call; identity terms scale the incoming gradient.
+        direct = [k for k, t in enumerate(terms) if t.kind != "id" and needs[t.src]]
         if direct:
             sel = _device_index(tuple(direct), a.device)
             dz = channel_affine_combine(g, [zs[k] for k in direct], coef_g[sel], coef_z[sel], coef_c[sel])
             for k, d in zip(direct, dz):
-                add(terms[k].src, d)
+                t = terms[k]
+                if t.kind == "z":
+                    add(t.src, d)
+                elif t.owner:
+                    add(t.src, t.pool.backward(d, tensors[t.src]))
+                else:
+                    t.pool.deposit(d)
+        del zs
         for k, t in enumerate(terms):
-            if t.kind == "z" or not needs[t.src]:
-                continue
-            if t.kind == "id":
+            if t.kind == "id" and needs[t.src]:
                 add(t.src, g * coef_g[k].view(1, -1, 1, 1).to(dtype))
-            else:
-                (dz,) = channel_affine_combine(g, [zs[k]], coef_g[k:k + 1], coef_z[k:k + 1], coef_c[k:k + 1])
-                add(t.src, _pool_backward(t.pool, dz, tensors[t.src].to(dtype)))
+            elif t.kind == "pool" and t.owner and not needs[t.src]:
+                t.pool.release()
         grads = [None if d is None else d.to(x.dtype) for d, x in zip(grads, tensors)]
 
         grad_weights = None
@@ -349,12 +368,23 @@ def _check_cell(cell: nn.Module) -> None:
             if prim in _POOL_PRIMITIVES and not (len(op) == 2 and isinstance(op[1], nn.BatchNorm2d)
                                                  and isinstance(op[0], (nn.MaxPool2d, nn.AvgPool2d))):
                 raise FusedCellError(f"fused cell: edge {e} candidate {prim} must be Sequential(pool, BatchNorm2d)")
+            if prim in _POOL_PRIMITIVES and not _darts_pool(op[0]):
+                raise FusedCellError(f"fused cell: edge {e} candidate {prim} is {op[0]}; the fused cell implements "
+                                     "floor-mode, undilated pooling (average without the padding in the divisor)")
             if prim in _CONV_PRIMITIVES:
                 bns = [m for m in op.modules() if isinstance(m, nn.BatchNorm2d)]
                 if any(b.affine for b in bns):
                     raise FusedCellError(f"fused cell: edge {e} candidate {prim} uses affine BatchNorm; the "
                                          "search cells' candidates are affine-free")
     _checked_cells.add(cell)
+
+
+def _darts_pool(module: nn.Module) -> bool:
+    if module.ceil_mode:
+        return False
+    if isinstance(module, nn.MaxPool2d):
+        return module.dilation in (1, (1, 1))
+    return not module.count_include_pad and module.divisor_override is None
 
 
 def _edge_index(steps: int) -> List[List[int]]:
@@ -381,7 +411,16 @@ def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor,
     states = [cell.preprocess0(s0).contiguous(), cell.preprocess1(s1).contiguous()]
     edge_of = _edge_index(steps)
     branches: Dict[int, Dict[str, Tuple[Tensor, nn.Module]]] = {}
-    pool_cache: Dict = {}
+    pools: Dict[Tuple, _SharedPool] = {}
+
+    def pool(j: int, prim: str, module: nn.Module) -> Tuple[_SharedPool, bool]:
+        """The shared pooling of state j for this candidate, and whether the calling node is its owner (the
+        first node that reads state j)."""
+        key = (j, prim, module.stride)
+        if key not in pools:
+            pools[key] = _SharedPool(module)
+            return pools[key], True
+        return pools[key], False
 
     def expand(j: int) -> None:
         """Convolutional branches of every edge reading state j."""
@@ -415,17 +454,20 @@ def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor,
             h = _active(states[j])
             for prim in _POOL_PRIMITIVES:
                 seq = mixed._ops[_COL[prim]]
-                terms.append(_Term("pool", slot_of(h), e, _COL[prim], bn=seq[1], pool=seq[0]))
+                shared, owner = pool(j, prim, seq[0])
+                terms.append(_Term("pool", slot_of(h), e, _COL[prim], bn=seq[1], pool=shared, owner=owner))
             for prim, (z, bn) in branches.pop(e).items():
                 terms.append(_Term("z", slot_of(z), e, _COL[prim], bn=bn))
             if isinstance(mixed._ops[_COL["skip_connect"]], Identity):
                 terms.append(_Term("id", slot_of(h), e, _COL["skip_connect"]))
-        node = _MixedNode.apply(_NodeSpec(terms, pool_cache), weights, *tensors)
+        node = _MixedNode.apply(_NodeSpec(terms), weights, *tensors)
         if partial:
             node = _pc_combine(cell, node, [states[j] for j in range(2 + i)], edge_of[i], edge_weights, k_pc)
         states.append(node)
         if i + 1 < steps:
             expand(2 + i)
+    for shared in pools.values():  # pooled tensors are recomputed in the backward, not kept
+        shared.release()
     return torch.cat(states[-multiplier:], dim=1)
 
 

@@ -7,7 +7,10 @@ DARTS) then weight step (loss on the training batch, backward, gradient-norm cli
 The CUDA-graph version follows the torch.cuda.graphs recipe for whole-network capture: static input buffers,
 a few eager warm-up steps on a side stream (they allocate gradients, optimiser state and the fused cell's
 cached index tensors), then capture of forward + backward + optimiser steps, and replay after copying each new
-batch into the static buffers. Requirements (checked where possible):
+batch into the static buffers. The warm-up steps do not count as training: `TrainingSnapshot` puts weights,
+buffers and optimiser state back in place afterwards (same tensors, so the graph's addresses stay valid), and
+optimiser state that the warm-up created is zeroed, which is what a first SGD (momentum, no dampening) or Adam
+step starts from. Replayed steps therefore follow the eager steps exactly. Requirements (checked where possible):
 
 * every batch has the capture's shapes and dtypes;
 * Adam/AdamW must be built with `capturable=True` (their step counter then lives on the GPU);
@@ -51,6 +54,47 @@ class SearchStep:
         return arch_loss.detach(), weight_loss.detach()
 
 
+class TrainingSnapshot:
+    """In-place save / restore of a model's parameters and buffers, the tensors its optimisers update, and the
+    optimisers' state.
+
+    `restore()` copies the saved values back into the same tensors (never rebinding them), and zeroes optimiser
+    state tensors created after the snapshot; state entries that are not tensors are put back as saved."""
+
+    def __init__(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer]):
+        for opt in optimizers:
+            if isinstance(opt, torch.optim.SGD) and any(g.get("dampening", 0) != 0 for g in opt.param_groups):
+                raise ValueError("TrainingSnapshot: SGD with dampening != 0 does not start from a zero momentum "
+                                 "buffer, so a restored (zeroed) buffer would change the first step")
+        tensors = {}
+        for t in list(model.parameters()) + list(model.buffers()) + [
+                p for opt in optimizers for group in opt.param_groups for p in group["params"]]:
+            tensors.setdefault(id(t), t)  # optimisers may hold tensors the model does not register (DARTS alphas)
+        self._model_tensors = [(t, t.detach().clone()) for t in tensors.values()]
+        self._optimizers = list(optimizers)
+        self._states = [{id(p): {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+                         for p, st in opt.state.items()} for opt in self._optimizers]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for t, saved in self._model_tensors:
+            t.copy_(saved)
+        for opt, saved_states in zip(self._optimizers, self._states):
+            for p, st in opt.state.items():
+                saved = saved_states.get(id(p), {})
+                for k, v in list(st.items()):
+                    if k in saved:
+                        if torch.is_tensor(v):
+                            v.copy_(saved[k])
+                        else:
+                            st[k] = saved[k]
+                    elif torch.is_tensor(v):
+                        v.zero_()
+                    else:
+                        raise ValueError(f"TrainingSnapshot: optimiser state {k!r} appeared after the snapshot "
+                                         f"and is not a tensor; cannot restore it in place")
+
+
 class CudaGraphSearchStep:
     """`SearchStep` captured in one CUDA graph and replayed.
 
@@ -59,7 +103,8 @@ class CudaGraphSearchStep:
         for xt, yt, xv, yv in loader:
             arch_loss, weight_loss = step(xt, yt, xv, yv)   # tensors owned by the graph: clone to keep
 
-    The example batch fixes the shapes; it is used (and trains the model) for `warmup_steps` eager steps.
+    The example batch fixes the shapes and feeds the `warmup_steps` eager warm-up steps, whose effect on the model
+    and optimisers is undone (see `TrainingSnapshot`).
     """
 
     def __init__(self, model: nn.Module, weight_optimizer: torch.optim.Optimizer,
@@ -88,16 +133,19 @@ class CudaGraphSearchStep:
 
     def recapture(self) -> None:
         """(Re)run the warm-up steps and capture the step; needed after a learning-rate change."""
+        eager = self._eager
+        snapshot = TrainingSnapshot(eager.model, [eager.weight_optimizer, eager.arch_optimizer])
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(max(self._warmup_steps, 1)):
-                self._eager(*self._static_inputs)
+                eager(*self._static_inputs)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._static_outputs = self._eager(*self._static_inputs)
+            self._static_outputs = eager(*self._static_inputs)
         self._graph = graph
+        snapshot.restore()  # the warm-up steps were not training steps
 
     def __call__(self, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor) -> Tuple[Tensor, Tensor]:
         for static, new, name in zip(self._static_inputs, (x_train, y_train, x_val, y_val),

@@ -1,0 +1,91 @@
+"""2-D max / average pooling (`proxynas_fast::pool2d`), differentiable, as the DARTS search cell uses them.
+
+`pool2d(input, is_max, kernel, stride, padding)` equals `F.max_pool2d(input, kernel, stride, padding)` or
+`F.avg_pool2d(input, kernel, stride, padding, count_include_pad=False)` (floor output size, no dilation). The
+CPU kernel is several times faster than PyTorch's on NCHW planes, and its max backward needs the forward output
+instead of int64 indices (half the saved bytes of the output, instead of twice). Other devices, and builds without
+the extension, use the PyTorch functions.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from .. import extension
+
+Tensor = torch.Tensor
+IntPair = Union[int, Sequence[int]]
+
+
+def _pair(name: str, v: IntPair) -> Tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(x) for x in v)
+    if len(v) != 2:
+        raise ValueError(f"pool2d: {name} must be an int or 2 ints, got {v}")
+    return v
+
+
+def pool2d_reference(input: Tensor, is_max: bool, kernel: IntPair, stride: IntPair, padding: IntPair) -> Tensor:
+    """Pure-PyTorch definition (ground truth of the tests, and the path on devices without a kernel)."""
+    if is_max:
+        return F.max_pool2d(input, kernel, stride, padding)
+    return F.avg_pool2d(input, kernel, stride, padding, count_include_pad=False)
+
+
+def pool2d(input: Tensor, is_max: bool, kernel: IntPair, stride: IntPair, padding: IntPair) -> Tensor:
+    k, s, p = _pair("kernel", kernel), _pair("stride", stride), _pair("padding", padding)
+    if input.dim() != 4:
+        raise ValueError(f"pool2d: input must be [N, C, H, W], got shape {tuple(input.shape)}")
+    if input.device.type != "cpu" or not extension.has_cpu_kernels():
+        return pool2d_reference(input, is_max, k, s, p)
+    return torch.ops.proxynas_fast.pool2d(input, bool(is_max), list(k), list(s), list(p))
+
+
+def pool2d_backward(grad_output: Tensor, input: Tensor, output: Tensor, is_max: bool, kernel: IntPair,
+                    stride: IntPair, padding: IntPair) -> Tensor:
+    """Gradient of `pool2d` with respect to its input, from the forward's input and output (no saved indices;
+    without the CPU kernel, max pooling recomputes PyTorch's indices)."""
+    k, s, p = _pair("kernel", kernel), _pair("stride", stride), _pair("padding", padding)
+    if input.device.type == "cpu" and extension.has_cpu_kernels():
+        return torch.ops.proxynas_fast.pool2d_backward(grad_output, input, output, bool(is_max), list(k), list(s),
+                                                       list(p))
+    if is_max:
+        _, indices = torch.ops.aten.max_pool2d_with_indices(input, list(k), list(s), list(p), [1, 1], False)
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad_output, input, list(k), list(s), list(p),
+                                                               [1, 1], False, indices)
+    return torch.ops.aten.avg_pool2d_backward(grad_output, input, list(k), list(s), list(p), False, False, None)
+
+
+def _out_size(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+if extension.has_cpu_kernels():
+
+    @torch.library.register_fake("proxynas_fast::pool2d")
+    def _pool2d_fake(input, is_max, kernel, stride, padding):
+        N, C, H, W = input.shape
+        return input.new_empty((N, C, _out_size(H, kernel[0], stride[0], padding[0]),
+                                _out_size(W, kernel[1], stride[1], padding[1])))
+
+    @torch.library.register_fake("proxynas_fast::pool2d_backward")
+    def _pool2d_backward_fake(grad_output, input, output, is_max, kernel, stride, padding):
+        return torch.empty_like(input)
+
+    def _setup_context(ctx, inputs, output):
+        input, is_max, kernel, stride, padding = inputs
+        ctx.args = (is_max, kernel, stride, padding)
+        if is_max:
+            ctx.save_for_backward(input, output)
+        else:  # the average's backward needs only the shapes: keep no tensor alive for it
+            ctx.save_for_backward(input.new_empty((1, 1, 1, 1)).expand(input.shape),
+                                  output.new_empty((1, 1, 1, 1)).expand(output.shape))
+
+    def _backward(ctx, grad_output):
+        input, output = ctx.saved_tensors
+        return torch.ops.proxynas_fast.pool2d_backward(grad_output, input, output, *ctx.args), None, None, None, None
+
+    torch.library.register_autograd("proxynas_fast::pool2d", _backward, setup_context=_setup_context)
