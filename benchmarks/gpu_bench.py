@@ -59,7 +59,7 @@ def measure(shape, variant, steps, device):
         losses = step(*batch)
     torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
-    ok = all(bool(torch.isfinite(l).all()) for l in losses)
+    ok = all(bool(torch.isfinite(t).all()) for t in losses if t is not None)
     del model, step
     torch.cuda.empty_cache()
     return dict(shape=shape, variant=variant, batch=SHAPES[shape]["batch"], seconds_per_step=seconds,

@@ -6,7 +6,7 @@
 #      with peak memory,
 #   4. write search_step.{json,md} (device name included) to $OUT (default ./gpu-results);
 #   5. if `python -m proxynas_fast.search` exists, a short first-order DARTS search on a 10% P1 proxy of the
-#      CIFAR-10 JPEGs, recording the time per epoch.
+#      CIFAR-10 JPEGs, eager and with --cuda-graphs, recording the time per epoch.
 # Usage: bash benchmarks/gpu_check.sh   (from the repository root)
 set -uo pipefail
 OUT="${OUT:-./gpu-results}"
@@ -24,7 +24,7 @@ log "build rc=$build_rc"
   2>&1 | tee -a "$OUT/gpu_check.log"
 
 log "2. CUDA tests"
-timeout 150 "$PY" -m pytest -q tests/test_fused_kernels.py tests/test_fused_cell.py -k cuda -p no:cacheprovider >"$OUT/tests.log" 2>&1
+timeout 150 "$PY" -m pytest -q tests/test_fused_kernels.py tests/test_fused_cell.py tests/test_search_steps.py -k cuda -p no:cacheprovider >"$OUT/tests.log" 2>&1
 log "kernel tests rc=$? ($(tail -1 "$OUT/tests.log"))"
 timeout 120 "$PY" - >"$OUT/cell_cuda.log" 2>&1 <<'PYEOF'
 # fused vs reference network on the GPU, float32, one forward/backward
@@ -65,6 +65,12 @@ if "$PY" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec(
       --backend fused --device cuda --out "$OUT/search" >"$OUT/search.log" 2>&1
     rc=$?
     log "search rc=$rc, $(( $(date +%s) - start )) s for 3 epochs (per-epoch times in search.log)"
+    start=$(date +%s)
+    timeout 120 "$PY" -m proxynas_fast.search --dataset cifar10 --data-dir "$DATA" --no-download \
+      --entropy-file "$ENTROPY" --selection p1 --portion 0.1 --strategy darts --epochs 3 \
+      --backend fused --device cuda --cuda-graphs --out "$OUT/search-graphs" >"$OUT/search-graphs.log" 2>&1
+    rc=$?
+    log "search --cuda-graphs rc=$rc, $(( $(date +%s) - start )) s for 3 epochs (per-epoch times in search-graphs.log)"
   else
     log "no CIFAR-10 JPEG folder found; search skipped"
   fi

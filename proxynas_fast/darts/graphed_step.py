@@ -1,8 +1,9 @@
 """One first-order DARTS search step, eager (`SearchStep`) or captured whole in a CUDA graph
 (`CudaGraphSearchStep`).
 
-A step is: architecture step (loss on the validation batch, backward, architecture optimiser step: Adam in
-DARTS) then weight step (loss on the training batch, backward, gradient-norm clip, weight optimiser step: SGD).
+A step is: architecture step (loss on the validation batch, its gradient with respect to the architecture
+parameters, architecture optimiser step: Adam in DARTS; skipped with `update_arch=False`) then weight step (loss
+on the training batch, backward, gradient-norm clip, weight optimiser step: SGD).
 
 The CUDA-graph version follows the torch.cuda.graphs recipe for whole-network capture: static input buffers,
 a few eager warm-up steps on a side stream (they allocate gradients, optimiser state and the fused cell's
@@ -14,13 +15,14 @@ step starts from. Replayed steps therefore follow the eager steps exactly. Requi
 
 * every batch has the capture's shapes and dtypes;
 * Adam/AdamW must be built with `capturable=True` (their step counter then lives on the GPU);
-* learning rates are baked into the graph when they are Python floats: after changing one (an LR scheduler),
-  call `recapture()`, or give the optimisers tensor learning rates;
+* learning rates are baked into the graph (torch's SGD reads a tensor learning rate with `.item()`, so that is
+  no way out): after changing one (an LR scheduler), `stale` is True and `recapture()` is needed
+  (`proxynas_fast.search.steps.SearchSteps` does that);
 * nothing in the step may synchronise with the host (no `.item()`); the fused cell satisfies this.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -28,30 +30,48 @@ import torch.nn as nn
 Tensor = torch.Tensor
 
 
+class StepOutput(NamedTuple):
+    arch_loss: Optional[Tensor]   # None when the step has no architecture update
+    weight_loss: Tensor
+    logits: Tensor                # of the weight step's batch (for running accuracy)
+
+
 class SearchStep:
-    """Eager first-order search step on `model` (a DARTS/PC-DARTS search network with `_loss` and
-    `weights_parameters()`)."""
+    """Eager first-order search step on `model` (a DARTS/PC-DARTS search network with `_criterion` and
+    `weights_parameters()`): the architecture step (unless `update_arch` is False: weight-only warm-up epochs),
+    then the weight step. The architecture gradient is taken with respect to the architecture parameters only
+    (like `Architect`'s first order), into the existing `.grad` tensors once they exist."""
 
     def __init__(self, model: nn.Module, weight_optimizer: torch.optim.Optimizer,
-                 arch_optimizer: torch.optim.Optimizer, grad_clip: float = 5.0):
+                 arch_optimizer: torch.optim.Optimizer, grad_clip: float = 5.0, update_arch: bool = True):
         self.model = model
         self.weight_optimizer = weight_optimizer
         self.arch_optimizer = arch_optimizer
         self.grad_clip = grad_clip
+        self.update_arch = bool(update_arch)
         self._weights = list(model.weights_parameters())
+        self._arch = [p for group in arch_optimizer.param_groups for p in group["params"]]
 
-    def __call__(self, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor) -> Tuple[Tensor, Tensor]:
-        self.arch_optimizer.zero_grad(set_to_none=False)
-        arch_loss = self.model._loss(x_val, y_val)
-        arch_loss.backward()
-        self.arch_optimizer.step()
+    def __call__(self, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor) -> StepOutput:
+        arch_loss = None
+        if self.update_arch:
+            arch_loss = self.model._loss(x_val, y_val)
+            grads = torch.autograd.grad(arch_loss, self._arch)
+            for p, g in zip(self._arch, grads):
+                if p.grad is None:
+                    p.grad = g.detach().clone()
+                else:
+                    p.grad.copy_(g)
+            self.arch_optimizer.step()
+            arch_loss = arch_loss.detach()
 
         self.weight_optimizer.zero_grad(set_to_none=False)
-        weight_loss = self.model._loss(x_train, y_train)
+        logits = self.model(x_train)
+        weight_loss = self.model._criterion(logits, y_train)
         weight_loss.backward()
         nn.utils.clip_grad_norm_(self._weights, self.grad_clip)
         self.weight_optimizer.step()
-        return arch_loss.detach(), weight_loss.detach()
+        return StepOutput(arch_loss, weight_loss.detach(), logits.detach())
 
 
 class TrainingSnapshot:
@@ -101,7 +121,7 @@ class CudaGraphSearchStep:
     Usage:
         step = CudaGraphSearchStep(model, w_opt, a_opt, example_batch=(xt, yt, xv, yv))
         for xt, yt, xv, yv in loader:
-            arch_loss, weight_loss = step(xt, yt, xv, yv)   # tensors owned by the graph: clone to keep
+            out = step(xt, yt, xv, yv)   # StepOutput of tensors owned by the graph: use or clone before the next call
 
     The example batch fixes the shapes and feeds the `warmup_steps` eager warm-up steps, whose effect on the model
     and optimisers is undone (see `TrainingSnapshot`).
@@ -109,7 +129,7 @@ class CudaGraphSearchStep:
 
     def __init__(self, model: nn.Module, weight_optimizer: torch.optim.Optimizer,
                  arch_optimizer: torch.optim.Optimizer, example_batch: Sequence[Tensor], grad_clip: float = 5.0,
-                 warmup_steps: int = 3):
+                 warmup_steps: int = 3, update_arch: bool = True):
         if not torch.cuda.is_available():
             raise RuntimeError("CudaGraphSearchStep needs a CUDA device; use SearchStep on CPU")
         if len(example_batch) != 4:
@@ -124,16 +144,31 @@ class CudaGraphSearchStep:
                     g.get("capturable", False) for g in opt.param_groups):
                 raise ValueError(f"CudaGraphSearchStep: build {type(opt).__name__} with capturable=True so its "
                                  "step counter stays on the GPU")
-        self._eager = SearchStep(model, weight_optimizer, arch_optimizer, grad_clip)
+        self._eager = SearchStep(model, weight_optimizer, arch_optimizer, grad_clip, update_arch)
         self._static_inputs = [t.detach().clone() for t in example_batch]
         self._warmup_steps = int(warmup_steps)
         self._graph: Optional[torch.cuda.CUDAGraph] = None
-        self._static_outputs: Optional[Tuple[Tensor, Tensor]] = None
+        self._static_outputs: Optional[StepOutput] = None
+        self._captured_lrs: List[float] = []
         self.recapture()
+
+    def _learning_rates(self) -> List[float]:
+        return [float(g["lr"]) for opt in (self._eager.weight_optimizer, self._eager.arch_optimizer)
+                for g in opt.param_groups]
+
+    @property
+    def input_shapes(self) -> List[tuple]:
+        return [tuple(t.shape) for t in self._static_inputs]
+
+    @property
+    def stale(self) -> bool:
+        """True when a learning rate changed since the capture (it is baked into the graph): `recapture()`."""
+        return self._learning_rates() != self._captured_lrs
 
     def recapture(self) -> None:
         """(Re)run the warm-up steps and capture the step; needed after a learning-rate change."""
         eager = self._eager
+        self._graph = self._static_outputs = None  # free the old capture's memory first
         snapshot = TrainingSnapshot(eager.model, [eager.weight_optimizer, eager.arch_optimizer])
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -145,9 +180,10 @@ class CudaGraphSearchStep:
         with torch.cuda.graph(graph):
             self._static_outputs = eager(*self._static_inputs)
         self._graph = graph
+        self._captured_lrs = self._learning_rates()
         snapshot.restore()  # the warm-up steps were not training steps
 
-    def __call__(self, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor) -> Tuple[Tensor, Tensor]:
+    def __call__(self, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor) -> StepOutput:
         for static, new, name in zip(self._static_inputs, (x_train, y_train, x_val, y_val),
                                      ("x_train", "y_train", "x_val", "y_val")):
             if new.shape != static.shape or new.dtype != static.dtype:
@@ -156,3 +192,16 @@ class CudaGraphSearchStep:
             static.copy_(new, non_blocking=True)
         self._graph.replay()
         return self._static_outputs
+
+
+def make_capturable(optimizer: torch.optim.Optimizer) -> None:
+    """Switch an Adam/AdamW optimiser (e.g. after `load_state_dict` of a non-capturable run) to
+    `capturable=True`, with its step counters on the parameters' device, as CUDA-graph capture requires."""
+    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        return
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state and torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(device=p.device, dtype=torch.float32)

@@ -78,6 +78,7 @@ class SearchConfig:
     seed: int = 2
     deterministic: bool = False
     backend: Optional[str] = None  # None: `default_backend()`
+    cuda_graphs: bool = False  # first-order steps replayed from CUDA graphs (one process, CUDA)
     device: str = "auto"
     loader_backend: str = "auto"  # ImageNet decoding backend
     resume: bool = False
@@ -164,6 +165,11 @@ class SearchConfig:
             bad("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             bad("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.cuda_graphs:
+            if get_strategy(self.strategy).unrolled:
+                bad("cuda_graphs", f"captures first-order steps; strategy {self.strategy} is second order")
+            if self.device == "cpu":
+                bad("cuda_graphs", "CUDA graphs need a CUDA device, not --device cpu")
         return self
 
 
@@ -277,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", help="supernet cell implementation: reference or fused "
                                      "(default: fused when available)")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each first-order search step from a CUDA graph (one process on a GPU)")
     g.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     g.add_argument("--log-every", type=int, help="steps between step records in log.jsonl (default 50)")

@@ -89,10 +89,12 @@ def train_epoch(*, model, forward_model, architect, optimizer, criterion, weight
                 lr: float, grad_clip: float, update_arch: bool, unrolled: bool, ctx: DistContext, device,
                 progress: bool = False, description: str = "",
                 on_step: Optional[Callable[[int, int, float, float], None]] = None,
-                log_every: int = 50) -> EpochMetrics:
+                log_every: int = 50, steps_impl=None) -> EpochMetrics:
     """Train one epoch; returns loss and top-1 of the weight steps over all ranks.
 
     on_step(step, steps, mean_loss, accuracy) is called every `log_every` steps (local running values).
+    steps_impl: a `proxynas_fast.search.steps.SearchSteps` (first order, one process) that takes both steps at
+    once, e.g. replayed from CUDA graphs; None: `arch_step` + `weight_step`.
     """
     model.train()
     start = time.perf_counter()
@@ -107,10 +109,15 @@ def train_epoch(*, model, forward_model, architect, optimizer, criterion, weight
     weight_batches = iter(weight_loader)
     for step in range(steps):
         x, y = next(weight_batches)
+        x_arch = y_arch = None
         if update_arch:
             x_arch, y_arch = next(arch_batches)
-            arch_step(architect, x, y, x_arch, y_arch, lr, optimizer, unrolled, ctx)
-        logits, loss = weight_step(model, forward_model, optimizer, criterion, x, y, grad_clip)
+        if steps_impl is not None:
+            logits, loss = steps_impl(x, y, x_arch, y_arch, update_arch)
+        else:
+            if update_arch:
+                arch_step(architect, x, y, x_arch, y_arch, lr, optimizer, unrolled, ctx)
+            logits, loss = weight_step(model, forward_model, optimizer, criterion, x, y, grad_clip)
         running.add(loss, logits, y)
         done = step + 1
         report = done % log_every == 0 or done == steps

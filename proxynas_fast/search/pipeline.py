@@ -29,11 +29,12 @@ from .distributed import (DistContext, barrier, broadcast_, broadcast_object, in
                           max_difference_from_rank0, shutdown, wrap_model)
 from .errors import SearchError
 from .loop import EpochMetrics, train_epoch, validate
+from .steps import SearchSteps
 from .strategies import get_strategy
 
 # Fields that may change between a run and its resume without changing its result.
 RESUME_MAY_DIFFER = {"resume", "progress", "tensorboard", "log_every", "data_dir", "loader_backend", "device",
-                     "download"}
+                     "download", "cuda_graphs"}
 SCORED_ENTROPY_NAME = "entropy.txt"
 
 
@@ -391,11 +392,18 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
                   f"({len(split.weights)} weights / {len(split.arch)} architecture), {ctx.world_size} process(es) "
                   f"on {device}, backend {backend}, {config.epochs} epochs -> {out_dir}")
 
+    steps_impl = None
+    if config.cuda_graphs:
+        if ctx.world_size > 1:
+            raise SearchError("--cuda-graphs: runs one process; under torchrun use the eager steps (DDP)")
+        steps_impl = SearchSteps(parts.model, parts.optimizer, parts.architect.optimizer, config.grad_clip,
+                                 cuda_graphs=True)
+
     tb = outputs.TensorBoardLogger(out_dir / "tensorboard", config.tensorboard and ctx.is_main)
     progress = (config.progress if config.progress is not None else outputs.stderr_is_terminal()) and ctx.is_main
     history = []
     for epoch in range(start_epoch, config.epochs):
-        record = search_epoch(epoch, config, strategy, parts, loaders, ctx, log, progress)
+        record = search_epoch(epoch, config, strategy, parts, loaders, ctx, log, progress, steps_impl)
         history.append(record)
         if ctx.is_main:
             log.write("epoch", **record)
@@ -423,7 +431,7 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
 
 
 def search_epoch(epoch: int, config: SearchConfig, strategy, parts: SearchComponents, loaders, ctx: DistContext,
-                 log: outputs.RunLog, progress: bool) -> Dict[str, Any]:
+                 log: outputs.RunLog, progress: bool, steps_impl=None) -> Dict[str, Any]:
     """Train one epoch (alpha updates from `arch_begin_epoch` on), validate, step the schedule; the log record."""
     lr = parts.scheduler.get_last_lr()[0]
     for loader in loaders.values():
@@ -438,7 +446,7 @@ def search_epoch(epoch: int, config: SearchConfig, strategy, parts: SearchCompon
                         arch_loader=loaders["arch"], lr=lr, grad_clip=config.grad_clip, update_arch=update_arch,
                         unrolled=strategy.unrolled, ctx=ctx, device=ctx.device, progress=progress,
                         description=f"epoch {epoch + 1}/{config.epochs}", on_step=on_step,
-                        log_every=config.log_every)
+                        log_every=config.log_every, steps_impl=steps_impl)
     val = validate(parts.model, parts.criterion, loaders["eval"], ctx, ctx.device)
     parts.scheduler.step()
     return dict(epoch=epoch + 1, epochs=config.epochs, lr=lr, arch_updates=update_arch,
