@@ -132,20 +132,21 @@ def _ratio(benchmark, shape):
     return speedup, memory
 
 
-@pytest.mark.benchmark(group="search_step_cifar")
-def test_cifar_ratio(benchmark):
-    speedup, memory = _ratio(benchmark, "cifar")
+def _check_goals(benchmark, shape):
+    speedup, memory = _ratio(benchmark, shape)
     assert speedup >= SPEED_GOAL, f"fused step only {speedup:.2f}x faster (goal {SPEED_GOAL}x)"
     if MEMORY_GOAL is not None:
         assert memory <= MEMORY_GOAL, f"fused activation memory {memory:.2f}x of the reference (goal {MEMORY_GOAL}x)"
+
+
+@pytest.mark.benchmark(group="search_step_cifar")
+def test_cifar_ratio(benchmark):
+    _check_goals(benchmark, "cifar")
 
 
 @pytest.mark.benchmark(group="search_step_imagenet")
 def test_imagenet_ratio(benchmark):
-    speedup, memory = _ratio(benchmark, "imagenet")
-    assert speedup >= SPEED_GOAL, f"fused step only {speedup:.2f}x faster (goal {SPEED_GOAL}x)"
-    if MEMORY_GOAL is not None:
-        assert memory <= MEMORY_GOAL, f"fused activation memory {memory:.2f}x of the reference (goal {MEMORY_GOAL}x)"
+    _check_goals(benchmark, "imagenet")
 
 
 def test_backends_agree_on_one_step():

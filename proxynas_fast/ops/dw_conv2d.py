@@ -7,24 +7,19 @@ cell uses one block per edge that reads the same node).
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .. import extension
+from ._args import IntPair, int_pair
 
 Tensor = torch.Tensor
-IntPair = Union[int, Sequence[int]]
 
 
 def _pair(name: str, v: IntPair) -> Tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(int(x) for x in v)
-    if len(v) != 2:
-        raise ValueError(f"dw_conv2d: {name} must be an int or 2 ints, got {v}")
-    return v
+    return int_pair("dw_conv2d", name, v)
 
 
 def _check(input: Tensor, weight: Tensor) -> int:

@@ -3,29 +3,24 @@
 `pool2d(input, is_max, kernel, stride, padding)` equals `F.max_pool2d(input, kernel, stride, padding)` or
 `F.avg_pool2d(input, kernel, stride, padding, count_include_pad=False)` (floor output size, no dilation). The
 CPU kernel is several times faster than PyTorch's on NCHW planes, and its max backward needs the forward output
-instead of int64 indices (half the saved bytes of the output, instead of twice). Other devices, and builds without
-the extension, use the PyTorch functions.
+instead of int64 indices (which take twice the output's bytes). Other devices, and builds without the extension,
+use the PyTorch functions.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .. import extension
+from ._args import IntPair, int_pair
 
 Tensor = torch.Tensor
-IntPair = Union[int, Sequence[int]]
 
 
 def _pair(name: str, v: IntPair) -> Tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(int(x) for x in v)
-    if len(v) != 2:
-        raise ValueError(f"pool2d: {name} must be an int or 2 ints, got {v}")
-    return v
+    return int_pair("pool2d", name, v)
 
 
 def pool2d_reference(input: Tensor, is_max: bool, kernel: IntPair, stride: IntPair, padding: IntPair) -> Tensor:

@@ -19,35 +19,13 @@ namespace proxynas_fast {
 namespace {
 using namespace flat;
 
-// Items per thread chunk so that a chunk has at least ~32k multiply-adds: small problems stay on one thread
-// (a parallel region costs more than they do, badly so on a loaded machine).
-int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item)); }
-
-// The hot loops compiled for the baseline ISA and for AVX2+FMA; the AVX2 copy is picked at run time.
-template <typename T>
-void gather_base(const T* b, const int64_t* o, const T* w, int64_t k, T* out, int64_t n, bool a) {
-  gather_taps<T>(b, o, w, k, out, n, a);
-}
+// The dot-product loop compiled for the baseline ISA and for AVX2+FMA; the AVX2 copy is picked at run time.
 template <typename T>
 T dot_base(const T* a, const T* b, int64_t n) { return dot_tiles<T>(a, b, n); }
-#if defined(__x86_64__) && defined(__GNUC__)
-#define PNF_HAVE_AVX2_CLONE 1
-template <typename T>
-__attribute__((target("avx2,fma"))) void gather_avx2(const T* b, const int64_t* o, const T* w, int64_t k, T* out,
-                                                     int64_t n, bool a) {
-  gather_taps<T>(b, o, w, k, out, n, a);
-}
+#ifdef PNF_HAVE_AVX2_CLONE
 template <typename T>
 __attribute__((target("avx2,fma"))) T dot_avx2(const T* a, const T* b, int64_t n) { return dot_tiles<T>(a, b, n); }
 #endif
-
-template <typename T>
-void gather(const T* b, const int64_t* o, const T* w, int64_t k, T* out, int64_t n, bool a) {
-#ifdef PNF_HAVE_AVX2_CLONE
-  if (cpu_has_avx2()) return gather_avx2<T>(b, o, w, k, out, n, a);
-#endif
-  gather_base<T>(b, o, w, k, out, n, a);
-}
 template <typename T>
 T dot(const T* a, const T* b, int64_t n) {
 #ifdef PNF_HAVE_AVX2_CLONE

@@ -16,8 +16,15 @@ constexpr int64_t TILE = 32;
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// Items per thread chunk so that a chunk has at least ~32k multiply-adds: small problems stay on one thread
+// (a parallel region costs more than they do, badly so on a loaded machine).
+inline int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 // Kernels compile their hot loops twice (baseline and __attribute__((target("avx2,fma")))) and pick at run time.
+#define PNF_HAVE_AVX2_CLONE 1
 inline bool cpu_has_avx2() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
@@ -116,6 +123,26 @@ PNF_INLINE T dot_tiles(const T* a, const T* b, int64_t len) {
   T total = 0;
   for (int l = 0; l < L; ++l) total += part[0][l];
   return total;
+}
+
+// gather_taps compiled for the baseline ISA and for AVX2+FMA; `gather` picks at run time.
+template <typename T>
+void gather_base(const T* b, const int64_t* o, const T* w, int64_t k, T* out, int64_t n, bool a) {
+  gather_taps<T>(b, o, w, k, out, n, a);
+}
+#ifdef PNF_HAVE_AVX2_CLONE
+template <typename T>
+__attribute__((target("avx2,fma"))) void gather_avx2(const T* b, const int64_t* o, const T* w, int64_t k, T* out,
+                                                     int64_t n, bool a) {
+  gather_taps<T>(b, o, w, k, out, n, a);
+}
+#endif
+template <typename T>
+void gather(const T* b, const int64_t* o, const T* w, int64_t k, T* out, int64_t n, bool a) {
+#ifdef PNF_HAVE_AVX2_CLONE
+  if (cpu_has_avx2()) return gather_avx2<T>(b, o, w, k, out, n, a);
+#endif
+  gather_base<T>(b, o, w, k, out, n, a);
 }
 
 // Scatters an H x W input plane into its phase planes (buffers of f.phase_len each; positions outside the data

@@ -91,21 +91,11 @@ template <typename T>
 void pool_base(const T* b, const int64_t* o, int64_t k, const T* inv, T* out, int64_t n, bool m) {
   pool_taps<T>(b, o, k, inv, out, n, m);
 }
-template <typename T>
-void gather_base(const T* b, const int64_t* o, const T* w, int64_t k, T* out, int64_t n) {
-  gather_taps<T>(b, o, w, k, out, n, false);
-}
-#if defined(__x86_64__) && defined(__GNUC__)
-#define PNF_HAVE_AVX2_CLONE 1
+#ifdef PNF_HAVE_AVX2_CLONE
 template <typename T>
 __attribute__((target("avx2,fma"))) void pool_avx2(const T* b, const int64_t* o, int64_t k, const T* inv, T* out,
                                                    int64_t n, bool m) {
   pool_taps<T>(b, o, k, inv, out, n, m);
-}
-template <typename T>
-__attribute__((target("avx2,fma"))) void gather_avx2(const T* b, const int64_t* o, const T* w, int64_t k, T* out,
-                                                     int64_t n) {
-  gather_taps<T>(b, o, w, k, out, n, false);
 }
 #endif
 
@@ -116,15 +106,6 @@ void pool(const T* b, const int64_t* o, int64_t k, const T* inv, T* out, int64_t
 #endif
   pool_base<T>(b, o, k, inv, out, n, m);
 }
-template <typename T>
-void gather(const T* b, const int64_t* o, const T* w, int64_t k, T* out, int64_t n) {
-#ifdef PNF_HAVE_AVX2_CLONE
-  if (cpu_has_avx2()) return gather_avx2<T>(b, o, w, k, out, n);
-#endif
-  gather_base<T>(b, o, w, k, out, n);
-}
-
-int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item)); }
 
 template <typename T>
 T pad_value(bool is_max) {
@@ -175,7 +156,7 @@ void avg_backward_planes(const T* go, T* gi, const PoolGeometry& g, const FlatGe
           std::fill(dst, dst + f.span_t, T(0));
         } else {
           gather<T>(grid.data(), offs_of[ph].data(), ones.data(), static_cast<int64_t>(offs_of[ph].size()), dst,
-                    f.span_t);
+                    f.span_t, false);
         }
       }
       from_phases(phases.data(), g, f, gi + p * in_plane);
