@@ -6,6 +6,7 @@ CPU. Every rank runs the same search on its shard of both proxy halves; only ran
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence
@@ -62,9 +63,19 @@ def init_distributed(device: str = "auto", *, init_method: Optional[str] = None,
     return DistContext(rank, world_size, local_rank, dev, backend)
 
 
-def shutdown(ctx: DistContext) -> None:
-    if ctx.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(ctx: DistContext, *, synchronize: bool = False) -> None:
+    """Leave the process group. `synchronize`: wait for every rank first (only on the success path: after a
+    failure the other ranks may never arrive)."""
+    if not (ctx.enabled and dist.is_initialized()):
+        return
+    # DDP sits in reference cycles (its hooks refer back to it), so reference counting never frees it: its
+    # reducer would keep the process group alive until a later garbage collection or interpreter
+    # finalisation, where gloo's worker threads are torn down under a dying interpreter and the process
+    # aborts ("terminate called without an active exception"). Collect it while everything is alive.
+    gc.collect()
+    if synchronize:
+        barrier(ctx)
+    dist.destroy_process_group()
 
 
 def barrier(ctx: DistContext) -> None:

@@ -319,10 +319,13 @@ def run_search(config: SearchConfig, *, init_method: Optional[str] = None, rank:
     """Run the whole pipeline; under torchrun (or with init_method/rank/world_size) as one of several ranks."""
     config.validate()
     ctx = init_distributed(config.device, init_method=init_method, rank=rank, world_size=world_size)
+    finished = False
     try:
-        return _run(config, ctx)
+        result = _run(config, ctx)
+        finished = True
+        return result
     finally:
-        shutdown(ctx)
+        shutdown(ctx, synchronize=finished)
 
 
 def _say(ctx: DistContext, text: str) -> None:
