@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
-import torch
-import torch.distributed as dist
 
-from .atomic import atomic_write
+from .atomic import atomic_write, atomic_write_text
 from .data import DATASETS, DatasetError, dataset_info, load_dataset
 from .entropy_file import write_entropy_file
 from .scoring import CheckpointError, list_scorers, load_scorer, score_dataset
+from .search.distributed import process_group
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,62 +38,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(arg: str) -> torch.device:
-    if arg == "auto":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
-            else torch.device("cpu")
-    return torch.device(arg)
-
-
-def _init_distributed(device: torch.device) -> bool:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return dist.is_initialized()
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return True
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    device = _device(args.device)
-    distributed = _init_distributed(device)
-    rank = dist.get_rank() if distributed else 0
     try:
-        info = dataset_info(args.dataset)
-        dataset = load_dataset(args.dataset, args.data_dir, args.split)
-        if args.limit is not None:
-            if args.limit < 1:
-                raise ValueError(f"--limit must be >= 1, got {args.limit}")
-            dataset = dataset.subset(range(min(args.limit, len(dataset))))
-        model = load_scorer(args.arch or info.scorer_arch, args.checkpoint, info.num_classes)
-        result = score_dataset(model, dataset, mean=info.scorer_mean, std=info.scorer_std,
-                               batch_size=args.batch_size, device=device, bin_width=info.bin_width,
-                               with_features=args.features_out is not None,
-                               progress=not args.no_progress and sys.stderr.isatty(), image_size=args.image_size)
+        # An error leaves the process group at once; a success waits for every rank.
+        with process_group(args.device) as ctx:
+            info = dataset_info(args.dataset)
+            result = _score(args, info, ctx.device)
+            if ctx.is_main:
+                _write_outputs(args, info, result)
     except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if rank == 0:
-        write_entropy_file(args.out, np.arange(len(result.entropy)), result.entropy, result.labels)
-        if args.features_out:
-            atomic_write(args.features_out, lambda tmp: np.save(tmp, result.features))
-        nz = result.bin_counts.nonzero()[0]
-        summary = {
-            "dataset": args.dataset, "split": args.split, "checkpoint": str(args.checkpoint),
-            "examples": int(len(result.entropy)), "top1": result.top1,
-            "mean_entropy": float(result.entropy.mean()), "zero_entropy": int((result.entropy == 0).sum()),
-            "log10_bin_width": info.bin_width,
-            "histogram": {f"[{result.bin_edges[i]:.2f},{result.bin_edges[i + 1]:.2f})": int(result.bin_counts[i])
-                          for i in range(nz.min(), nz.max() + 1)} if len(nz) else {},
-        }
-        from .atomic import atomic_write_text
-
-        atomic_write_text(args.summary_out or f"{args.out}.json", json.dumps(summary, indent=1) + "\n")
-        print(f"scored {len(result.entropy)} examples of {args.dataset}/{args.split}: top-1 {100 * result.top1:.2f}%, "
-              f"mean entropy {summary['mean_entropy']:.4f} nats -> {args.out}")
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
     return 0
+
+
+def _score(args: argparse.Namespace, info, device):
+    dataset = load_dataset(args.dataset, args.data_dir, args.split)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        dataset = dataset.subset(range(min(args.limit, len(dataset))))
+    model = load_scorer(args.arch or info.scorer_arch, args.checkpoint, info.num_classes)
+    return score_dataset(model, dataset, mean=info.scorer_mean, std=info.scorer_std,
+                         batch_size=args.batch_size, device=device, bin_width=info.bin_width,
+                         with_features=args.features_out is not None,
+                         progress=not args.no_progress and sys.stderr.isatty(), image_size=args.image_size)
+
+
+def _write_outputs(args: argparse.Namespace, info, result) -> None:
+    """Rank 0: the entropy file, the features (if asked for) and the JSON summary."""
+    write_entropy_file(args.out, np.arange(len(result.entropy)), result.entropy, result.labels)
+    if args.features_out:
+        atomic_write(args.features_out, lambda tmp: np.save(tmp, result.features))
+    nz = result.bin_counts.nonzero()[0]
+    summary = {
+        "dataset": args.dataset, "split": args.split, "checkpoint": str(args.checkpoint),
+        "examples": int(len(result.entropy)), "top1": result.top1,
+        "mean_entropy": float(result.entropy.mean()), "zero_entropy": int((result.entropy == 0).sum()),
+        "log10_bin_width": info.bin_width,
+        "histogram": {f"[{result.bin_edges[i]:.2f},{result.bin_edges[i + 1]:.2f})": int(result.bin_counts[i])
+                      for i in range(nz.min(), nz.max() + 1)} if len(nz) else {},
+    }
+    atomic_write_text(args.summary_out or f"{args.out}.json", json.dumps(summary, indent=1) + "\n")
+    print(f"scored {len(result.entropy)} examples of {args.dataset}/{args.split}: top-1 {100 * result.top1:.2f}%, "
+          f"mean entropy {summary['mean_entropy']:.4f} nats -> {args.out}")
 
 
 if __name__ == "__main__":

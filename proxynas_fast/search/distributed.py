@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import gc
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -76,6 +77,20 @@ def shutdown(ctx: DistContext, *, synchronize: bool = False) -> None:
     if synchronize:
         barrier(ctx)
     dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device: str = "auto", *, init_method: Optional[str] = None, rank: Optional[int] = None,
+                  world_size: Optional[int] = None) -> Iterator[DistContext]:
+    """`init_distributed` for the body, then `shutdown`: after every rank has arrived when the body ended
+    normally, at once when it raised."""
+    ctx = init_distributed(device, init_method=init_method, rank=rank, world_size=world_size)
+    try:
+        yield ctx
+    except BaseException:
+        shutdown(ctx)
+        raise
+    shutdown(ctx, synchronize=True)
 
 
 def barrier(ctx: DistContext) -> None:

@@ -25,8 +25,8 @@ from proxynas_fast.selection import PROXY_FILES, write_proxy_files
 from . import checkpoint as ckpt
 from . import outputs
 from .config import SearchConfig, default_backend
-from .distributed import (DistContext, barrier, broadcast_, broadcast_object, init_distributed,
-                          max_difference_from_rank0, shutdown, wrap_model)
+from .distributed import (DistContext, barrier, broadcast_, broadcast_object, max_difference_from_rank0,
+                          process_group, wrap_model)
 from .errors import SearchError
 from .loop import EpochMetrics, train_epoch, validate
 from .steps import SearchSteps
@@ -318,14 +318,8 @@ def run_search(config: SearchConfig, *, init_method: Optional[str] = None, rank:
                world_size: Optional[int] = None) -> SearchResult:
     """Run the whole pipeline; under torchrun (or with init_method/rank/world_size) as one of several ranks."""
     config.validate()
-    ctx = init_distributed(config.device, init_method=init_method, rank=rank, world_size=world_size)
-    finished = False
-    try:
-        result = _run(config, ctx)
-        finished = True
-        return result
-    finally:
-        shutdown(ctx, synchronize=finished)
+    with process_group(config.device, init_method=init_method, rank=rank, world_size=world_size) as ctx:
+        return _run(config, ctx)
 
 
 def _say(ctx: DistContext, text: str) -> None:
