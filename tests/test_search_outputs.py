@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from proxynas_fast.darts import PCNetwork, get_genotype
+from proxynas_fast.rng import capture_rng_state, restore_rng_state
 from proxynas_fast.search import SearchError
 from proxynas_fast.search import checkpoint as ckpt
 from proxynas_fast.search import outputs
@@ -117,10 +118,10 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 def test_rng_state_round_trip():
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    state = ckpt.capture_rng_state()
+    state = capture_rng_state()
     first = (random.random(), np.random.rand(), torch.rand(3))
     random.seed(7), np.random.seed(7), torch.manual_seed(7)
-    ckpt.restore_rng_state(state)
+    restore_rng_state(state)
     again = (random.random(), np.random.rand(), torch.rand(3))
     assert first[:2] == again[:2] and torch.equal(first[2], again[2])
 

@@ -13,7 +13,6 @@ from typing import Any, Dict, Optional
 import torch
 
 from proxynas_fast.atomic import atomic_torch_save
-from proxynas_fast.rng import capture_rng_state, restore_rng_state  # noqa: F401 - part of this module's API
 
 from .errors import SearchError
 

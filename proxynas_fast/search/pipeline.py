@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from proxynas_fast.darts.genotypes import genotype_to_dict
 from proxynas_fast.entropy_file import EntropyTable, read_entropy_file
+from proxynas_fast.rng import capture_rng_state, restore_rng_state
 from proxynas_fast.selection import PROXY_FILES, write_proxy_files
 
 from . import checkpoint as ckpt
@@ -282,7 +283,7 @@ def checkpoint_state(parts: SearchComponents, loaders, epochs_done: int, config:
         "arch_optimizer": parts.architect.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(),
         "loaders": {k: loader.state_dict() for k, loader in loaders.items()},
-        "rng": ckpt.capture_rng_state(),
+        "rng": capture_rng_state(),
         "genotype": genotype_to_dict(parts.model.genotype()),
     }
 
@@ -296,7 +297,7 @@ def restore_state(state: Dict[str, Any], parts: SearchComponents, loaders) -> in
     for key, loader in loaders.items():
         if key in state["loaders"]:
             loader.load_state_dict(state["loaders"][key])
-    ckpt.restore_rng_state(state["rng"])
+    restore_rng_state(state["rng"])
     return int(state["epochs_done"])
 
 
