@@ -45,11 +45,21 @@ def _epoch(model, criterion, optimizer, architect, device, update_arch, steps_im
 
 
 def _assert_same_state(a_parts, b_parts, rtol, atol):
+    """Weights, buffers, alphas and both optimisers' state (momentum buffers, Adam moments and step counts)."""
     (ma, _, oa, aa), (mb, _, ob, ab) = a_parts, b_parts
     for (name, x), y in zip(ma.state_dict().items(), mb.state_dict().values()):
         torch.testing.assert_close(x, y, rtol=rtol, atol=atol, msg=name)
     for x, y in zip(ma.arch_parameters(), mb.arch_parameters()):
         torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
+    for opt_a, opt_b in ((oa, ob), (aa.optimizer, ab.optimizer)):
+        state_a, state_b = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+        assert state_a.keys() == state_b.keys()
+        for i in state_a:
+            assert state_a[i].keys() == state_b[i].keys()
+            for key, x in state_a[i].items():
+                y = state_b[i][key]
+                torch.testing.assert_close(torch.as_tensor(x).cpu().float(), torch.as_tensor(y).cpu().float(),
+                                           rtol=rtol, atol=atol, msg=f"{type(opt_a).__name__} state {i} {key}")
 
 
 @pytest.mark.parametrize("network_cls", [Network, PCNetwork])
