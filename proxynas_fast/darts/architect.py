@@ -104,7 +104,8 @@ class Architect:
         self.network_weight_decay = float(_setting(args, "weight_decay"))
         self.optimizer = torch.optim.Adam(
             self.model.arch_parameters(), lr=float(_setting(args, "arch_learning_rate")),
-            betas=tuple(_optional_setting(args, "arch_betas", ARCH_ADAM_BETAS)), weight_decay=float(_setting(args, "arch_weight_decay")),
+            betas=tuple(_optional_setting(args, "arch_betas", ARCH_ADAM_BETAS)),
+            weight_decay=float(_setting(args, "arch_weight_decay")),
         )
         self._unrolled_model = None
 
