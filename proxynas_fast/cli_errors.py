@@ -1,0 +1,52 @@
+"""How every CLI ends on an ordinary mistake or a Ctrl-C: one line on stderr, a clear exit status.
+
+`run_cli(body, user_errors=..., interrupted_message=...)`:
+- `body()` returns normally: its return value (None -> 0) is the exit status;
+- one of `user_errors` (or an `OutputError`) is raised: `error: <message>` on one line, exit 2;
+- KeyboardInterrupt: `interrupted: <interrupted_message()>` on one line, exit 130 (no traceback). The message
+  says what was saved and the command that resumes (`resume_command` builds the latter).
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Callable, Iterable, Optional, Sequence, Tuple, Type
+
+from .run_folder import OutputError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def one_line(message) -> str:
+    return " ".join(str(message).split("\n")).strip()
+
+
+def run_cli(
+    main_body: Callable[[], Optional[int]],
+    *,
+    user_errors: Tuple[Type[BaseException], ...] = (),
+    interrupted_message: Callable[[], str] = lambda: "nothing was saved",
+) -> int:
+    try:
+        status = main_body()
+    except KeyboardInterrupt:
+        try:
+            message = interrupted_message()
+        except Exception as e:  # the message must not turn a Ctrl-C into a traceback
+            message = f"(what was saved is unknown: {e})"
+        print(f"interrupted: {one_line(message)}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except (OutputError, *user_errors) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    return 0 if status is None else int(status)
+
+
+def resume_command(module: str, argv: Sequence[str], add: Iterable[str] = ("--resume",)) -> str:
+    """`python -m <module> <argv> --resume`, shell-quoted, without repeating flags argv already has."""
+    args = list(argv)
+    for flag in add:
+        if flag not in args:
+            args.append(flag)
+    return " ".join(shlex.quote(a) for a in ["python", "-m", module, *args])
