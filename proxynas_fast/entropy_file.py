@@ -61,9 +61,12 @@ def read_entropy_file(path: PathLike, *, allow_nonfinite: bool = False) -> Entro
             raise EntropyFileError(
                 f"{path}:{lineno}: expected 3 columns 'index entropy label', got {len(parts)}: {s[:80]!r}")
         try:
-            i, e, c = int(parts[0]), float(parts[1]), int(float(parts[2]))
+            i, e, c = int(parts[0]), float(parts[1]), float(parts[2])
         except ValueError:
             raise EntropyFileError(f"{path}:{lineno}: cannot parse numbers in {s[:80]!r}") from None
+        if not c.is_integer():
+            raise EntropyFileError(f"{path}:{lineno}: label {parts[2]} is not a whole number")
+        c = int(c)
         if not allow_nonfinite and not math.isfinite(e):
             raise EntropyFileError(f"{path}:{lineno}: entropy is {parts[1]} (must be a finite number of nats)")
         if e < 0:

@@ -15,30 +15,45 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_errors import run_cli
 from .entropy_file import EntropyFileError, read_entropy_file
-from .selection import (BIN_WIDTHS, describe_selectors, list_selectors, load_forgetting_counts, resolve_bin_width,
+from .run_folder import check_output_dir, hold_output
+from .selection import (BIN_WIDTHS, describe_selectors, get_selector, list_selectors, load_forgetting_counts,
                         select, summarize_selection, write_proxy_files, write_summary)
+from .selection.dataset_fit import TRAIN_SIZES, check_fits_dataset, infer_dataset
+
+DEFAULT_OUT = "runs/proxy"  # under runs/, which .gitignore covers
+SUMMARY_BIN_WIDTH = 0.25  # log10 bins of the summary and plot when the method uses none and no width is known
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m proxynas_fast.select", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--entropy-file", help="score file with `index entropy label` lines")
+    p.add_argument("--entropy-file", help="score file with `index entropy label` lines (required)")
     p.add_argument("--method", default="p1", help=f"selection method, one of {list_selectors()} (default p1)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--portion", type=float, help="fraction of the examples to select, in (0, 1]")
     size.add_argument("--count", type=int, help="number of examples to select")
-    p.add_argument("--round-to", type=int, help="round the count down to a multiple of this (paper: 1000 on ImageNet)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset", choices=sorted(BIN_WIDTHS), help="sets the paper's log10 bin width")
-    p.add_argument("--bin-width", type=float, help="log10 bin width (overrides --dataset)")
-    p.add_argument("--class-balanced", action="store_true", help="the same count from every class")
-    p.add_argument("--split-fraction", type=float, default=0.5, help="share of the proxy for weight training")
+    p.add_argument("--round-to", type=int,
+                   help="round the count down to a multiple of this (paper: 1000 on ImageNet; default: no rounding)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random draws and of the weight/architecture split (default 0)")
+    p.add_argument("--dataset", choices=sorted(BIN_WIDTHS),
+                   help="data set of the score file: sets the paper's log10 bin width "
+                        f"({', '.join(f'{k} {v}' for k, v in sorted(BIN_WIDTHS.items()))}) and checks every "
+                        "index and label against it (default: inferred when the file is a whole training set)")
+    p.add_argument("--bin-width", type=float,
+                   help="log10 bin width (overrides the data set's; default: the data set's, or "
+                        f"{SUMMARY_BIN_WIDTH} for the summary of methods that use no bins)")
+    p.add_argument("--class-balanced", action="store_true", help="the same count from every class (default off)")
+    p.add_argument("--split-fraction", type=float, default=0.5,
+                   help="share of the proxy for weight training; the rest trains the architecture (default 0.5)")
     p.add_argument("--features", help="kcenter: .npy [N, D] penultimate features, row = data-set index")
     p.add_argument("--device", help="kcenter: torch device (default cuda when available, else cpu)")
     p.add_argument("--forgetting-counts", help="forgetting: .npy or text counts by data-set index")
-    p.add_argument("--out", help="output folder")
-    p.add_argument("--no-proxy-files", action="store_true", help="write only the summary and the plot")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--no-proxy-files", action="store_true",
+                   help="write only the summary and the plot (default: the proxy files too)")
     p.add_argument("--list-methods", action="store_true", help="print the methods and their options, then exit")
     return p
 
@@ -62,12 +77,44 @@ def _load_features(path: str, table) -> np.ndarray:
     return _rows_by_index(features, table, path)
 
 
+def resolve_dataset(args: argparse.Namespace, table) -> tuple[str | None, bool]:
+    """(data set, inferred?): --dataset, else the data set whose whole training set the file is, else None.
+    A named or inferred data set has every index and label of the file checked against it."""
+    dataset, inferred = args.dataset, False
+    if dataset is None:
+        dataset = infer_dataset(table)
+        inferred = dataset is not None
+    if dataset is not None:
+        check_fits_dataset(table, dataset)
+    return dataset, inferred
+
+
+def resolve_cli_bin_width(args: argparse.Namespace, spec, dataset: str | None, table) -> float:
+    """--bin-width, else the data set's, else (methods without bins) the summary's default; else an error
+    naming the flags."""
+    if args.bin_width is not None:
+        if not np.isfinite(args.bin_width) or args.bin_width <= 0:
+            raise ValueError(f"--bin-width must be a number > 0, got {args.bin_width}")
+        return float(args.bin_width)
+    if dataset is not None:
+        return BIN_WIDTHS[dataset]
+    if not spec.needs_bin_width:
+        return SUMMARY_BIN_WIDTH
+    sizes = ", ".join(f"{k} {v}" for k, v in TRAIN_SIZES.items())
+    raise ValueError(f"--method {spec.name} bins log10(entropy) and needs a bin width: pass --dataset "
+                     f"({'/'.join(sorted(BIN_WIDTHS))}) or --bin-width W; {table.path} has {len(table)} rows "
+                     f"with labels {int(table.label.min())}..{int(table.label.max())}, which is no whole training "
+                     f"set ({sizes} examples), so the data set cannot be inferred")
+
+
 def run(args: argparse.Namespace) -> dict:
-    if not args.entropy_file or not args.out:
-        raise ValueError("--entropy-file and --out are required")
+    spec = get_selector(args.method)  # an unknown method is the first thing to report
+    if not args.entropy_file:
+        raise ValueError("--entropy-file is required")
+    out = check_output_dir(args.out, flag="--out")
     table = read_entropy_file(args.entropy_file)
-    # The summary always bins by log10 entropy, so a bin width is needed for every method.
-    width = resolve_bin_width(args.bin_width, args.dataset)
+    dataset, inferred = resolve_dataset(args, table)
+    width = resolve_cli_bin_width(args, spec, dataset, table)
     options = {"class_balanced": args.class_balanced}
     if args.round_to is not None:
         options["round_to"] = args.round_to
@@ -78,25 +125,25 @@ def run(args: argparse.Namespace) -> dict:
     if args.forgetting_counts:
         counts = load_forgetting_counts(args.forgetting_counts)
         options["forgetting_counts"] = _rows_by_index(counts, table, args.forgetting_counts)
-    positions = select(args.method, table.entropy, portion=args.portion, count=args.count, labels=table.label,
-                       seed=args.seed, bin_width=width, **options)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {}
-    if not args.no_proxy_files:
-        files = {k: str(v) for k, v in write_proxy_files(out, table, positions, fraction=args.split_fraction,
-                                                          seed=args.seed).items()}
-    summary = summarize_selection(
-        table.entropy, table.label, positions, width, method=args.method.lower(), seed=args.seed,
-        portion=args.portion, count=args.count, dataset=args.dataset, class_balanced=args.class_balanced,
-        split_fraction=None if args.no_proxy_files else args.split_fraction,
-        entropy_file=Path(args.entropy_file).name)
-    write_summary(summary, out / "summary.json", out / "summary.txt")
-    from .selection.plot import plot_selection_histogram  # matplotlib only when writing outputs
+    with hold_output(out, what="select", kind="folder", flag="--out"):
+        positions = select(spec.name, table.entropy, portion=args.portion, count=args.count, labels=table.label,
+                           seed=args.seed, bin_width=width, **options)
+        files = {}
+        if not args.no_proxy_files:
+            files = {k: str(v) for k, v in write_proxy_files(out, table, positions, fraction=args.split_fraction,
+                                                              seed=args.seed).items()}
+        summary = summarize_selection(
+            table.entropy, table.label, positions, width, method=spec.name, seed=args.seed,
+            portion=args.portion, count=args.count, dataset=dataset, dataset_inferred=inferred,
+            class_balanced=args.class_balanced,
+            split_fraction=None if args.no_proxy_files else args.split_fraction,
+            entropy_file=Path(args.entropy_file).name)
+        write_summary(summary, out / "summary.json", out / "summary.txt")
+        from .selection.plot import plot_selection_histogram  # matplotlib only when writing outputs
 
-    plot_selection_histogram(summary, out / "histogram.png",
-                             title=f"{args.method} on {Path(args.entropy_file).name}: "
-                                   f"{summary['num_selected']} of {summary['num_examples']}")
+        plot_selection_histogram(summary, out / "histogram.png",
+                                 title=f"{spec.name} on {Path(args.entropy_file).name}: "
+                                       f"{summary['num_selected']} of {summary['num_examples']}")
     summary["files"] = files
     return summary
 
@@ -107,15 +154,19 @@ def main(argv=None) -> int:
     if args.list_methods:
         print(describe_selectors())
         return 0
-    try:
+
+    def body() -> int:
         summary = run(args)
-    except (EntropyFileError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    de = summary["data_entropy_nats"]
-    print(f"selected {summary['num_selected']} of {summary['num_examples']} with {args.method}; "
-          f"data entropy {de['selected']:.4f} (full {de['full']:.4f}) nats; wrote {args.out}")
-    return 0
+        de = summary["data_entropy_nats"]
+        config = summary["config"]
+        origin = f"; data set {config['dataset']} (inferred)" if config["dataset_inferred"] else ""
+        print(f"selected {summary['num_selected']} of {summary['num_examples']} with {config['method']}{origin}; "
+              f"data entropy {de['selected']:.4f} (full {de['full']:.4f}) nats; wrote {args.out}")
+        return 0
+
+    return run_cli(body, user_errors=(EntropyFileError, FileNotFoundError, ValueError),
+                   interrupted_message=lambda: (f"select writes each file atomically, so {args.out} holds only "
+                                                f"complete files; resume with: the same command"))
 
 
 if __name__ == "__main__":

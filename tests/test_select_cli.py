@@ -103,8 +103,13 @@ def test_bad_files_are_named(cifar10_file, tmp_path, capsys):
     assert main(["--entropy-file", str(cifar10_file), "--method", "kcenter", "--count", "5", "--dataset", "cifar10",
                  "--features", str(tmp_path / "short.npy"), "--out", str(tmp_path)]) == 2
     assert "short.npy: has 100 rows but the entropy file has example index 49999" in capsys.readouterr().err
-    assert main(["--entropy-file", str(cifar10_file), "--portion", "0.1", "--out", str(tmp_path)]) == 2
-    assert "a bin width is needed" in capsys.readouterr().err
+    # A part of a data set (here 30 rows) names no data set: p1 needs the bin width from a CLI flag.
+    small = tmp_path / "small.txt"
+    small.write_text("".join(f"{i}\t{0.5 ** i}\t{i % 3}\n" for i in range(30)))
+    assert main(["--entropy-file", str(small), "--portion", "0.1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--method p1 bins log10(entropy) and needs a bin width: pass --dataset" in err and "--bin-width" in err
+    assert "bin_width=" not in err and "small.txt has 30 rows with labels 0..2" in err
 
 
 def test_module_entry_point(tmp_path):
