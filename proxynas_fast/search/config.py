@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .errors import SearchError
@@ -47,10 +48,11 @@ class SearchConfig:
     data_dir: Optional[str] = None
     download: bool = True
     # proxy selection
+    proxy: Optional[str] = None  # a folder written by `python -m proxynas_fast.select` (resolved path): its split
     entropy_file: Optional[str] = None
     scorer_checkpoint: Optional[str] = None
     scorer_arch: Optional[str] = None  # default: the paper's scorer for the data set
-    selection: str = "p1"
+    selection: Optional[str] = "p1"  # None with --proxy (the folder's selection is used)
     portion: Optional[float] = 0.1
     count: Optional[int] = None
     bin_width: Optional[float] = None  # default: the paper's width for the data set
@@ -118,15 +120,17 @@ class SearchConfig:
             bad("preset", f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.entropy_file and self.scorer_checkpoint:
             raise SearchError("give either --entropy-file or --scorer-checkpoint, not both")
-        if self.selection != "random" and not (self.entropy_file or self.scorer_checkpoint):
+        if self.proxy is not None:
+            self._validate_proxy()
+        elif self.selection != "random" and not (self.entropy_file or self.scorer_checkpoint):
             raise SearchError(
                 f"--selection {self.selection} ranks examples by entropy: pass --entropy-file FILE (lines "
                 f"'index<TAB>entropy<TAB>label', e.g. from `python -m proxynas_fast.score`) or "
                 f"--scorer-checkpoint CKPT to score the {self.dataset} training set first. Only "
                 f"--selection random needs neither.")
-        if self.portion is not None and self.count is not None:
+        if self.proxy is None and self.portion is not None and self.count is not None:
             raise SearchError(f"give either --portion ({self.portion}) or --count ({self.count}), not both")
-        if self.portion is None and self.count is None:
+        if self.proxy is None and self.portion is None and self.count is None:
             raise SearchError("give --portion (0 < p <= 1) or --count (number of proxy examples)")
         if self.portion is not None and not (math.isfinite(self.portion) and 0 < self.portion <= 1):
             bad("portion", f"must be in (0, 1], got {self.portion}")
@@ -172,6 +176,34 @@ class SearchConfig:
                 bad("cuda_graphs", "CUDA graphs need a CUDA device, not --device cpu")
         return self
 
+    def _validate_proxy(self) -> None:
+        """--proxy brings its selection and its weight/architecture split: nothing may select again."""
+        given = [flag for flag, value in (("--entropy-file", self.entropy_file),
+                                          ("--scorer-checkpoint", self.scorer_checkpoint),
+                                          ("--selection", self.selection), ("--portion", self.portion),
+                                          ("--count", self.count)) if value is not None]
+        if given:
+            raise SearchError(f"--proxy {self.proxy}: the folder's proxy files fix the selection and the split; "
+                              f"drop {', '.join(given)}")
+
+
+# Flags that choose or split a proxy; --proxy DIR replaces them all.
+SELECTION_KEYS = ("entropy_file", "scorer_checkpoint", "scorer_arch", "selection", "portion", "count", "bin_width",
+                  "selection_options", "weight_fraction")
+
+
+def _resolve_proxy(values: Dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """With --proxy: refuse selection flags given with it, drop the selection defaults, store the resolved path."""
+    proxy = values.get("proxy")
+    if proxy is None:
+        return
+    clash = [f"--{k.replace('_', '-')}" for k in SELECTION_KEYS if k in overrides]
+    if clash:
+        raise SearchError(f"--proxy {proxy}: the folder's proxy files fix the selection and the split; "
+                          f"drop {', '.join(clash)}")
+    values.update(selection=None, portion=None, count=None)
+    values["proxy"] = str(Path(proxy).expanduser().resolve())
+
 
 def resolve_config(overrides: Mapping[str, Any]) -> SearchConfig:
     """Layer paper defaults, strategy defaults, the preset and `overrides` (only keys the user set)."""
@@ -187,6 +219,7 @@ def resolve_config(overrides: Mapping[str, Any]) -> SearchConfig:
     if "count" in overrides and "portion" not in overrides:
         values["portion"] = None  # --count replaces the default portion
     values.update(overrides)
+    _resolve_proxy(values, overrides)
     values["strategy"] = strategy.name
     values["preset"] = preset
     for key in ("dataset", "out"):
@@ -203,6 +236,19 @@ def default_backend() -> str:
 
 
 # ----- command line -----
+def describe_presets() -> str:
+    """What each non-empty preset sets, as flags (for --help)."""
+    parts = []
+    for name, spec in PRESETS.items():
+        common = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in spec["common"].items())
+        if not common:
+            continue
+        extra = "; ".join(f"with --strategy {s}, also " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in d.items())
+                          for s, d in spec.items() if s != "common")
+        parts.append(f"{name} sets {common}" + (f" ({extra})" if extra else ""))
+    return "; ".join(parts) + ". Flags given explicitly override the preset." if parts else ""
+
+
 def _option_value(text: str):
     """KEY=VALUE values from --selection-option: JSON when it parses (numbers, true/false), else a string."""
     try:
@@ -237,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--loader-backend", help="ImageNet decoding backend (auto, dali, pil, ...)")
 
     g = p.add_argument_group("proxy selection")
+    g.add_argument("--proxy", metavar="DIR",
+                   help="search on the proxy chosen by `python -m proxynas_fast.select --out DIR` (its proxy.txt, "
+                        "proxy_weights.txt and proxy_arch.txt), instead of selecting one here")
     g.add_argument("--entropy-file", help="per-example entropies: index<TAB>entropy<TAB>label")
     g.add_argument("--scorer-checkpoint", help="score the training set with this scorer checkpoint first")
     g.add_argument("--scorer-arch", help="scorer network (default: the paper's for the data set)")
@@ -254,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         return f"default {PAPER_DEFAULTS[key]}"
 
     g.add_argument("--strategy", help=f"one of {', '.join(list_strategies())} (default darts)")
-    g.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default paper)")
+    g.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default paper). {describe_presets()}")
     g.add_argument("--epochs", type=int, help=d("epochs"))
     g.add_argument("--batch-size", type=int, help=f"batch size per process, {d('batch_size')} (PC-DARTS 256)")
     g.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float,
@@ -288,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     g.add_argument("--log-every", type=int, help="steps between step records in log.jsonl (default 50)")
+    g.add_argument("--threads", type=int, help="intra-op CPU threads (default: the cores not busy with other "
+                                               "jobs, from the load average, or $OMP_NUM_THREADS if set)")
     p.add_argument("--list-strategies", action="store_true", help="list the search strategies and exit")
     return p
 
@@ -296,6 +347,7 @@ def overrides_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     """The flags the user actually gave, as config keys."""
     d = dict(vars(args))
     d.pop("list_strategies", None)
+    d.pop("threads", None)  # how the run executes, not what it computes: applied before torch loads
     if "selection_options" in d:
         d["selection_options"] = dict(d["selection_options"])
     if "arch_betas" in d:

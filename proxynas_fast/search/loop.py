@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from proxynas_fast.progress import open_progress
+
 from .distributed import DistContext, all_reduce_mean_, all_reduce_sum, broadcast_
 
 
@@ -100,11 +102,7 @@ def train_epoch(*, model, forward_model, architect, optimizer, criterion, weight
     start = time.perf_counter()
     steps = steps_per_epoch(weight_loader, arch_loader, ctx, device)
     running = _Running(device)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, desc=description, leave=False, file=sys.stderr, dynamic_ncols=True)
+    bar = open_progress(progress, steps, description, stream=sys.stderr)  # a bar, or lines when redirected
     arch_batches = iter(arch_loader)
     weight_batches = iter(weight_loader)
     for step in range(steps):
@@ -135,7 +133,8 @@ def train_epoch(*, model, forward_model, architect, optimizer, criterion, weight
 
 
 @torch.no_grad()
-def validate(model, criterion, loader, ctx: DistContext, device) -> EpochMetrics:
+def validate(model, criterion, loader, ctx: DistContext, device, progress: bool = False,
+             description: str = "validation") -> EpochMetrics:
     """Loss and top-1 on the architecture half in eval mode (BatchNorm running statistics), over all ranks.
 
     Ranks first take rank 0's BatchNorm statistics, so every rank evaluates the same network."""
@@ -143,8 +142,13 @@ def validate(model, criterion, loader, ctx: DistContext, device) -> EpochMetrics
     broadcast_(list(model.buffers()), ctx)
     model.eval()
     running = _Running(device)
+    bar = open_progress(progress, len(loader), description, stream=sys.stderr)
     for x, y in loader:
         logits = model(x)
         running.add(criterion(logits, y), logits, y)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     model.train()
     return running.reduce(ctx, time.perf_counter() - start)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -219,10 +218,3 @@ def draw_genotype(out_dir, genotype: Genotype, title_prefix: str = "") -> Dict[s
         title = f"{title_prefix}{'normal' if kind == 'normal' else 'reduction'} cell"
         out[kind] = draw_cell(edges, concat, Path(out_dir) / filename, title)
     return out
-
-
-def stderr_is_terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False

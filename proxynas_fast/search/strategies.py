@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Dict, List, Mapping
-
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping
 
 from .errors import SearchError
+
+if TYPE_CHECKING:  # torch stays unloaded until a model is built (`--help` and the thread choice come first)
+    import torch.nn as nn
 
 
 @dataclass(frozen=True)

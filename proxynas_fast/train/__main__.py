@@ -15,19 +15,22 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from proxynas_fast.train.config import AMP_MODES, DATASET_NAMES, LR_SCHEDULES, PRESETS, make_config
+from proxynas_fast.threads import configure_threads
+from proxynas_fast.train.config import AMP_MODES, DATASET_NAMES, LR_SCHEDULES, PRESETS, describe_preset, make_config
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m proxynas_fast.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", required=True,
-                   help="a registered genotype name (see --list-archs) or a genotype.json written by a search")
+    p.add_argument("--arch",
+                   help="a registered genotype name (see --list-archs) or a genotype.json written by a search "
+                        "(required)")
+    p.add_argument("--list-archs", action="store_true", help="list the registered genotype names and exit")
     p.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES)
     p.add_argument("--data-dir", default=None, help="data folder (default: $PROXYNAS_DATA, else ./data)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<arch>)")
     p.add_argument("--preset", default="paper", choices=PRESETS,
-                   help="paper: the DARTS evaluation settings; cpu-demo: minutes on two CPU cores")
+                   help=f"paper: the DARTS evaluation settings; {describe_preset('cpu-demo')}")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out if there is one")
 
     g = p.add_argument_group("network (default: from the preset)")
@@ -70,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ImageNet decoding backend (auto: DALI when installed, else PIL)")
     g.add_argument("--skip-bad-images", action=argparse.BooleanOptionalAction, default=None,
                    help="ImageNet: log and drop unreadable image files instead of stopping")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a tty)")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar or progress lines (a bar on a terminal, else a line every 30 s)")
+    g.add_argument("--threads", type=int, help="intra-op CPU threads (default: the cores not busy with other "
+                                               "jobs, from the load average, or $OMP_NUM_THREADS if set)")
     return p
 
 
@@ -95,8 +101,22 @@ def _configure_determinism(deterministic: bool, device) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    from proxynas_fast.darts.genotypes import genotype_to_dict, get_genotype
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        threads = configure_threads(args.threads)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # torch loads from here on, after the thread settings.
+    from proxynas_fast.darts.genotypes import genotype_to_dict, get_genotype, list_genotypes
+
+    if args.list_archs:
+        print("\n".join(list_genotypes()))
+        return 0
+    if not args.arch:
+        parser.error("--arch is required (a name from --list-archs, or a genotype.json)")
+    print(f"threads: {threads.describe()}", file=sys.stderr, flush=True)
     from proxynas_fast.data import DatasetError
     from proxynas_fast.loaders import ImageFileError
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from proxynas_fast.atomic import atomic_torch_save, atomic_write_text
+from proxynas_fast.progress import open_progress
 from proxynas_fast.rng import capture_rng_state, restore_rng_state
 from proxynas_fast.train.config import TrainConfig
 from proxynas_fast.train.networks import count_parameters
@@ -83,10 +84,6 @@ def _autocast(device: torch.device, amp: str):
         return nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _show_progress(enabled: bool) -> bool:
-    return enabled and sys.stderr.isatty()
 
 
 @torch.no_grad()
@@ -223,12 +220,8 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         count = 0
-        bar = None
-        if _show_progress(cfg.progress):
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(self.train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                       dynamic_ncols=True)
+        # A bar on a terminal, progress lines when stderr is redirected.
+        bar = open_progress(cfg.progress, len(self.train_loader), f"epoch {epoch + 1}/{cfg.epochs}")
         step = -1
         for step, (x, y) in enumerate(self.train_loader):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
