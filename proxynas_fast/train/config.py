@@ -115,6 +115,17 @@ _CPU_DEMO = dict(
 )
 
 PRESETS = ("paper", "cpu-demo")
+# Measured wall time of `--preset cpu-demo` on CIFAR-10 (2-core AMD EPYC VM; see README.md "Performance").
+CPU_DEMO_MINUTES = "TBD"
+
+
+def describe_preset(preset: str) -> str:
+    """What a preset sets beyond the paper's CIFAR settings, as flags (for --help)."""
+    if preset != "cpu-demo":
+        return f"{preset}: the DARTS evaluation settings"
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in _CPU_DEMO.items()
+                     if _PAPER_CIFAR.get(k) != v and not isinstance(v, bool))
+    return f"cpu-demo: {flags} (about {CPU_DEMO_MINUTES} on two CPU cores)"
 
 
 def preset_values(preset: str, dataset: str) -> Dict[str, Any]:
