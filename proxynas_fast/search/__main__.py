@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from proxynas_fast.data import DatasetError
-from proxynas_fast.entropy_file import EntropyFileError
-from proxynas_fast.loaders import ImageFileError
+from proxynas_fast.cli_errors import run_cli
+from proxynas_fast.threads import configure_threads
 
 from .config import build_parser, overrides_from_args, resolve_config
 from .errors import SearchError
@@ -21,15 +20,27 @@ def main(argv=None) -> int:
             extra = ", ".join(f"{k}={v}" for k, v in s.defaults.items())
             print(f"{name}: {s.description}" + (f" (defaults: {extra})" if extra else ""))
         return 0
-    from .pipeline import run_search
-
     try:
-        config = resolve_config(overrides_from_args(args))
-        run_search(config)
-    except (SearchError, DatasetError, EntropyFileError, ImageFileError, FileNotFoundError) as e:
+        threads = configure_threads(getattr(args, "threads", None))
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    # torch and the data stack load only now, after the thread settings (read once, when OpenMP starts).
+    from proxynas_fast.data import DatasetError
+    from proxynas_fast.entropy_file import EntropyFileError
+    from proxynas_fast.loaders import ImageFileError
+
+    from .pipeline import run_search
+    from .run_ownership import interrupted_message
+
+    print(f"threads: {threads.describe()}", flush=True)
+
+    def body():
+        run_search(resolve_config(overrides_from_args(args)))
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_cli(body, user_errors=(SearchError, DatasetError, EntropyFileError, ImageFileError, FileNotFoundError),
+                   interrupted_message=lambda: interrupted_message(getattr(args, "out", None) or ".", argv))
 
 
 if __name__ == "__main__":

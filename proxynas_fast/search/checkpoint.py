@@ -7,9 +7,11 @@ epochs gives the same result as never stopping (bitwise on CPU with --determinis
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
 import torch
 
 from proxynas_fast.atomic import atomic_torch_save
@@ -53,3 +55,40 @@ def remove_stale_temporaries(folder) -> None:
 def find_checkpoint(folder) -> Optional[Path]:
     p = Path(folder) / CHECKPOINT_NAME
     return p if p.is_file() else None
+
+
+def read_epochs_done(path) -> Optional[Tuple[int, int]]:
+    """(epochs done, epochs of the run) of a checkpoint, or None when it cannot be read."""
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=False)
+        return int(state["epochs_done"]), int(state["config"]["epochs"])
+    except Exception:  # noqa: BLE001 - only for a message
+        return None
+
+
+def proxy_fingerprint(weights, arch) -> Dict[str, Any]:
+    """What identifies the proxy halves a checkpoint was trained on: their sizes and a hash of their indices."""
+    h = hashlib.sha1()
+    for part in (weights, arch):
+        a = np.ascontiguousarray(np.sort(np.asarray(part, dtype=np.int64)))
+        h.update(a.tobytes())
+        h.update(b"|")
+    return {"weights": int(len(weights)), "arch": int(len(arch)), "sha1": h.hexdigest()[:16]}
+
+
+def check_same_proxy(state: Dict[str, Any], weights, arch, path, proxy_folder) -> None:
+    """Refuse to resume a checkpoint on other proxy halves than the ones it was trained on (the proxy files in
+    --out replaced or edited). Checkpoints written before the fingerprint existed are checked by size."""
+    now = proxy_fingerprint(weights, arch)
+    saved = state.get("proxy")
+    if saved is None:
+        sizes = {k: (state.get("loaders", {}).get(k) or {}).get("num_examples") for k in ("weights", "arch")}
+        saved = {k: v for k, v in sizes.items() if v is not None}
+        now = {k: now[k] for k in saved}
+    if saved != now:
+        def show(f):
+            return f"{f.get('weights', '?')} weights / {f.get('arch', '?')} architecture examples" + (
+                f", hash {f['sha1']}" if "sha1" in f else "")
+
+        raise SearchError(f"--resume: the proxy files in {proxy_folder} ({show(now)}) are not those {path} was "
+                          f"trained on ({show(saved)}); put the run's proxy files back or start a new --out")

@@ -21,6 +21,7 @@ import torch.nn as nn
 from proxynas_fast.darts.genotypes import genotype_to_dict
 from proxynas_fast.entropy_file import EntropyTable, read_entropy_file
 from proxynas_fast.rng import capture_rng_state, restore_rng_state
+from proxynas_fast.run_folder import check_output_dir
 from proxynas_fast.selection import PROXY_FILES, write_proxy_files
 
 from . import checkpoint as ckpt
@@ -30,11 +31,14 @@ from .distributed import (DistContext, barrier, broadcast_, broadcast_object, ma
                           process_group, wrap_model)
 from .errors import SearchError
 from .loop import EpochMetrics, train_epoch, validate
+from .run_ownership import own_search_output, protected_run, resume_differences
+from .proxy_dir import ProxyFolder, check_proxy_matches, read_proxy_dir, write_proxy_copy
 from .steps import SearchSteps
 from .strategies import get_strategy
 
 # Fields that may change between a run and its resume without changing its result.
-RESUME_MAY_DIFFER = {"resume", "progress", "tensorboard", "log_every", "data_dir", "loader_backend", "device",
+RESUME_MAY_DIFFER = {"proxy",  # a resume reads the copy of the proxy files saved in --out
+                     "resume", "progress", "tensorboard", "log_every", "data_dir", "loader_backend", "device",
                      "download", "cuda_graphs"}
 SCORED_ENTROPY_NAME = "entropy.txt"
 
@@ -92,19 +96,19 @@ def configure_determinism(deterministic: bool, device: torch.device) -> None:
 def check_out_dir(config: SearchConfig) -> Optional[Dict[str, Any]]:
     """Refuse to overwrite another run; on --resume, check the saved configuration matches. Returns the saved
     configuration (or None)."""
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise SearchError(f"--out {out} exists and is not a folder")
+    out = check_output_dir(config.out)
     saved_path = out / outputs.CONFIG_NAME
-    if not saved_path.is_file():
-        return None
+    if not saved_path.is_file() or not protected_run(out):
+        return None  # no checkpoint yet (e.g. a failed start-up): nothing to protect or resume
     if not config.resume:
-        raise SearchError(f"--out {out} already holds a search ({saved_path}); pass --resume to continue it "
-                          "or choose another --out")
-    saved = json.loads(saved_path.read_text())
+        raise SearchError(f"--out {config.out} already holds a search ({out / ckpt.CHECKPOINT_NAME}); pass "
+                          "--resume to continue it or choose another --out")
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, ValueError) as e:
+        raise SearchError(f"--resume: {saved_path} cannot be read ({e}); it says which options the run used") from None
     mine = config.to_dict()
-    differ = sorted(k for k in set(saved) | set(mine)
-                    if k not in RESUME_MAY_DIFFER and saved.get(k) != mine.get(k))
+    differ = resume_differences(saved, mine, RESUME_MAY_DIFFER)
     if differ:
         detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {mine.get(k)!r}" for k in differ[:6])
         raise SearchError(f"--resume: the options differ from the run saved in {saved_path} ({detail}); "
@@ -216,7 +220,8 @@ def read_saved_split(out_dir: Path) -> Optional[ProxySplit]:
 def check_batches_fit(config: SearchConfig, split: ProxySplit, world_size: int) -> None:
     need = config.batch_size * world_size
     if min(len(split.weights), len(split.arch)) < need:
-        size = f"--count {config.count}" if config.count is not None else f"--portion {config.portion}"
+        size = (f"--proxy {config.proxy}" if config.proxy else
+                f"--count {config.count}" if config.count is not None else f"--portion {config.portion}")
         raise SearchError(
             f"{size} selects {len(split.selected)} examples of {config.dataset} ({len(split.weights)} for the "
             f"weights, {len(split.arch)} for the architecture), but with --batch-size {config.batch_size} on "
@@ -319,7 +324,8 @@ def run_search(config: SearchConfig, *, init_method: Optional[str] = None, rank:
                world_size: Optional[int] = None) -> SearchResult:
     """Run the whole pipeline; under torchrun (or with init_method/rank/world_size) as one of several ranks."""
     config.validate()
-    with process_group(config.device, init_method=init_method, rank=rank, world_size=world_size) as ctx:
+    with process_group(config.device, init_method=init_method, rank=rank, world_size=world_size) as ctx, \
+            own_search_output(config, ctx):
         return _run(config, ctx)
 
 
@@ -328,10 +334,20 @@ def _say(ctx: DistContext, text: str) -> None:
         print(text, flush=True)
 
 
-def prepare_split(config: SearchConfig, dataset, out_dir: Path, ctx: DistContext, resuming: bool) -> ProxySplit:
-    """The proxy halves: those saved in --out when resuming, else entropies -> selection -> split (rank 0
-    writes the proxy files)."""
+def prepare_split(config: SearchConfig, dataset, out_dir: Path, ctx: DistContext, resuming: bool,
+                  proxy: Optional[ProxyFolder] = None) -> ProxySplit:
+    """The proxy halves: those saved in --out when resuming, else those of --proxy DIR (`proxy`, read and
+    checked), else entropies -> selection -> split (rank 0 writes the proxy files)."""
     split = read_saved_split(out_dir) if resuming else None
+    if split is None and config.proxy and proxy is None:
+        proxy = read_proxy_dir(config.proxy)
+    if split is None and proxy is not None:
+        check_proxy_matches(proxy, dataset.labels, config.dataset)
+        split = ProxySplit(proxy.selected, proxy.weights, proxy.arch, None)
+        check_batches_fit(config, split, ctx.world_size)
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_proxy_copy(out_dir, proxy)
     if split is None:
         if config.entropy_file:
             entropy_path = Path(config.entropy_file)
@@ -359,9 +375,15 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
     backend = config.backend or default_backend()
     strategy = get_strategy(config.strategy)
 
-    dataset = load_train_set(config)
     existing = ckpt.find_checkpoint(out_dir) if config.resume else None
-    split = prepare_split(config, dataset, out_dir, ctx, resuming=existing is not None)
+    # --proxy is read and checked before the data set loads; a resume uses the copy saved in --out instead.
+    proxy = read_proxy_dir(config.proxy) if config.proxy and existing is None else None
+    dataset = load_train_set(config)
+    split = prepare_split(config, dataset, out_dir, ctx, resuming=existing is not None, proxy=proxy)
+    saved_state = None
+    if existing is not None:  # read and checked before any work: a bad checkpoint fails here
+        saved_state = ckpt.load_checkpoint(existing, map_location=device)
+        ckpt.check_same_proxy(saved_state, split.weights, split.arch, existing, out_dir)
     if ctx.is_main:
         outputs.write_config(out_dir, config.to_dict())
         ckpt.remove_stale_temporaries(out_dir)
@@ -373,17 +395,18 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
     log = outputs.RunLog(out_dir / outputs.LOG_NAME, enabled=ctx.is_main)
     start_epoch = 0
     if existing is not None:
-        start_epoch = restore_state(ckpt.load_checkpoint(existing, map_location=device), parts, loaders)
+        start_epoch = restore_state(saved_state, parts, loaders)
         log.truncate_to_epoch(start_epoch)
         log.write("resume", epochs_done=start_epoch)
         _say(ctx, f"resuming {out_dir} after epoch {start_epoch}/{config.epochs}")
     else:
-        if config.resume:  # --resume before the first checkpoint: start over, dropping the partial log
-            log.truncate_to_epoch(0)
+        if ctx.is_main:  # no checkpoint yet: a fresh start; what an earlier, failed start logged goes
+            log.path.unlink(missing_ok=True)
         log.write("start", config=config.to_dict(), world_size=ctx.world_size, device=str(device), backend=backend,
                   torch=torch.__version__, python=platform.python_version(),
                   proxy={"selected": len(split.selected), "weights": len(split.weights), "arch": len(split.arch),
-                         "entropy_file": split.entropy_source},
+                         "entropy_file": split.entropy_source, **({"folder": config.proxy} if config.proxy else {})},
+                  threads=torch.get_num_threads(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
                   steps_per_epoch=min(len(loaders["weights"]), len(loaders["arch"])),
                   loaders={k: getattr(v, "backend", type(v).__name__) for k, v in loaders.items()})
         _say(ctx, f"search {config.strategy} on {len(split.selected)} {config.dataset} examples "
@@ -398,7 +421,8 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
                                  cuda_graphs=True)
 
     tb = outputs.TensorBoardLogger(out_dir / "tensorboard", config.tensorboard and ctx.is_main)
-    progress = (config.progress if config.progress is not None else outputs.stderr_is_terminal()) and ctx.is_main
+    # A bar on a terminal, progress lines when stderr is redirected; none with --no-progress (or off rank 0).
+    progress = config.progress is not False and ctx.is_main
     history = []
     for epoch in range(start_epoch, config.epochs):
         record = search_epoch(epoch, config, strategy, parts, loaders, ctx, log, progress, steps_impl)
@@ -406,7 +430,9 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
         if ctx.is_main:
             log.write("epoch", **record)
             tb.scalars(epoch + 1, **{k: v for k, v in record.items() if k.startswith(("train_", "val_", "lr"))})
-            ckpt.save_checkpoint(out_dir / ckpt.CHECKPOINT_NAME, checkpoint_state(parts, loaders, epoch + 1, config))
+            ckpt.save_checkpoint(out_dir / ckpt.CHECKPOINT_NAME, dict(
+                checkpoint_state(parts, loaders, epoch + 1, config),
+                proxy=ckpt.proxy_fingerprint(split.weights, split.arch)))
             write_results(out_dir, parts, config, epoch + 1)
         _say(ctx, f"epoch {epoch + 1}/{config.epochs} lr {record['lr']:.5f} train loss {record['train_loss']:.4f} "
                   f"acc {record['train_acc']:.2f}% | val loss {record['val_loss']:.4f} acc {record['val_acc']:.2f}% "
@@ -445,7 +471,8 @@ def search_epoch(epoch: int, config: SearchConfig, strategy, parts: SearchCompon
                         unrolled=strategy.unrolled, ctx=ctx, device=ctx.device, progress=progress,
                         description=f"epoch {epoch + 1}/{config.epochs}", on_step=on_step,
                         log_every=config.log_every, steps_impl=steps_impl)
-    val = validate(parts.model, parts.criterion, loaders["eval"], ctx, ctx.device)
+    val = validate(parts.model, parts.criterion, loaders["eval"], ctx, ctx.device, progress=progress,
+                   description=f"epoch {epoch + 1}/{config.epochs} validation")
     parts.scheduler.step()
     return dict(epoch=epoch + 1, epochs=config.epochs, lr=lr, arch_updates=update_arch,
                 **_metrics("train", train), **_metrics("val", val),
