@@ -147,6 +147,8 @@ def test_resume_refuses_changed_options(tmp_path):
     out = tmp_path / "run"
     saved = resolve_config(dict(BASE, out=str(out), epochs=3))
     write_config(out, saved.to_dict())
+    assert check_out_dir(saved) is None  # no checkpoint yet (a failed start-up): not a run to protect
+    (out / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(SearchError, match="already holds a search .* pass --resume"):
         check_out_dir(saved)
     same = resolve_config(dict(BASE, out=str(out), epochs=3, resume=True, progress=False, device="cpu"))
