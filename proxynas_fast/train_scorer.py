@@ -2,48 +2,79 @@
 
 For when no pretrained checkpoint exists. The paper's recipe by default (200 epochs); shorten it with
 --epochs (the lr milestones scale along). Writes `{'state_dict', 'best_prec1', 'forgetting'}`, which
-`python -m proxynas_fast.score --checkpoint` reads. Interrupted runs continue with --resume.
+`python -m proxynas_fast.score --checkpoint` reads. Every epoch ends with `<out>.progress`; an interrupted
+run continues with --resume.
+
+The arguments and the output are checked before torch loads; the output is owned by this run while it runs.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-import torch
+from .cli_errors import resume_command, run_cli
+from .data import DatasetError
+from .run_folder import check_output_file, hold_output
 
-from .data import DatasetError, dataset_info, load_dataset
-from .scoring.models import list_scorers
-from .scoring.train import ScorerRecipe, train_scorer
+DATASETS = ["cifar10", "cifar100", "svhn"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m proxynas_fast.train_scorer", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", required=True, choices=DATASETS, help="data set to train on (required)")
+    p.add_argument("--data-dir", default=None, help="data folder (default: $PROXYNAS_DATA, else ./data)")
+    p.add_argument("--out", required=True,
+                   help="scorer checkpoint to write, e.g. scorer.th; progress goes to <out>.progress (required)")
+    p.add_argument("--arch", default=None,
+                   help="scorer network, resnet20/32/44/56/110 (default: the paper's, resnet20 or resnet56)")
+    p.add_argument("--epochs", type=int, default=200, help="training epochs, >= 1 (default 200, the paper's)")
+    p.add_argument("--lr", type=float, default=0.1, help="initial SGD learning rate (default 0.1)")
+    p.add_argument("--batch-size", type=int, default=128, help="examples per step (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order (default 0)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="train on the first N examples only, for demos (default: all)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto: cuda if available)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>.progress when it exists (default: start over)")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> Path:
+    """Mistakes visible without torch or data; returns the checked output path."""
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs} (0 epochs would write an untrained scorer)")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    out = check_output_file(args.out, flag="--out")
+    check_output_file(f"{args.out}.progress", flag="--out")
+    return out
+
+
+def _interrupted(args, argv) -> str:
+    progress = Path(f"{args.out}.progress")
+    saved = (f"the last finished epoch is saved in {progress}" if progress.is_file()
+             else "no epoch had finished, nothing saved")
+    return f"{saved}; resume with: {resume_command('proxynas_fast.train_scorer', argv)}"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m proxynas_fast.train_scorer", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", required=True, choices=["cifar10", "cifar100", "svhn"])
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", required=True)
-    p.add_argument("--arch", default=None, choices=list_scorers())
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="train on the first N examples only (demos)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--resume", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        info = dataset_info(args.dataset)
-        train = load_dataset(args.dataset, args.data_dir, "train")
-        test = load_dataset(args.dataset, args.data_dir, "test")
-        if args.limit:
-            train = train.subset(range(min(args.limit, len(train))))
-        recipe = ScorerRecipe(arch=args.arch or info.scorer_arch, epochs=args.epochs, lr=args.lr,
-                              batch_size=args.batch_size, seed=args.seed)
-        train_scorer(train, args.out, recipe, mean=info.scorer_mean, std=info.scorer_std, device=args.device,
-                     resume=args.resume, eval_dataset=test)
-    except (DatasetError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+
+    def body() -> None:
+        out = check_args(args)
+        # torch loads here, after the checks: --help and ordinary mistakes answer without waiting for it.
+        from .scoring.train_run import train_scorer_to_file
+
+        with hold_output(args.out, what="train_scorer", kind="file"):
+            train_scorer_to_file(args, out)
+
+    return run_cli(body, user_errors=(DatasetError, FileNotFoundError, ValueError),
+                   interrupted_message=lambda: _interrupted(args, argv))
 
 
 if __name__ == "__main__":

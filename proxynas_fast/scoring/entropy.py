@@ -91,6 +91,8 @@ def score_dataset(model: nn.Module, dataset, *, mean, std, batch_size: int = 500
     When torch.distributed is initialised, each rank scores a contiguous shard and all ranks return the
     gathered, complete result.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     device = torch.device(device)
     n = len(dataset)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

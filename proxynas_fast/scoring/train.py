@@ -34,6 +34,41 @@ class ScorerRecipe:
     seed: int = 0
 
 
+PROGRESS_KEYS = ("model", "optimizer", "scheduler", "forgetting", "rng", "epoch", "best_prec1", "recipe")
+
+
+def check_recipe(recipe: ScorerRecipe) -> None:
+    """ValueError for a recipe that would not train (no epochs, no step size, empty batches)."""
+    if recipe.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {recipe.epochs} (0 epochs would write an untrained scorer)")
+    if not recipe.lr > 0:
+        raise ValueError(f"lr must be > 0, got {recipe.lr}")
+    if recipe.batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {recipe.batch_size}")
+
+
+def progress_path_for(out_path) -> Path:
+    """Where the run in progress keeps its checkpoint: `<out_path>.progress`."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + ".progress")
+
+
+def load_progress(path, recipe: ScorerRecipe, map_location="cpu") -> dict:
+    """The progress checkpoint at `path`, checked to be complete and of `recipe`; ValueError naming the file
+    otherwise (a truncated or foreign file, or one saved with another recipe)."""
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types for damaged files
+        raise ValueError(f"{path}: not a readable progress checkpoint ({type(e).__name__}: {str(e)[:120]}); "
+                         "delete it to start over") from None
+    missing = [k for k in PROGRESS_KEYS if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        raise ValueError(f"{path}: not a scorer progress checkpoint (missing {missing[:4]}); delete it to start over")
+    if ck["recipe"] != asdict(recipe):
+        raise ValueError(f"{path}: saved with a different recipe {ck['recipe']}")
+    return ck
+
+
 def train_scorer(dataset, out_path, recipe: ScorerRecipe, *, mean, std, device="cpu", resume: bool = False,
                  eval_dataset=None, log=print, stop_after_epoch: Optional[int] = None) -> nn.Module:
     """Train `recipe.arch` on an ArrayDataset and write `{'state_dict', 'best_prec1', 'forgetting'}` to out_path.
@@ -43,9 +78,10 @@ def train_scorer(dataset, out_path, recipe: ScorerRecipe, *, mean, std, device="
     """
     from ..loaders import ResidentLoader
 
+    check_recipe(recipe)
     device = torch.device(device)
     out_path = Path(out_path)
-    progress_path = out_path.with_name(out_path.name + ".progress")
+    progress_path = progress_path_for(out_path)
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed)
     random.seed(recipe.seed)
@@ -59,9 +95,7 @@ def train_scorer(dataset, out_path, recipe: ScorerRecipe, *, mean, std, device="
     tracker = ForgettingTracker(len(dataset))
     start, best = 0, 0.0
     if resume and progress_path.exists():
-        ck = torch.load(progress_path, map_location=device, weights_only=False)
-        if ck["recipe"] != asdict(recipe):
-            raise ValueError(f"{progress_path}: saved with a different recipe {ck['recipe']}")
+        ck = load_progress(progress_path, recipe, map_location=device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
