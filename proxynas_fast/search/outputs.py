@@ -144,70 +144,165 @@ def _node_positions(steps: int) -> Dict[str, tuple]:
     return pos
 
 
-def _place_label(p0, p1, text, occupied):
-    """A point along p0->p1 for the label that overlaps least with `occupied` boxes (cx, cy, half-w, half-h)."""
-    hw, hh = 0.06 * len(text) + 0.08, 0.17
+NODE_HALF_W, NODE_HALF_H = 0.42, 0.3  # node box half-width, half-height (data units)
+_BOX_PAD = 0.04  # the rounded box's pad around that rectangle
+_ARROW_GAP = 0.05  # space between an arrowhead's tip and the box it points at
+
+
+def _boundary_point(centre, towards, margin: float = _BOX_PAD + _ARROW_GAP) -> tuple:
+    """Where the straight line from `centre` to `towards` leaves the node box around `centre` (plus margin)."""
+    dx, dy = towards[0] - centre[0], towards[1] - centre[1]
+    hw, hh = NODE_HALF_W + margin, NODE_HALF_H + margin
+    t = min(hw / abs(dx) if dx else math.inf, hh / abs(dy) if dy else math.inf)
+    return centre[0] + t * dx, centre[1] + t * dy
+
+
+def _segment_hits_box(p0, p1, box) -> bool:
+    """Does the segment p0-p1 pass through the axis-aligned box (cx, cy, half-w, half-h)? (Liang-Barsky)"""
+    cx, cy, hw, hh = box
+    dx, dy = p1[0] - p0[0], p1[1] - p0[1]
+    lo, hi = 0.0, 1.0
+    for p, q in ((-dx, p0[0] - (cx - hw)), (dx, (cx + hw) - p0[0]), (-dy, p0[1] - (cy - hh)), (dy, (cy + hh) - p0[1])):
+        if p == 0:
+            if q < 0:
+                return False
+            continue
+        t = q / p
+        if p < 0:
+            lo = max(lo, t)
+        else:
+            hi = min(hi, t)
+        if lo > hi:
+            return False
+    return True
+
+
+def _crossing_point(s0, s1):
+    """Where segments s0 and s1 cross (not at an end), or None."""
+    (ax, ay), (bx, by) = s0
+    (cx, cy), (dx, dy) = s1
+    den = (bx - ax) * (dy - cy) - (by - ay) * (dx - cx)
+    if abs(den) < 1e-12:
+        return None
+    t = ((cx - ax) * (dy - cy) - (cy - ay) * (dx - cx)) / den
+    u = ((cx - ax) * (by - ay) - (cy - ay) * (bx - ax)) / den
+    if 1e-6 < t < 1 - 1e-6 and 1e-6 < u < 1 - 1e-6:
+        return ax + t * (bx - ax), ay + t * (by - ay)
+    return None
+
+
+def edge_crossings(segments) -> List[tuple]:
+    """Every point where two of the segments cross."""
+    points = []
+    for i in range(len(segments)):
+        for j in range(i + 1, len(segments)):
+            p = _crossing_point(segments[i], segments[j])
+            if p is not None:
+                points.append(p)
+    return points
+
+
+def box_contains(box, point) -> bool:
+    return abs(point[0] - box[0]) <= box[2] and abs(point[1] - box[1]) <= box[3]
+
+
+def label_box(text: str, centre) -> tuple:
+    """The box (cx, cy, half-w, half-h) a 7-pt edge label takes, in data units."""
+    return centre[0], centre[1], 0.06 * len(text) + 0.08, 0.17
+
+
+def _place_label(segment, text, occupied, other_segments, crossings):
+    """A point along `segment` for the label: off every crossing of two edges if possible, then through as few
+    other edges as possible, then the least overlap with the `occupied` boxes (nodes, placed labels), then
+    nearest the middle. The chosen box is added to `occupied`."""
+    (x0, y0), (x1, y1) = segment
     best, best_cost = None, None
-    for t in (0.5, 0.4, 0.6, 0.3, 0.7, 0.25, 0.75):
-        cx, cy = p0[0] + t * (p1[0] - p0[0]), p0[1] + t * (p1[1] - p0[1])
-        cost = abs(t - 0.5) * 0.01
-        for ox, oy, ow, oh in occupied:
-            cost += max(0.0, hw + ow - abs(cx - ox)) * max(0.0, hh + oh - abs(cy - oy))
+    for t in sorted((0.15 + 0.025 * i for i in range(29)), key=lambda t: abs(t - 0.5)):
+        box = label_box(text, (x0 + t * (x1 - x0), y0 + t * (y1 - y0)))
+        through = sum(_segment_hits_box(a, b, box) for a, b in other_segments)
+        overlap = sum(max(0.0, box[2] + ow - abs(box[0] - ox)) * max(0.0, box[3] + oh - abs(box[1] - oy))
+                      for ox, oy, ow, oh in occupied)
+        on_crossing = sum(box_contains(box, p) for p in crossings)
+        cost = (on_crossing, through, round(overlap, 6), abs(t - 0.5))
         if best_cost is None or cost < best_cost:
-            best, best_cost = (cx, cy, hw, hh), cost
+            best, best_cost = box, cost
     occupied.append(best)
-    return best[0], best[1]
+    return best
 
 
-def draw_cell(edges: Sequence, concat: Sequence[int], path, title: str = "") -> Path:
-    """Draw a discrete cell: input nodes c_{k-2}, c_{k-1}, intermediate nodes 0..n-1, output c_{k}; every edge
-    labelled with its operation; the concatenated nodes feed c_{k} (dashed). PNG via matplotlib (Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
-
+def cell_layout(edges: Sequence, concat: Sequence[int]) -> Dict[str, Any]:
+    """Geometry of a cell drawing, in data units: node centres, arrows (tail, head, style, label) running
+    from box edge to box edge, and a box for each operation label, placed off the other edges where possible."""
     steps = len(edges) // 2
     pos = _node_positions(steps)
     names = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(steps)]
-    colours = {"in": "#b7e4a8", "mid": "#a8c8f0", "out": "#f5e08a"}
-    hw, hh = 0.42, 0.3  # node box half-width, half-height (data units)
+    links = [(names[int(j)], str(k // 2), "-", op) for k, (op, j) in enumerate(edges)]
+    links += [(str(int(c) - 2), "c_{k}", "--", None) for c in concat]
+    arrows = []
+    for src, dst, style, op in links:
+        tail = _boundary_point(pos[src], pos[dst])
+        head = _boundary_point(pos[dst], pos[src])
+        arrows.append({"src": src, "dst": dst, "tail": tail, "head": head, "style": style, "label": op})
+    occupied = [(x, y, NODE_HALF_W + _BOX_PAD, NODE_HALF_H + _BOX_PAD) for x, y in pos.values()]
+    labels = []
+    crossings = edge_crossings([(a["tail"], a["head"]) for a in arrows])
+    for i, arrow in enumerate(arrows):
+        if arrow["label"] is None:
+            continue
+        others = [(a["tail"], a["head"]) for j, a in enumerate(arrows) if j != i]
+        box = _place_label((pos[arrow["src"]], pos[arrow["dst"]]), arrow["label"], occupied, others, crossings)
+        labels.append({"text": arrow["label"], "box": box, "arrow": i})
+    return {"positions": pos, "arrows": arrows, "labels": labels, "crossings": crossings}
 
+
+def cell_figure(edges: Sequence, concat: Sequence[int], title: str = ""):
+    """The matplotlib Figure of a discrete cell: input nodes c_{k-2}, c_{k-1}, intermediate nodes 0..n-1, output
+    c_{k}; every edge an arrow with its operation; the concatenated nodes feed c_{k} (dashed, with a legend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    layout = cell_layout(edges, concat)
+    pos = layout["positions"]
+    colours = {"in": "#b7e4a8", "mid": "#a8c8f0", "out": "#f5e08a"}
     ys = [p[1] for p in pos.values()]
-    fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.75 * (max(ys) - min(ys))), dpi=110)
+    fig = Figure(figsize=(7.0, 1.6 + 0.75 * (max(ys) - min(ys))), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     ax.set_aspect("equal")
     ax.axis("off")
     ax.set_xlim(-0.7, 8.3)
     ax.set_ylim(min(ys) - 0.6, max(ys) + 0.6)
-    occupied = [(x, y, hw, hh) for x, y in pos.values()]
-
-    def arrow(src, dst, style="-"):
-        ax.annotate("", xy=pos[dst], xytext=pos[src],
-                    arrowprops=dict(arrowstyle="-|>", color="#444444", lw=1.1, linestyle=style,
-                                    shrinkA=17, shrinkB=17))
-
-    for k, (op, j) in enumerate(edges):
-        src, dst = names[int(j)], str(k // 2)
-        arrow(src, dst)
-        x, y = _place_label(pos[src], pos[dst], op, occupied)
-        ax.text(x, y, op, ha="center", va="center", fontsize=7, zorder=5,
+    for arrow in layout["arrows"]:
+        patch = FancyArrowPatch(arrow["tail"], arrow["head"], arrowstyle="-|>", mutation_scale=11, color="#444444",
+                                lw=1.1, linestyle=arrow["style"], shrinkA=0, shrinkB=0, zorder=2)
+        patch.set_gid(f"edge {arrow['src']}->{arrow['dst']}")
+        ax.add_patch(patch)
+    for label in layout["labels"]:
+        x, y = label["box"][:2]
+        ax.text(x, y, label["text"], ha="center", va="center", fontsize=7, zorder=5,
                 bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="#bbbbbb", lw=0.5, alpha=0.95))
-    for c in concat:
-        arrow(str(int(c) - 2), "c_{k}", "--")
-
     for name, (x, y) in pos.items():
         kind = "in" if name.startswith("c_{k-") else ("out" if name == "c_{k}" else "mid")
-        ax.add_patch(FancyBboxPatch((x - hw, y - hh), 2 * hw, 2 * hh, boxstyle="round,pad=0.04",
-                                    fc=colours[kind], ec="#333333", lw=1.0, zorder=3))
+        ax.add_patch(FancyBboxPatch((x - NODE_HALF_W, y - NODE_HALF_H), 2 * NODE_HALF_W, 2 * NODE_HALF_H,
+                                    boxstyle=f"round,pad={_BOX_PAD}", fc=colours[kind], ec="#333333", lw=1.0,
+                                    zorder=3))
         ax.text(x, y, f"${name}$" if name.startswith("c_") else name, ha="center", va="center", fontsize=10,
                 zorder=4)
+    ax.legend(handles=[Line2D([], [], color="#444444", lw=1.1, label="edge: the operation applied to its input"),
+                       Line2D([], [], color="#444444", lw=1.1, ls="--",
+                              label="node concatenated into the output $c_{k}$")],
+              loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=7, frameon=False)
     if title:
         ax.set_title(title, fontsize=10)
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
-    finally:
-        plt.close(fig)
+    return fig
+
+
+def draw_cell(edges: Sequence, concat: Sequence[int], path, title: str = "") -> Path:
+    """`cell_figure` written as a PNG (atomically)."""
+    fig = cell_figure(edges, concat, title)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
 
 
 def draw_genotype(out_dir, genotype: Genotype, title_prefix: str = "") -> Dict[str, Path]:
