@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def atomic_write(path, write: Callable[[str], None]) -> Path:
-    """Call write(tmp_path), flush it to disk, give it the usual permissions (mkstemp makes 0600), rename."""
+def atomic_write(path, write: Callable[[str], None], keep_previous=None) -> Path:
+    """Call write(tmp_path), flush it to disk, give it the usual permissions (mkstemp makes 0600), rename.
+
+    keep_previous: a path that receives the file being replaced (renamed there just before the new one
+    takes its place), so a reader can fall back to it if the newest one proves unreadable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=str(path.parent))
@@ -23,6 +26,8 @@ def atomic_write(path, write: Callable[[str], None]) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -39,8 +44,22 @@ def atomic_write_text(path, text: str) -> Path:
     return atomic_write(path, write)
 
 
-def atomic_torch_save(obj: Any, path) -> Path:
+def atomic_torch_save(obj: Any, path, keep_previous=None) -> Path:
     """torch.save through a temporary file (checkpoints survive a kill mid-write)."""
     import torch
 
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), keep_previous=keep_previous)
+
+
+def remove_stale_temporaries(path) -> list:
+    """Delete the temporaries `atomic_write(path, ...)` leaves when killed mid-write; the paths removed.
+    Call it only while holding the output (no other writer of `path` can be running)."""
+    path = Path(path)
+    removed = []
+    for p in path.parent.glob(f".{path.name}.*"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from proxynas_fast.cli_errors import resume_command, run_cli
+from proxynas_fast.run_folder import hold_output
 from proxynas_fast.threads import configure_threads
 from proxynas_fast.train.config import AMP_MODES, DATASET_NAMES, LR_SCHEDULES, PRESETS, describe_preset, make_config
 
@@ -140,13 +142,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    from proxynas_fast.train.trainer import describe_saved
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_cli(lambda: _train(cfg, genotype, out, args.resume), user_errors=(
+        DatasetError, ImageFileError, ValueError, FileExistsError, FileNotFoundError, ImportError),
+        interrupted_message=lambda: f"{describe_saved(out)}; resume with: "
+                                    f"{resume_command('proxynas_fast.train', argv)}")
+
+
+def _train(cfg, genotype, out: str, resume: bool) -> int:
+    """The run itself, once --out is checked and held (no other process trains into it meanwhile)."""
     import torch
 
+    from proxynas_fast.darts.genotypes import genotype_to_dict
     from proxynas_fast.train.data import build_loaders
     from proxynas_fast.train.networks import build_network, count_parameters
-    from proxynas_fast.train.trainer import Trainer, resolve_device
+    from proxynas_fast.train.trainer import Trainer, check_train_output, resolve_device
 
-    try:
+    check_train_output(out, resume)
+    with hold_output(out, what="train", kind="folder"):
         device = resolve_device(cfg.device)
         _configure_determinism(cfg.deterministic, device)
         # Weights are initialised from the seed; a resumed run overwrites them from the checkpoint.
@@ -159,10 +174,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"(without auxiliary head), {info['train_examples']} train / {info['test_examples']} test "
               f"examples, device {device}, out {out}", file=sys.stderr, flush=True)
         trainer = Trainer(cfg, model, train_loader, test_loader, device, Path(out), meta)
-        results = trainer.fit(resume=args.resume)
-    except (DatasetError, ImageFileError, ValueError, FileExistsError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        results = trainer.fit(resume=resume)
     print(json.dumps({k: results[k] for k in ("arch", "dataset", "params", "test_acc", "test_loss")}))
     return 0
 

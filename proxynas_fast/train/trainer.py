@@ -20,13 +20,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from proxynas_fast.atomic import atomic_torch_save, atomic_write_text
+from proxynas_fast.atomic import atomic_torch_save, atomic_write_text, remove_stale_temporaries
 from proxynas_fast.progress import open_progress
 from proxynas_fast.rng import capture_rng_state, restore_rng_state
+from proxynas_fast.run_folder import check_output_dir
 from proxynas_fast.train.config import TrainConfig
 from proxynas_fast.train.networks import count_parameters
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"  # the one before: the fallback when the newest is unreadable
 LOG_NAME = "log.jsonl"
 RESULTS_NAME = "results.json"
 
@@ -56,16 +58,50 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+class CheckpointError(ValueError):
+    """A training checkpoint that cannot be used; the message names the file."""
+
+
 def load_checkpoint(path: Path) -> Dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     try:
         # Our own file: it holds numpy/python RNG states, which the weights-only loader rejects.
         state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise ValueError(f"{path}: cannot read checkpoint ({e})") from None
+        raise CheckpointError(f"{path}: cannot read the checkpoint: the file is truncated or corrupt "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a training checkpoint (a {type(state).__name__})")
     for key in ("epoch", "model", "optimizer", "scheduler", "rng", "config"):
         if key not in state:
-            raise ValueError(f"{path}: not a training checkpoint (missing {key!r})")
+            raise CheckpointError(f"{path}: not a training checkpoint (missing {key!r})")
     return state
+
+
+def check_train_output(out_dir, resume: bool) -> Path:
+    """Before any work: --out can be written, and without --resume holds no run to overwrite."""
+    out = check_output_dir(out_dir)
+    existing = [p for p in (out / CHECKPOINT_NAME, out / PREVIOUS_CHECKPOINT_NAME) if p.exists()]
+    if existing and not resume:
+        raise FileExistsError(f"{existing[0]} exists: pass --resume to continue that run, or choose another --out")
+    return out
+
+
+def describe_saved(out_dir) -> str:
+    """What a run folder holds to resume from, in words (for the Ctrl-C line)."""
+    out = Path(out_dir)
+    for p in (out / CHECKPOINT_NAME, out / PREVIOUS_CHECKPOINT_NAME):
+        if p.is_file():
+            try:
+                state = torch.load(p, map_location="cpu", weights_only=False)
+                return f"the checkpoint after epoch {int(state['epoch'])}/{int(state['config']['epochs'])} is saved in {p}"
+            except Exception:  # noqa: BLE001 - only for a message; try the previous one
+                continue
+    return f"no epoch had finished, so {out} holds no checkpoint yet"
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -143,6 +179,10 @@ class Trainer:
         return self.out_dir / CHECKPOINT_NAME
 
     @property
+    def previous_checkpoint_path(self) -> Path:
+        return self.out_dir / PREVIOUS_CHECKPOINT_NAME
+
+    @property
     def log_path(self) -> Path:
         return self.out_dir / LOG_NAME
 
@@ -170,11 +210,31 @@ class Trainer:
             raise ValueError(f"{self.checkpoint_path}: cannot resume with different settings ("
                              + "; ".join(diffs) + "); use the original options or a new --out")
 
+    def _load_latest(self) -> Optional[Dict[str, Any]]:
+        """The newest readable checkpoint: checkpoint.pt, else (unreadable, or a kill between the two renames of
+        a save) checkpoint.prev.pt, saying so; None when there is neither."""
+        latest, previous = self.checkpoint_path, self.previous_checkpoint_path
+        if not latest.exists() and not previous.exists():
+            return None
+        try:
+            return load_checkpoint(latest)
+        except CheckpointError as e:
+            if not previous.exists():
+                raise
+            problem = str(e)
+        try:
+            state = load_checkpoint(previous)
+        except CheckpointError as e:
+            raise CheckpointError(f"{problem}; the previous one is unusable too ({e})") from None
+        print(f"warning: {problem}; resuming from the previous checkpoint {previous} (epoch {state['epoch']})",
+              file=sys.stderr, flush=True)
+        return state
+
     def resume(self) -> bool:
         """Load the checkpoint in out_dir if there is one; True when a run was resumed."""
-        if not self.checkpoint_path.exists():
+        state = self._load_latest()
+        if state is None:
             return False
-        state = load_checkpoint(self.checkpoint_path)
         self._check_same_run(state["config"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -267,10 +327,9 @@ class Trainer:
     # -- the run
     def fit(self, resume: bool = False) -> Dict[str, Any]:
         cfg = self.cfg
+        check_train_output(self.out_dir, resume)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume and self.checkpoint_path.exists():
-            raise FileExistsError(f"{self.checkpoint_path} exists: pass --resume to continue that run, "
-                                  f"or choose another --out")
+        remove_stale_temporaries(self.checkpoint_path)  # left by a kill mid-save; we own the folder now
         resumed = resume and self.resume()
         if not resumed:  # a fresh run (also --resume without a checkpoint yet)
             seed_everything(cfg.seed)
@@ -293,7 +352,8 @@ class Trainer:
             self.train_seconds += seconds
             record["seconds"] = round(seconds, 3)
             self._append_log(record)
-            atomic_torch_save(self.state_dict(epoch + 1), self.checkpoint_path)
+            atomic_torch_save(self.state_dict(epoch + 1), self.checkpoint_path,
+                              keep_previous=self.previous_checkpoint_path)
             msg = (f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.4g} train_loss {record['train_loss']:.4f} "
                    f"train_acc {record['train_acc']:.2f}")
             if "test_acc" in record:

@@ -1,0 +1,97 @@
+"""`python -m proxynas_fast.train` owns its --out folder (issue 15): one run at a time, the output checked before
+any work, stale temporaries swept, the previous checkpoint kept as a fallback, one line on Ctrl-C."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from proxynas_fast.run_folder import hold_output
+from proxynas_fast.train.__main__ import main
+from proxynas_fast.train.trainer import CheckpointError, load_checkpoint, read_log
+from read_only import read_only_folder
+from test_train_cli import CLI_TINY, _cli, _tiny_trainer
+
+
+def test_a_held_out_folder_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    with hold_output(out, what="train"):
+        assert main(CLI_TINY + ["--data-dir", str(tmp_path / "no-data"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: --out {out} is in use by train (pid {os.getpid()} on ")
+
+
+def test_existing_read_only_folder_is_refused_before_training(tmp_path, cifar10_jpeg_dir, capsys):
+    with read_only_folder(tmp_path / "ro", populate=lambda p: (p / "notes.txt").write_text("x")) as ro:
+        t0 = time.monotonic()
+        assert main(CLI_TINY + ["--data-dir", str(cifar10_jpeg_dir), "--out", str(ro)]) == 2
+        assert time.monotonic() - t0 < 60  # no data loaded, no epoch trained
+    err = capsys.readouterr().err
+    assert f"error: --out {ro}: the folder is not writable (" in err and "epoch 1" not in err
+
+
+def test_an_existing_run_is_refused_without_resume_before_the_data_loads(tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    assert main(CLI_TINY + ["--data-dir", str(tmp_path / "no-data"), "--out", str(tmp_path)]) == 2
+    assert f"error: {tmp_path / 'checkpoint.pt'} exists: pass --resume" in capsys.readouterr().err
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, single_thread):
+    full = _tiny_trainer(tmp_path / "full")
+    full.fit()
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_trainer(cut, fail_at=(2, 1)).fit()  # dies inside epoch 3
+    assert load_checkpoint(cut / "checkpoint.pt")["epoch"] == 2
+    assert load_checkpoint(cut / "checkpoint.prev.pt")["epoch"] == 1
+    data = (cut / "checkpoint.pt").read_bytes()
+    (cut / "checkpoint.pt").write_bytes(data[: len(data) // 2])  # a disk that lost the end of the file
+    (cut / ".checkpoint.pt.k1ll3d.pt").write_bytes(data[:100])  # a kill mid-save leaves this behind
+    resumed = _tiny_trainer(cut)
+    resumed.fit(resume=True)
+    assert resumed.start_epoch == 1  # from the previous checkpoint, not from epoch 0
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [r["epoch"] for r in read_log(cut / "log.jsonl")] == [1, 2, 3]
+    assert not (cut / ".checkpoint.pt.k1ll3d.pt").exists()
+
+
+def test_truncated_checkpoint_without_a_previous_one_is_a_clear_error(tmp_path, single_thread, capsys):
+    _tiny_trainer(tmp_path, epochs=1).fit()
+    data = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt").write_bytes(data[:1000])
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: cannot read the checkpoint: the file is truncated "
+                                              r"or corrupt \("):
+        _tiny_trainer(tmp_path, epochs=1).fit(resume=True)
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
+
+
+def test_ctrl_c_prints_one_line_with_what_was_saved_and_the_resume_command(tmp_path, cifar10_jpeg_dir):
+    out = tmp_path / "run"
+    argv = [a if a != "3" or CLI_TINY[i - 1] != "--epochs" else "50" for i, a in enumerate(CLI_TINY)]
+    argv += ["--data-dir", str(cifar10_jpeg_dir), "--out", str(out)]
+    proc = _cli(argv)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoint.pt").exists():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: the checkpoint after epoch ") and f"/50 is saved in {out}/checkpoint.pt" in last
+    assert last.endswith("resume with: python -m proxynas_fast.train " + " ".join(argv) + " --resume")
+    assert not (out / ".lock").exists() and not list(out.glob(".checkpoint.pt.*"))
