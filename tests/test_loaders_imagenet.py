@@ -298,3 +298,16 @@ def test_cuda_output_lands_on_the_device(imagenet, proxy, backend):
     files, labels = select_files(imagenet.files, imagenet.labels, proxy[:16])
     x, y = next(iter(build_imagenet_loader(files, labels, 8, device="cuda", backend=backend)))
     assert x.is_cuda and y.is_cuda and x.shape == (8, 3, 224, 224) and y.dtype == torch.int64
+
+
+def test_pil_worker_failure_is_one_line_naming_the_file(folder_with_bad_files):
+    """A file failing inside a DataLoader worker: the worker's traceback, which torch puts into the message,
+    is dropped; the error is the one line the worker raised, and still names the file."""
+    good, _, truncated = folder_with_bad_files
+    loader = build_imagenet_loader(good + [truncated], range(len(good) + 1), 4, backend="pil", image_size=SMALL,
+                                   num_threads=2)
+    with pytest.raises(ImageFileError) as raised:
+        collect(loader)
+    message = str(raised.value)
+    assert message.startswith(f"cannot decode image file {truncated}: ") and "\n" not in message, message
+    assert raised.value.path == truncated

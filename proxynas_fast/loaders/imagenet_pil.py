@@ -123,12 +123,36 @@ class _EpochFiles(Dataset):
             if self.skip_bad_images:
                 logger.warning("skipping unreadable image file %s: %s: %s", path, type(e).__name__, e)
                 return None
-            raise ImageFileError(f"cannot decode image file {path}: {type(e).__name__}: {e}", path=path) from e
+            detail = str(e).splitlines()[0] if str(e) else "no detail"
+            raise ImageFileError(f"{_DECODE_FAILURE}{path}: {type(e).__name__}: {detail}", path=path) from e
         if self.train:
             pixels = train_transform(image, np.random.default_rng(self.seed_words + [position]), self.image_size)
         else:
             pixels = eval_transform(image, self.image_size, self.resize_size)
         return torch.from_numpy(pixels), self.labels[position]
+
+
+_DECODE_FAILURE = "cannot decode image file "
+
+
+def worker_error_message(message: str) -> str:
+    """The original one-line message of an error re-raised from a DataLoader worker: torch puts the worker's
+    whole traceback ("Caught ... in DataLoader worker process N. Original Traceback ...") into the message."""
+    if "Original Traceback" not in message:
+        return message
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else message
+    head, sep, rest = last.partition("ImageFileError: ")
+    return rest if sep and " " not in head.strip() else last
+
+
+def _named_path(message: str):
+    """The file a decode failure names (`cannot decode image file PATH: Type: detail`), else None."""
+    if not message.startswith(_DECODE_FAILURE):
+        return None
+    path, _, _ = message[len(_DECODE_FAILURE):].rpartition(": ")
+    path, _, _ = path.rpartition(": ")
+    return path or None
 
 
 def _collate_readable(items):
@@ -166,7 +190,8 @@ class PilImageNetLoader(ImageNetLoader):
                 # alive until a garbage collection (whose shutdown then stalls ~5 s): cut it and
                 # shut the workers down now.
                 e.__traceback__ = None
-                failure = ImageFileError(str(e), path=e.path)
+                message = worker_error_message(str(e))
+                failure = ImageFileError(message, path=e.path or _named_path(message))
             if failure is not None:
                 del batches
                 raise failure
