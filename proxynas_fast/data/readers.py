@@ -114,9 +114,14 @@ def list_image_folder(split_dir: Path) -> Tuple[List[str], np.ndarray, List[str]
     return files, np.asarray(labels, np.int64), classes
 
 
-def read_order_file(order_file: Path, root: Path, classes: List[str]) -> Tuple[List[str], np.ndarray]:
-    """`index<TAB>path<TAB>label` lines mapping the original example index to its file (relative to root)."""
+def read_order_file(order_file: Path, root: Path, classes: List[str],
+                    listed: Optional[List[str]] = None) -> Tuple[List[str], np.ndarray]:
+    """`index<TAB>path<TAB>label` lines mapping the original example index to its file (relative to root).
+
+    listed: the images found in the class folders (`list_image_folder`); when given, every line must name one
+    of them and every one of them must have a line (a missing last line would otherwise drop an image)."""
     entries = {}
+    known = {os.path.normpath(p) for p in listed} if listed is not None else None
     root_str = str(root)  # plain string joins: Path objects cost seconds over 50k lines
     with open(order_file, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -137,12 +142,20 @@ def read_order_file(order_file: Path, root: Path, classes: List[str]) -> Tuple[L
             if cls in classes and classes.index(cls) != label:
                 raise DatasetError(f"{order_file}:{lineno}: label {label} disagrees with class folder {cls!r} "
                                    f"(index {classes.index(cls)})")
-            entries[idx] = (os.path.join(root_str, rel), label)
+            path = os.path.normpath(os.path.join(root_str, rel))
+            if known is not None and path not in known:
+                why = "no such file" if not os.path.exists(path) else "not an image in the class folders"
+                raise DatasetError(f"{order_file}:{lineno}: {rel}: {why}")
+            entries[idx] = (path, label)
     n = len(entries)
     if sorted(entries) != list(range(n)):
         missing = sorted(set(range(n)) - set(entries))[:5]
         raise DatasetError(f"{order_file}: indices are not 0..{n - 1} (missing e.g. {missing})")
     files = [entries[i][0] for i in range(n)]
+    unlisted = sorted(known.difference(files)) if known is not None else []
+    if unlisted:
+        raise DatasetError(f"{order_file}: {n} lines for {len(known)} images; {len(unlisted)} image(s) have no "
+                           f"line, e.g. {os.path.relpath(unlisted[0], root_str)} (a line missing at the end?)")
     labels = np.asarray([entries[i][1] for i in range(n)], np.int64)
     return files, labels
 

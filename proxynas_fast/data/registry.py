@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
-import numpy as np
-
 from .base import ArrayDataset, DatasetError, FileDataset
+from .image_cache import entry_path, load_entry, store_entry
 from .readers import (cache_key, decode_images, list_image_folder, read_cifar_pickle, read_order_file,
                       read_svhn_mat)
 
@@ -76,10 +75,6 @@ def resolve_data_dir(data_dir: Union[str, os.PathLike, None] = None) -> Path:
     return Path(env).expanduser() if env else Path("data")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("PROXYNAS_CACHE", Path.home() / ".cache" / "proxynas_fast"))
-
-
 def _download(key: str, dest_dir: Path) -> Path:
     import hashlib
 
@@ -115,29 +110,14 @@ def _load_image_folder(name: str, root: Path, split: str, info: DatasetInfo) -> 
     files, labels, classes = list_image_folder(split_dir)
     order_file = root / f"{split}_order.txt"
     if order_file.exists():
-        files, labels = read_order_file(order_file, root, classes)
+        files, labels = read_order_file(order_file, root, classes, listed=files)
     if len(classes) != info.num_classes:
         raise DatasetError(f"{split_dir}: {len(classes)} class folders, {name} has {info.num_classes}")
-    key = cache_key(files)
-    cache = cache_dir() / f"{name}-{split}-{key}.npy"
-    images = None
-    if cache.exists():
-        try:
-            images = np.load(cache, mmap_mode=None)
-            if images.shape != (len(files), info.image_size, info.image_size, 3):
-                images = None
-        except (OSError, ValueError):
-            images = None
+    cache = entry_path(name, split, cache_key(files))
+    images = load_entry(cache, (len(files), info.image_size, info.image_size, 3))
     if images is None:
         images = decode_images(files, (info.image_size, info.image_size))
-        try:  # the decoded array is a cache only: failing to write it is not an error
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=str(cache.parent), suffix=".npy")
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, images)
-            os.replace(tmp, cache)
-        except OSError as e:
-            log.warning("could not cache decoded images at %s: %s", cache, e)
+        store_entry(cache, images)
     return ArrayDataset(name, split, images, labels, classes, info.train_mean, info.train_std, str(split_dir))
 
 

@@ -1,0 +1,160 @@
+"""The decoded-image cache: folders of JPEGs decoded once into `<name>-<split>-<key>.npy` files.
+
+Location: `$PROXYNAS_CACHE`, default `~/.cache/proxynas_fast`. Size: at most `$PROXYNAS_CACHE_MAX_BYTES`
+(default 2 GiB; the CIFAR-10 training set is ~150 MB); after each write the least recently used entries
+(by modification time, refreshed on every hit) go first, never the one just written.
+
+An entry is written to `.partial-*.npy` beside it, held under an `fcntl.flock` while it is written, then renamed
+into place. Every exit path of the writer removes its partial file (an exception or Ctrl-C, in `finally`); what
+a kill -9 leaves is removed by the next writer's sweep, which deletes only partial files no live process holds
+(and, from before this scheme, `tmp*.npy` files older than an hour). Failing to write the cache is a warning,
+never an error: it is only a cache.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 2 << 30
+PARTIAL_PREFIX = ".partial-"
+LEGACY_PARTIAL_AGE_S = 3600  # tmp*.npy of the earlier writer carry no lock: only old ones are surely orphans
+ENTRY_NAME = re.compile(r"^[a-z0-9_]+-[a-z]+-[0-9a-f]{16}\.npy$")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PROXYNAS_CACHE", Path.home() / ".cache" / "proxynas_fast"))
+
+
+def max_cache_bytes() -> int:
+    raw = os.environ.get("PROXYNAS_CACHE_MAX_BYTES")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_MAX_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        log.warning("PROXYNAS_CACHE_MAX_BYTES=%r is not a whole number of bytes; using %d", raw, DEFAULT_MAX_BYTES)
+        return DEFAULT_MAX_BYTES
+    return max(0, value)
+
+
+def entry_path(name: str, split: str, key: str) -> Path:
+    return cache_dir() / f"{name}-{split}-{key}.npy"
+
+
+def load_entry(path: Path, shape: Tuple[int, ...]) -> Optional[np.ndarray]:
+    """The cached array if present, readable and of `shape` (its use time refreshed), else None."""
+    if not path.is_file():
+        return None
+    try:
+        images = np.load(path)
+    except (OSError, ValueError, EOFError) as e:
+        log.warning("ignoring unreadable cache entry %s: %s", path, e)
+        return None
+    if images.shape != tuple(shape) or images.dtype != np.uint8:
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # last used: what eviction orders by
+    return images
+
+
+def store_entry(path: Path, images: np.ndarray) -> bool:
+    """Write `images` to `path` atomically, sweep orphans, evict to the size cap. False (with a warning) when the
+    cache could not be written."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        log.warning("could not cache decoded images at %s: %s", path, e)
+        return False
+    sweep_orphans(folder)
+    if images.nbytes > max_cache_bytes():
+        log.info("not caching %s: %d bytes exceed the cache size cap", path, images.nbytes)
+        return False
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=".npy", dir=str(folder))
+        with os.fdopen(fd, "wb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # "being written": the sweep leaves it alone
+            np.save(f, images)
+            f.flush()
+            os.replace(tmp, path)
+            tmp = None
+    except OSError as e:
+        log.warning("could not cache decoded images at %s: %s", path, e)
+        return False
+    finally:  # every exit path, Ctrl-C included, removes the partial file
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    evict(folder, max_cache_bytes(), keep=path)
+    return True
+
+
+def sweep_orphans(folder: Path) -> List[Path]:
+    """Remove partial files that no live writer holds (left by a kill -9); the paths removed."""
+    removed = []
+    for p in sorted(folder.glob(PARTIAL_PREFIX + "*.npy")):
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # a live writer holds it
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    now = time.time()
+    for p in sorted(folder.glob("tmp*.npy")):
+        try:
+            if now - p.stat().st_mtime > LEGACY_PARTIAL_AGE_S:
+                p.unlink()
+                removed.append(p)
+        except OSError:
+            pass
+    if removed:
+        log.info("removed %d orphaned partial cache file(s) in %s", len(removed), folder)
+    return removed
+
+
+def evict(folder: Path, max_bytes: int, keep: Optional[Path] = None) -> List[Path]:
+    """Delete least recently used entries until the entries total at most max_bytes; the paths removed."""
+    entries = []
+    for p in folder.iterdir():
+        if ENTRY_NAME.match(p.name) and p != keep:
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                entries.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in entries)
+    if keep is not None:
+        with contextlib.suppress(OSError):
+            total += keep.stat().st_size
+    removed = []
+    for _, size, p in sorted(entries):
+        if total <= max_bytes:
+            break
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+            total -= size
+    if removed:
+        log.info("cache over %d bytes: removed %d least recently used entr%s", max_bytes, len(removed),
+                 "y" if len(removed) == 1 else "ies")
+    return removed

@@ -1,0 +1,48 @@
+"""`<split>_order.txt` (index path label) must describe the class folders exactly: a missing line or a line
+naming no image is an error naming the file (and line), not a silently dropped image or a bare [Errno 2]."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from proxynas_fast.data import DatasetError, load_dataset
+
+
+@pytest.fixture
+def root(tmp_path, cifar10_jpeg_dir, monkeypatch):
+    monkeypatch.setenv("PROXYNAS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "c10"
+    lines = []
+    for label, c in enumerate(sorted(p.name for p in (cifar10_jpeg_dir / "train").iterdir())):
+        (root / "train" / c).mkdir(parents=True)
+        for i in range(2):
+            shutil.copy(cifar10_jpeg_dir / "train" / c / f"{i:04d}.jpg", root / "train" / c / f"{i:04d}.jpg")
+            lines.append(f"train/{c}/{i:04d}.jpg\t{label}")
+    lines.reverse()  # an order other than the folders' own
+    (root / "train_order.txt").write_text("".join(f"{n}\t{line}\n" for n, line in enumerate(lines)))
+    return root
+
+
+def test_complete_order_file_sets_the_order(root):
+    data = load_dataset("cifar10", root, "train", download=False)
+    assert len(data) == 20 and data.labels[0] == 9 and data.labels[-1] == 0
+
+
+def test_missing_last_line_is_an_error(root):
+    order = root / "train_order.txt"
+    order.write_text("".join(order.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(DatasetError) as e:
+        load_dataset("cifar10", root, "train", download=False)
+    assert str(e.value) == (f"{order}: 19 lines for 20 images; 1 image(s) have no line, e.g. "
+                            "train/airplane/0000.jpg (a line missing at the end?)")
+
+
+def test_line_naming_a_missing_file_names_file_and_line(root):
+    order = root / "train_order.txt"
+    lines = order.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace("0001.jpg", "0099.jpg")
+    order.write_text("".join(lines))
+    with pytest.raises(DatasetError) as e:
+        load_dataset("cifar10", root, "train", download=False)
+    assert str(e.value).startswith(f"{order}:3: train/") and str(e.value).endswith("/0099.jpg: no such file")
