@@ -46,3 +46,11 @@ def test_line_naming_a_missing_file_names_file_and_line(root):
     with pytest.raises(DatasetError) as e:
         load_dataset("cifar10", root, "train", download=False)
     assert str(e.value).startswith(f"{order}:3: train/") and str(e.value).endswith("/0099.jpg: no such file")
+
+
+def test_unreadable_order_file_is_named(root):
+    order = root / "train_order.txt"
+    order.unlink()
+    order.mkdir()  # exists, but cannot be read as a file
+    with pytest.raises(DatasetError, match=rf"^{order}: cannot read the order file \(Is a directory\)$"):
+        load_dataset("cifar10", root, "train", download=False)

@@ -123,7 +123,11 @@ def read_order_file(order_file: Path, root: Path, classes: List[str],
     entries = {}
     known = {os.path.normpath(p) for p in listed} if listed is not None else None
     root_str = str(root)  # plain string joins: Path objects cost seconds over 50k lines
-    with open(order_file, encoding="utf-8") as f:
+    try:
+        f = open(order_file, encoding="utf-8")
+    except OSError as e:
+        raise DatasetError(f"{order_file}: cannot read the order file ({e.strerror})") from None
+    with f:
         for lineno, line in enumerate(f, 1):
             s = line.strip()
             if not s or s.startswith("#"):
