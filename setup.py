@@ -78,8 +78,9 @@ def _cmdclass():
 
 
 setup(
-    packages=find_packages(include=["proxynas_fast", "proxynas_fast.*"]),
-    package_data={"proxynas_fast": ["darts/data/*.json"]},
+    # darts/data holds only data (genotypes.json); listed as a package so setuptools ships it without warning.
+    packages=find_packages(include=["proxynas_fast", "proxynas_fast.*"]) + ["proxynas_fast.darts.data"],
+    package_data={"proxynas_fast.darts.data": ["*.json"]},
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),
     zip_safe=False,

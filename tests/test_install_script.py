@@ -1,0 +1,106 @@
+"""scripts/install.sh skips what is installed and up to date and shows what it builds; the package configuration
+ships proxynas_fast.darts.data (genotypes.json) without setuptools' BuildBackendWarning.
+
+These run on a copy of the sources, never rebuilding the extension (PROXYNAS_CHECK_ONLY=1 reports instead of
+building), so the shared .venv and its editable install are left alone."""
+import os
+import shutil
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV = Path(sys.executable).parent.parent
+
+
+def _copy_sources(dest: Path) -> Path:
+    for name in ("setup.py", "pyproject.toml"):
+        shutil.copy2(REPO / name, dest / name)
+    for name in ("csrc", "scripts", "proxynas_fast"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def _env(**extra):
+    env = dict(os.environ, PROXYNAS_VENV=str(VENV), CUDA_HOME="/usr/local/cuda-13.0", PROXYNAS_SKIP_CUDA="1",
+               PROXYNAS_SKIP_DALI="1", PROXYNAS_CHECK_ONLY="1",
+               TORCH_SPEC=f"torch=={version('torch').split('+')[0]}")
+    env.pop("FORCE_CUDA", None)
+    env.pop("TORCH_CUDA_ARCH_LIST", None)
+    env.update(extra)
+    return env
+
+
+def _install(root: Path, env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "scripts/install.sh"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.skipif(not list((REPO / "proxynas_fast").glob("_C*.so")), reason="the extension is not built here")
+def test_second_install_skips_packages_and_build(tmp_path):
+    root = _copy_sources(tmp_path)
+    env = _env()
+    stamp = subprocess.run([str(VENV / "bin" / "python"), "scripts/build_stamp.py", "."], cwd=root, env=env,
+                           capture_output=True, text=True, check=True).stdout
+    (root / "build").mkdir()
+    (root / "build" / "install-stamp").write_text(stamp)
+
+    run = _install(root, env)
+    assert run.returncode == 0, run.stderr
+    assert "packages: already installed" in run.stdout
+    assert "extension: up to date" in run.stdout and "would build" not in run.stdout
+    assert "proxynas_fast installed: CPU kernels True" in run.stdout
+
+    # A changed source, another torch build setting, or a forced rebuild each call for a build.
+    kernel = next((root / "csrc" / "ops" / "cpu").glob("*.cpp"))
+    original = kernel.read_text()
+    kernel.write_text(original + "\n// changed\n")
+    assert "extension: out of date (or not installed), would build" in _install(root, env).stdout
+    kernel.write_text(original)
+    assert "extension: up to date" in _install(root, env).stdout
+    assert "would build" in _install(root, _env(PROXYNAS_SKIP_CUDA="", FORCE_CUDA="1")).stdout
+    assert "would build" in _install(root, _env(PROXYNAS_REBUILD="1")).stdout
+
+    # A torch other than the one asked for is not "already installed".
+    other = _install(root, _env(TORCH_SPEC="torch==1.0.0"))
+    assert "packages: would install torch==1.0.0" in other.stdout
+
+
+def test_build_progress_shows_one_line_per_compiled_file():
+    ninja = "\n".join([
+        "  running build_ext",
+        "  [proxynas_fast] building _C with 12 sources; CUDA kernels: yes (8.0;9.0)",
+        "  [1/13] c++ -MMD -MF /r/build/temp/csrc/ops/cpu/pool2d_kernel.o.d -pthread -O3 -I/r/csrc "
+        "-c /r/csrc/ops/cpu/pool2d_kernel.cpp -o /r/build/temp/csrc/ops/cpu/pool2d_kernel.o -fopenmp",
+        "  [2/13] /usr/local/cuda-13.0/bin/nvcc --generate-dependencies-with-compile -I/r/csrc "
+        "-c /r/csrc/ops/cuda/mixed_node_kernel.cu -o /r/build/temp/csrc/ops/cuda/mixed_node_kernel.o -O3",
+        "  [13/13] c++ -shared /r/build/temp/a.o -o /r/build/lib/proxynas_fast/_C.so",
+        "  copying build/lib/proxynas_fast/_C.so -> proxynas_fast",
+        "  /r/csrc/ops/cpu/x.cpp:3:1: error: expected ';' before '}' token",
+    ])
+    out = subprocess.run(["awk", "-f", str(REPO / "scripts" / "build_progress.awk")], input=ninja,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == [
+        "    [proxynas_fast] building _C with 12 sources; CUDA kernels: yes (8.0;9.0)",
+        "  [1/13] compiling csrc/ops/cpu/pool2d_kernel.cpp (c++)",
+        "  [2/13] compiling csrc/ops/cuda/mixed_node_kernel.cu (nvcc)",
+        "  [13/13] linking",
+        "    /r/csrc/ops/cpu/x.cpp:3:1: error: expected ';' before '}' token",
+    ]
+
+
+def test_packaging_ships_darts_data_without_warnings(tmp_path):
+    """setuptools warned (BuildBackendWarning) that 'proxynas_fast.darts.data' is importable but absent from the
+    packages configuration; build_py shows the same check without compiling the extension."""
+    root = _copy_sources(tmp_path)
+    for so in (root / "proxynas_fast").glob("_C*.so"):
+        so.unlink()
+    run = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(tmp_path / "lib")], cwd=root,
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    output = run.stdout + run.stderr
+    assert "absent from the `packages` configuration" not in output and "Warning:" not in output, output
+    assert (tmp_path / "lib" / "proxynas_fast" / "darts" / "data" / "genotypes.json").is_file()
