@@ -3,7 +3,10 @@ import numpy as np
 import pytest
 import torch
 
+from proxynas_fast import score
+from proxynas_fast import train_scorer as train_scorer_cli
 from proxynas_fast.data import dataset_info, load_dataset
+from proxynas_fast.entropy_file import read_entropy_file
 from proxynas_fast.scoring import load_scorer
 from proxynas_fast.scoring.train import ScorerRecipe, evaluate, train_scorer
 
@@ -39,3 +42,17 @@ def test_scorer_training_learns_and_resumes_exactly(data, tmp_path):
 
     with pytest.raises(ValueError, match="different recipe"):
         train_scorer(train, tmp_path / "part.th", ScorerRecipe(epochs=4, batch_size=64, seed=3), resume=True, **kw)
+
+
+def test_cli_trains_a_scorer_that_the_score_cli_reads(cifar10_jpeg_dir, tmp_path, capsys):
+    """The two CLIs end to end on the real images: train_scorer (1 epoch on 200 images, evaluated on the test
+    split) writes a scorer and its progress file, no lock is left, and score reads the scorer."""
+    out = tmp_path / "s.th"
+    assert train_scorer_cli.main(["--dataset", "cifar10", "--data-dir", str(cifar10_jpeg_dir), "--out", str(out),
+                                  "--epochs", "1", "--limit", "200", "--batch-size", "50", "--device", "cpu"]) == 0
+    assert "epoch 1/1: test acc" in capsys.readouterr().out
+    assert out.is_file() and (tmp_path / "s.th.progress").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.th", "s.th.progress"]
+    assert score.main(["--dataset", "cifar10", "--data-dir", str(cifar10_jpeg_dir), "--checkpoint", str(out),
+                       "--out", str(tmp_path / "e.txt"), "--limit", "100", "--device", "cpu", "--no-progress"]) == 0
+    assert len(read_entropy_file(tmp_path / "e.txt")) == 100

@@ -30,4 +30,9 @@ def train_scorer_to_file(args: argparse.Namespace, out: Path) -> None:
     if args.limit:
         train = train.subset(range(min(args.limit, len(train))))
     train_scorer(train, out, recipe, mean=info.scorer_mean, std=info.scorer_std, device=device,
-                 resume=args.resume, eval_dataset=test)
+                 resume=args.resume, eval_dataset=test, log=_log_line)
+
+
+def _log_line(message: str) -> None:
+    """One progress line per epoch, flushed at once so a redirected run shows it too."""
+    print(message, flush=True)
