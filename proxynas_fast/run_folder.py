@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import filecmp
 import json
 import os
 import shlex
@@ -95,6 +96,22 @@ def check_output_file(path, *, flag: str = "--out") -> Path:
         raise OutputError(f"{flag} {path}: exists and is not a regular file")
     _check_creatable_in(p, path, flag)
     return p
+
+
+def same_file(a, b) -> bool:
+    """Two file options name the same input: equal strings, the same resolved path, or files of equal content
+    (a run folder moved with its inputs, `x/../y` vs `y`, a trailing slash)."""
+    if a == b:
+        return True
+    if not a or not b:
+        return False
+    a, b = str(a), str(b)
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.isfile(a) and os.path.isfile(b) and filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
 
 
 def lock_path_for(path, kind: str = "auto") -> Path:

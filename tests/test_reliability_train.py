@@ -2,7 +2,9 @@
 any work, stale temporaries swept, the previous checkpoint kept as a fallback, one line on Ctrl-C."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import time
 import pytest
 import torch
 
+from proxynas_fast.darts.genotypes import genotype_to_dict, get_genotype
 from proxynas_fast.run_folder import hold_output
 from proxynas_fast.train.__main__ import main
 from proxynas_fast.train.trainer import CheckpointError, load_checkpoint, read_log
@@ -95,3 +98,18 @@ def test_ctrl_c_prints_one_line_with_what_was_saved_and_the_resume_command(tmp_p
     assert last.startswith("interrupted: the checkpoint after epoch ") and f"/50 is saved in {out}/checkpoint.pt" in last
     assert last.endswith("resume with: python -m proxynas_fast.train " + " ".join(argv) + " --resume")
     assert not (out / ".lock").exists() and not list(out.glob(".checkpoint.pt.*"))
+
+
+def test_resume_compares_the_genotype_file_not_its_spelling(tmp_path, single_thread):
+    arch = tmp_path / "search" / "genotype.json"
+    arch.parent.mkdir()
+    arch.write_text(json.dumps(genotype_to_dict(get_genotype("DARTS_V2"))))
+    _tiny_trainer(tmp_path / "run", epochs=1, arch=str(arch)).fit()
+    (tmp_path / "x").mkdir()
+    # Spelled differently, then moved with a copy: the same genotype, so the run resumes (refused before).
+    _tiny_trainer(tmp_path / "run", epochs=1, arch=f"{tmp_path}/x/../search/genotype.json").fit(resume=True)
+    shutil.copytree(arch.parent, tmp_path / "moved")
+    _tiny_trainer(tmp_path / "run", epochs=1, arch=str(tmp_path / "moved" / "genotype.json")).fit(resume=True)
+    (tmp_path / "moved" / "genotype.json").write_text(json.dumps(genotype_to_dict(get_genotype("DARTS_V1"))))
+    with pytest.raises(ValueError, match="cannot resume with different settings \\(arch: "):
+        _tiny_trainer(tmp_path / "run", epochs=1, arch=str(tmp_path / "moved" / "genotype.json")).fit(resume=True)

@@ -13,14 +13,12 @@
 from __future__ import annotations
 
 import contextlib
-import filecmp
-import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Optional, Sequence
 
 from proxynas_fast.cli_errors import resume_command
-from proxynas_fast.run_folder import OutputBusyError, OutputError, check_output_dir, hold_output
+from proxynas_fast.run_folder import OutputBusyError, OutputError, check_output_dir, hold_output, same_file
 
 from .checkpoint import CHECKPOINT_NAME, find_checkpoint, read_epochs_done
 from .distributed import DistContext, broadcast_object
@@ -62,19 +60,6 @@ def protected_run(out) -> bool:
     return find_checkpoint(out) is not None
 
 
-def _same_file(a: Optional[str], b: Optional[str]) -> bool:
-    if a == b:
-        return True
-    if not a or not b:
-        return False
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.isfile(a) and os.path.isfile(b) and filecmp.cmp(a, b, shallow=False)
-    except OSError:
-        return False
-
-
 def resume_differences(saved: Mapping[str, Any], mine: Mapping[str, Any], may_differ) -> List[str]:
     """Names of the options whose saved and current values make a different run."""
     differ = []
@@ -83,7 +68,7 @@ def resume_differences(saved: Mapping[str, Any], mine: Mapping[str, Any], may_di
             continue
         a, b = saved.get(key), mine.get(key)
         if key in FILE_OPTIONS:
-            if not _same_file(a, b):
+            if not same_file(a, b):
                 differ.append(key)
         elif a != b:
             differ.append(key)

@@ -23,7 +23,7 @@ import torch.nn as nn
 from proxynas_fast.atomic import atomic_torch_save, atomic_write_text, remove_stale_temporaries
 from proxynas_fast.progress import open_progress
 from proxynas_fast.rng import capture_rng_state, restore_rng_state
-from proxynas_fast.run_folder import check_output_dir
+from proxynas_fast.run_folder import check_output_dir, same_file
 from proxynas_fast.train.config import TrainConfig
 from proxynas_fast.train.networks import count_parameters
 
@@ -35,6 +35,7 @@ RESULTS_NAME = "results.json"
 # Options that only change how a run executes, not what it computes: they may differ on resume.
 SYNC_EVERY = 20  # training steps between reads of the running loss (each read syncs a GPU)
 
+_FILE_OPTIONS = {"arch"}  # a genotype.json: the same file however spelled, or one of the same content
 _RUNTIME_ONLY = {"out", "data_dir", "device", "progress", "eval_every", "loader_backend", "extra"}
 
 
@@ -205,7 +206,8 @@ class Trainer:
     def _check_same_run(self, saved: Dict[str, Any]) -> None:
         now = self.cfg.to_dict()
         diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}"
-                 for k in now if k not in _RUNTIME_ONLY and saved.get(k) != now[k]]
+                 for k in now if k not in _RUNTIME_ONLY and saved.get(k) != now[k]
+                 and not (k in _FILE_OPTIONS and same_file(saved.get(k), now[k]))]
         if diffs:
             raise ValueError(f"{self.checkpoint_path}: cannot resume with different settings ("
                              + "; ".join(diffs) + "); use the original options or a new --out")
