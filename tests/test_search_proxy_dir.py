@@ -24,7 +24,7 @@ TINY = ["--epochs", "1", "--batch-size", "16", "--layers", "3", "--init-channels
 
 
 def _run(module, *args, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **(env_extra or {}))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
 

@@ -36,7 +36,7 @@ def test_paper_presets_are_the_darts_settings():
     assert (i.lr, i.lr_schedule, i.lr_gamma, i.lr_step, i.weight_decay) == (0.1, "step", 0.97, 1, 3e-5)
     assert i.auxiliary and i.auxiliary_weight == 0.4
     d = make_config("cpu-demo", "DARTS_V2", "cifar10", "out", epochs=7, auxiliary=False)
-    assert (d.init_channels, d.layers, d.train_limit, d.test_limit) == (16, 8, 5000, 1000)
+    assert (d.init_channels, d.layers, d.train_limit, d.test_limit) == (8, 5, 3000, 1000)
     assert d.epochs == 7 and d.auxiliary is False  # overrides win over the preset
 
 
