@@ -107,10 +107,38 @@ def resolve_cli_bin_width(args: argparse.Namespace, spec, dataset: str | None, t
                      f"set ({sizes} examples), so the data set cannot be inferred")
 
 
-def run(args: argparse.Namespace) -> dict:
-    spec = get_selector(args.method)  # an unknown method is the first thing to report
+OPTION_FLAGS = {"features": "--features", "forgetting_counts": "--forgetting-counts", "device": "--device"}
+
+
+def check_request(args: argparse.Namespace, spec) -> None:
+    """The mistakes visible in the arguments alone, named by their flags, before any file is read."""
     if not args.entropy_file:
         raise ValueError("--entropy-file is required")
+    if args.portion is None and args.count is None:
+        raise ValueError("pass --portion P (0 < P <= 1) or --count N: how much to select")
+    if args.portion is not None and not (np.isfinite(args.portion) and 0 < args.portion <= 1):
+        raise ValueError(f"--portion must be in (0, 1], got {args.portion}")
+    if args.count is not None and args.count < 1:
+        raise ValueError(f"--count must be >= 1, got {args.count}")
+    if args.round_to is not None and args.round_to < 1:
+        raise ValueError(f"--round-to must be >= 1, got {args.round_to}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if not args.no_proxy_files and not (np.isfinite(args.split_fraction) and 0 < args.split_fraction < 1):
+        raise ValueError(f"--split-fraction must be in (0, 1), got {args.split_fraction}")
+    given = {"features": args.features, "forgetting_counts": args.forgetting_counts}
+    missing = [OPTION_FLAGS[name] for name in spec.required_options if not given.get(name)]
+    if missing:
+        raise ValueError(f"--method {spec.name} needs {' and '.join(missing)}: "
+                         + "; ".join(spec.options[name] for name in spec.required_options if not given.get(name)))
+    unused = [OPTION_FLAGS[name] for name, value in given.items() if value and name not in spec.options]
+    if unused:
+        raise ValueError(f"--method {spec.name} does not use {' or '.join(unused)}")
+
+
+def run(args: argparse.Namespace) -> dict:
+    spec = get_selector(args.method)  # an unknown method is the first thing to report
+    check_request(args, spec)
     out = check_output_dir(args.out, flag="--out")
     table = read_entropy_file(args.entropy_file)
     dataset, inferred = resolve_dataset(args, table)

@@ -79,8 +79,12 @@ def test_kcenter_and_forgetting_inputs_by_dataset_index(tmp_path):
     (["--portion", "1.5"], r"portion must be in \(0, 1\], got 1.5"),
     (["--count", "60000"], r"count must be in 1..50000 .*got 60000"),
     (["--portion", "0.1", "--method", "p7"], r"unknown selection method 'p7'"),
-    (["--portion", "0.1", "--method", "kcenter"], r"needs option\(s\) \['features'\]"),
-    (["--portion", "0.1", "--split-fraction", "1"], r"split fraction must be in \(0, 1\), got 1.0"),
+    (["--portion", "0.1", "--method", "kcenter"], r"--method kcenter needs --features: "),
+    (["--portion", "0.1", "--split-fraction", "1"], r"--split-fraction must be in \(0, 1\), got 1.0"),
+    ([], r"pass --portion P \(0 < P <= 1\) or --count N"),
+    (["--count", "0"], r"--count must be >= 1, got 0"),
+    (["--count", "5", "--seed", "-1"], r"--seed must be >= 0, got -1"),
+    (["--count", "5", "--features", "f.npy"], r"--method p1 does not use --features"),
 ])
 def test_bad_requests_exit_2_with_a_message(cifar10_file, tmp_path, capsys, args, pattern):
     rc = main(["--entropy-file", str(cifar10_file), "--dataset", "cifar10", "--out", str(tmp_path)] + args)

@@ -87,7 +87,7 @@ def test_out_naming_a_file_is_refused_before_work(cifar10_file, tmp_path, capsys
     target = tmp_path / "taken.txt"
     target.write_text("keep me\n")
     monkeypatch.setattr(select_cli, "read_entropy_file", lambda *a, **k: pytest.fail("read before --out was checked"))
-    assert main(["--entropy-file", str(cifar10_file), "--out", str(target)]) == 2
+    assert main(["--entropy-file", str(cifar10_file), "--count", "5", "--out", str(target)]) == 2
     assert capsys.readouterr().err == f"error: --out {target}: exists and is not a folder\n"
     assert target.read_text() == "keep me\n"
 
@@ -96,7 +96,7 @@ def test_read_only_out_is_refused_before_work(cifar10_file, tmp_path, capsys, mo
     monkeypatch.setattr(select_cli, "read_entropy_file", lambda *a, **k: pytest.fail("read before --out was checked"))
     with read_only_folder(tmp_path / "ro") as folder:
         for out in (folder, folder / "new"):
-            assert main(["--entropy-file", str(cifar10_file), "--out", str(out)]) == 2
+            assert main(["--entropy-file", str(cifar10_file), "--count", "5", "--out", str(out)]) == 2
             err = capsys.readouterr().err
             assert err.startswith(f"error: --out {out}: ") and err.count("\n") == 1, err
 
