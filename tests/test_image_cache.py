@@ -83,6 +83,10 @@ def test_orphans_of_killed_writers_are_swept_live_ones_kept(tmp_path, cifar10_jp
         assert ".partial-killed.npy" not in left and "tmpab12cd.npy" not in left
         assert ".partial-live.npy" in left and "tmpzz99.npy" in left  # may still be written by someone
         assert len([n for n in left if n.startswith("cifar10-train-")]) == 1
+        orphan = cache / ".partial-another.npy"  # a run that only reads the cache sweeps too
+        orphan.write_bytes(b"partial")
+        load_dataset("cifar10", tmp_path / "c10", "train", download=False)
+        assert not orphan.exists() and ".partial-live.npy" in _entries(cache)
     finally:
         for w in writers:
             w.kill()

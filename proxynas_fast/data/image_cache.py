@@ -6,7 +6,7 @@ Location: `$PROXYNAS_CACHE`, default `~/.cache/proxynas_fast`. Size: at most `$P
 
 An entry is written to `.partial-*.npy` beside it, held under an `fcntl.flock` while it is written, then renamed
 into place. Every exit path of the writer removes its partial file (an exception or Ctrl-C, in `finally`); what
-a kill -9 leaves is removed by the next writer's sweep, which deletes only partial files no live process holds
+a kill -9 leaves is removed by the next run's sweep (reader or writer), which deletes only partial files no live process holds
 (and, from before this scheme, `tmp*.npy` files older than an hour). Failing to write the cache is a warning,
 never an error: it is only a cache.
 """
@@ -53,7 +53,10 @@ def entry_path(name: str, split: str, key: str) -> Path:
 
 
 def load_entry(path: Path, shape: Tuple[int, ...]) -> Optional[np.ndarray]:
-    """The cached array if present, readable and of `shape` (its use time refreshed), else None."""
+    """The cached array if present, readable and of `shape` (its use time refreshed), else None. Sweeps the
+    orphans of killed writers first (a run that only reads the cache cleans up too)."""
+    if path.parent.is_dir():
+        sweep_orphans(path.parent)
     if not path.is_file():
         return None
     try:
