@@ -150,10 +150,10 @@ def test_genotype_from_hand_set_alphas():
     assert g == Genotype(
         normal=[("sep_conv_3x3", 1), ("skip_connect", 0), ("dil_conv_5x5", 2), ("max_pool_3x3", 1),
                 ("sep_conv_5x5", 3), ("avg_pool_3x3", 1), ("dil_conv_3x3", 4), ("sep_conv_3x3", 2)],
-        normal_concat=[2, 3, 4, 5],
+        normal_concat=range(2, 6),
         reduce=[("max_pool_3x3", 0), ("skip_connect", 1), ("avg_pool_3x3", 0), ("dil_conv_3x3", 2),
                 ("sep_conv_5x5", 1), ("sep_conv_3x3", 3), ("max_pool_3x3", 2), ("skip_connect", 4)],
-        reduce_concat=[2, 3, 4, 5],
+        reduce_concat=range(2, 6),
     )
 
 

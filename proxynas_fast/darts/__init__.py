@@ -4,6 +4,7 @@ from .genotypes import (
     PRIMITIVES,
     Genotype,
     genotype_from_dict,
+    genotype_from_string,
     genotype_to_dict,
     get_genotype,
     list_genotypes,
@@ -24,7 +25,8 @@ from .pcdarts import (
 )
 
 __all__ = [
-    "PRIMITIVES", "Genotype", "OPS", "get_genotype", "list_genotypes", "genotype_from_dict", "genotype_to_dict",
+    "PRIMITIVES", "Genotype", "OPS", "get_genotype", "list_genotypes", "genotype_from_dict", "genotype_from_string",
+    "genotype_to_dict",
     "MixedOp", "Cell", "Network", "NetworkImageNetSearch", "parse_cell", "BACKENDS",
     "PCMixedOp", "PCCell", "PCNetwork", "PCNetworkImageNetSearch", "channel_shuffle", "edge_normalization",
     "Architect", "SearchHyperparameters", "DARTS_CIFAR_SEARCH", "PCDARTS_CIFAR_SEARCH", "PCDARTS_IMAGENET_SEARCH",

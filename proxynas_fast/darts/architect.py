@@ -13,6 +13,19 @@ The network weights w are trained on the training half, the architecture weights
 
 Every forward pass runs in the model's current mode (training mode during search, so BatchNorm uses batch
 statistics and the extra passes update the running statistics, as in the reference implementation).
+
+Any network of the reference layout works: the Architect uses only `_loss(x, y)`, `arch_parameters()`,
+`parameters()` (the weights are the parameters that are not architecture tensors), `state_dict()` /
+`load_state_dict()` and, for `unrolled=True`, `new()`.
+
+Random numbers. The reference builds the unrolled copy with `model.new()` on every second-order step, and
+building a network draws from the global RNG (weight initialisation, alphas), which moves everything the
+training loop draws afterwards (sampler permutations, the data order). This Architect builds the copy once and
+refreshes it. With `replay_rng=True` (the default) it still consumes the global RNG exactly as the reference
+does, one `new()`'s worth per unrolled step: via `model.advance_rng_as_new()` when the network has it (this
+package's networks: the draws alone, a few milliseconds), else by calling `model.new()`. A seeded run then
+replays a reference run's data order; `replay_rng=False` skips the draws (the data order then differs from a
+reference run's from the second unrolled step on). First-order steps draw nothing, in both.
 """
 from __future__ import annotations
 
@@ -80,6 +93,13 @@ def _flatten(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
+def weight_parameters(model) -> List[torch.Tensor]:
+    """The network weights of any search network: `parameters()` without the architecture tensors (some DARTS
+    forks register the alphas as Parameters; the reference and this package do not)."""
+    arch = {id(a) for a in model.arch_parameters()}
+    return [p for p in model.parameters() if id(p) not in arch]
+
+
 def _grad(loss, inputs) -> List[torch.Tensor]:
     """d loss / d inputs, with zeros for inputs the loss does not depend on (e.g. reduction-cell alphas of a
     network without reduction cells)."""
@@ -90,13 +110,16 @@ def _grad(loss, inputs) -> List[torch.Tensor]:
 class Architect:
     """Updates `model.arch_parameters()` with Adam on the validation loss.
 
-    `model` must provide `_loss(x, y)`, `arch_parameters()`, `weights_parameters()` and `new()` (all the search
-    networks in this package do). `args` is anything with the fields momentum, weight_decay (of the network's
-    SGD), arch_learning_rate and arch_weight_decay: an argparse Namespace, a dataclass or a dict.
+    `model`: any network of the reference DARTS layout (see the module docstring). `args` is anything with the
+    fields momentum, weight_decay (of the network's SGD), arch_learning_rate and arch_weight_decay: an argparse
+    Namespace, a dataclass or a dict. `replay_rng`: consume the global RNG on unrolled steps as the reference's
+    `model.new()` does (default; see the module docstring).
     """
 
-    def __init__(self, model, args, finite_difference_scale: float = FINITE_DIFFERENCE_SCALE):
+    def __init__(self, model, args, finite_difference_scale: float = FINITE_DIFFERENCE_SCALE,
+                 replay_rng: bool = True):
         self.model = model
+        self.replay_rng = bool(replay_rng)
         # r in R = r / ||v||. The reference's 0.01 is large for ReLU/max-pool networks (the difference straddles
         # kinks), but it is what DARTS uses; smaller values are useful for checking the maths on smooth models.
         self.finite_difference_scale = float(finite_difference_scale)
@@ -145,7 +168,7 @@ class Architect:
         unrolled = self._compute_unrolled_model(input_train, target_train, eta, network_optimizer)
         loss = unrolled._loss(input_valid, target_valid)
         arch = unrolled.arch_parameters()
-        weights = unrolled.weights_parameters()
+        weights = weight_parameters(unrolled)
         grads = _grad(loss, arch + weights)
         dalpha, vector = grads[: len(arch)], grads[len(arch):]
         implicit = self._hessian_vector_product(vector, input_train, target_train)
@@ -163,36 +186,44 @@ class Architect:
     def _compute_unrolled_model(self, input_train, target_train, eta, network_optimizer):
         """A copy of the model whose weights took one virtual SGD step (with momentum and weight decay) on the
         training batch; the architecture weights are copied and are leaves of the copy."""
-        weights = self.model.weights_parameters()
+        weights = weight_parameters(self.model)
         loss = self.model._loss(input_train, target_train)
         dtheta = _grad(loss, weights)
         moments = self._momentum_term(weights, network_optimizer)
         unrolled = self._unrolled_copy()
         with torch.no_grad():
-            for dst, w, g, m in zip(unrolled.weights_parameters(), weights, dtheta, moments):
-                dst.copy_(w - eta * (m + g + self.network_weight_decay * w))
+            for dst, w, g, m in zip(weight_parameters(unrolled), weights, dtheta, moments):
+                # Summed in the reference's order: moment + (gradient + weight decay).
+                dst.copy_(w - eta * (m + (g + self.network_weight_decay * w)))
         return unrolled
 
     def _unrolled_copy(self):
         """`model.new()` built once and refreshed each step (weights, buffers, alphas, backend) instead of a new
-        network per step as in the reference; same values, no repeated construction."""
-        ref = next(self.model.parameters())
+        network per step as in the reference; same values, no repeated construction. The global RNG advances as
+        the reference's per-step `new()` would when `replay_rng` (see the module docstring)."""
+        model = self.model
+        ref = next(model.parameters())
         cached = self._unrolled_model
-        if cached is None or next(cached.parameters()).device != ref.device \
-                or next(cached.parameters()).dtype != ref.dtype:
-            cached = self._unrolled_model = self.model.new()
-        cached.load_state_dict(self.model.state_dict())
+        stale = cached is None or next(cached.parameters()).device != ref.device \
+            or next(cached.parameters()).dtype != ref.dtype
+        can_replay = callable(getattr(model, "advance_rng_as_new", None))
+        if stale or (self.replay_rng and not can_replay):
+            cached = self._unrolled_model = model.new()  # draws what the reference's new() draws: it is one
+        elif self.replay_rng:
+            model.advance_rng_as_new()
+        cached.load_state_dict(model.state_dict())
         with torch.no_grad():
-            for dst, src in zip(cached.arch_parameters(), self.model.arch_parameters()):
+            for dst, src in zip(cached.arch_parameters(), model.arch_parameters()):
                 dst.copy_(src)
-        cached.backend = self.model.backend
-        cached.train(self.model.training)
+        if hasattr(model, "backend"):
+            cached.backend = model.backend
+        cached.train(model.training)
         return cached
 
     def _hessian_vector_product(self, vector, input_train, target_train, r: Optional[float] = None):
         """Central finite difference for d2 L_train / (dalpha dw) . vector at the model's current weights."""
         r = self.finite_difference_scale if r is None else r
-        weights = self.model.weights_parameters()
+        weights = weight_parameters(self.model)
         arch = self.model.arch_parameters()
         norm = float(_flatten(vector).norm())
         if norm == 0.0:  # the validation loss is flat in w: no second-order correction

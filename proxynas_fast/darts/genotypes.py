@@ -5,6 +5,7 @@ input node 0 is the cell before the previous one, 1 the previous cell, 2.. the i
 """
 from __future__ import annotations
 
+import ast
 import json
 from collections import namedtuple
 from importlib import resources
@@ -26,8 +27,19 @@ PRIMITIVES = [
 ]
 
 
+def _concat_form(nodes) -> Union[range, List[int]]:
+    """The concat as the reference's `genotype()` makes it: a `range` when the nodes are consecutive and
+    ascending (always so for a searched cell), else a list. One form for one cell, so that a genotype read back
+    from JSON or from its printed text equals (`==`) the one the search network printed."""
+    nodes = [int(c) for c in nodes]
+    if nodes and nodes == list(range(nodes[0], nodes[-1] + 1)):
+        return range(nodes[0], nodes[-1] + 1)
+    return nodes
+
+
 def genotype_from_dict(d: dict) -> Genotype:
-    """Build a Genotype from its JSON form, checking operation names and input indices."""
+    """Build a Genotype from its JSON form, checking operation names and input indices. A consecutive concat
+    becomes a `range` (see `_concat_form`)."""
     try:
         parts = {k: d[k] for k in Genotype._fields}
     except KeyError as e:
@@ -41,8 +53,44 @@ def genotype_from_dict(d: dict) -> Genotype:
             if not 0 <= j < node:
                 raise ValueError(f"genotype {kind} edge {i}: input {j} must be an earlier node (< {node})")
         parts[kind] = edges
-        parts[kind + "_concat"] = [int(c) for c in parts[kind + "_concat"]]
+        parts[kind + "_concat"] = _concat_form(parts[kind + "_concat"])
     return Genotype(**parts)
+
+
+def _printed_value(node: ast.expr, source: str):
+    """A literal, or `range(a[, b])` of integer literals; nothing else is evaluated."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range" \
+            and not node.keywords and 1 <= len(node.args) <= 2:
+        return range(*(ast.literal_eval(a) for a in node.args))
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise ValueError(f"{source}: {ast.unparse(node)!r} is neither a literal nor range(...)") from None
+
+
+def genotype_from_string(text: str, source: str = "genotype") -> Genotype:
+    """Parse a printed genotype, `Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=range(2, 6), ...)`,
+    as this package and the reference DARTS code print it (concat as `range(...)` or as a list; keyword or
+    positional fields; `genotypes.Genotype(...)` too). Only literals and `range` are evaluated."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as e:
+        raise ValueError(f"{source}: not a printed genotype ({e.msg})") from None
+    func = tree.func if isinstance(tree, ast.Call) else None
+    name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+    if name != "Genotype":
+        raise ValueError(f"{source}: expected Genotype(normal=..., normal_concat=..., reduce=..., reduce_concat=...)")
+    if len(tree.args) > len(Genotype._fields):
+        raise ValueError(f"{source}: Genotype takes {len(Genotype._fields)} fields, got {len(tree.args)}")
+    fields = dict(zip(Genotype._fields, (_printed_value(a, source) for a in tree.args)))
+    for kw in tree.keywords:
+        if kw.arg not in Genotype._fields:
+            raise ValueError(f"{source}: unknown Genotype field {kw.arg!r}; expected {Genotype._fields}")
+        fields[kw.arg] = _printed_value(kw.value, source)
+    try:
+        return genotype_from_dict(fields)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def genotype_to_dict(g: Genotype) -> dict:
@@ -68,10 +116,13 @@ def list_genotypes() -> List[str]:
 
 
 def get_genotype(name_or_path: Union[str, Path]) -> Genotype:
-    """A registered genotype by name, or one read from a `genotype.json` file written by a search."""
+    """A registered genotype by name, one read from a `genotype.json` file written by a search, or a printed
+    genotype (`Genotype(normal=[...], ...)`, see `genotype_from_string`)."""
     key = str(name_or_path)
     if key in _REGISTRY:
         return _REGISTRY[key]
+    if key.lstrip().startswith(("Genotype(", "genotypes.Genotype(")):
+        return genotype_from_string(key)
     path = Path(key)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
@@ -86,4 +137,5 @@ def get_genotype(name_or_path: Union[str, Path]) -> Genotype:
             return genotype_from_dict(data)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
-    raise KeyError(f"unknown genotype {key!r}; known: {', '.join(list_genotypes())} (or pass a genotype.json path)")
+    raise KeyError(f"unknown genotype {key!r}; known: {', '.join(list_genotypes())} "
+                   "(or pass a genotype.json path or a printed Genotype(...))")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .genotypes import PRIMITIVES, Genotype
 from .operations import OPS, FactorizedReduce, ReLUConvBN
+from .rng_replay import construction_draws, replay_construction_draws
 
 BACKENDS = ("reference", "fused")
 _NONE_INDEX = PRIMITIVES.index("none")
@@ -200,6 +201,9 @@ class Network(nn.Module):
         self.classifier = nn.Linear(C_prev, num_classes)
 
         self._arch_names: List[str] = []
+        # The architecture tensors in registration order; `arch_parameters()` returns this very list, and the
+        # attribute name is the reference's (code written against the reference reads it directly).
+        self._arch_parameters: List[torch.Tensor] = []
         self._initialize_alphas()
         self.backend = backend
 
@@ -229,6 +233,7 @@ class Network(nn.Module):
         tensor = (1e-3 * torch.randn(*shape)).requires_grad_(True)
         object.__setattr__(self, name, tensor)
         self._arch_names.append(name)
+        self._arch_parameters.append(tensor)
 
     def _initialize_alphas(self) -> None:
         k = num_edges(self._steps)
@@ -236,7 +241,9 @@ class Network(nn.Module):
         self._register_arch("alphas_reduce", (k, len(PRIMITIVES)))
 
     def arch_parameters(self) -> List[torch.Tensor]:
-        return [getattr(self, name) for name in self._arch_names]
+        """The architecture tensors (alphas, then PC-DARTS's betas): the same list object on every call, also
+        reachable as `_arch_parameters`, as in the reference."""
+        return self._arch_parameters
 
     def weights_parameters(self) -> List[nn.Parameter]:
         """The network weights (everything the SGD optimiser trains); never the architecture weights."""
@@ -315,14 +322,25 @@ class Network(nn.Module):
                 dst.copy_(src)
         return model_new
 
+    def advance_rng_as_new(self) -> None:
+        """Advance the global RNG exactly as `new()` does (its construction draws every convolution and linear
+        weight, then the alphas), without building a network; see `proxynas_fast.darts.rng_replay`. The list of
+        draws is worked out on the first call (a walk over ~1,400 modules at full size) and kept."""
+        draws = self.__dict__.get("_new_draws")
+        if draws is None:
+            draws = (construction_draws(self.modules()), [tuple(a.shape) for a in self.arch_parameters()])
+            object.__setattr__(self, "_new_draws", draws)
+        replay_construction_draws(*draws)
+
     # ----- discretisation -----
     def _genotype_weights(self):
         """Per cell type, the [edges, ops] strengths used to pick edges and ops."""
         return (F.softmax(self.alphas_normal, dim=-1), F.softmax(self.alphas_reduce, dim=-1))
 
     def genotype(self) -> Genotype:
-        """The discrete cell (see `parse_cell`); concat lists are plain lists (the reference used `range`)."""
+        """The discrete cell (see `parse_cell`). The concat is a `range`, as in the reference, so the printed
+        genotype is the reference's character for character."""
         normal, reduce = (w.detach().cpu().tolist() for w in self._genotype_weights())
-        concat = list(range(2 + self._steps - self._multiplier, self._steps + 2))
+        concat = range(2 + self._steps - self._multiplier, self._steps + 2)
         return Genotype(normal=parse_cell(normal, self._steps), normal_concat=concat,
                         reduce=parse_cell(reduce, self._steps), reduce_concat=concat)
