@@ -287,7 +287,9 @@ def _update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: Tensor, var: Tens
         for k, b in tracked:
             by_factor.setdefault(_count_batch(b), []).append((k, b))
         for factor, group in by_factor.items():
-            idx = [k for k, _ in group]
+            # A cached device index: indexing with a Python list would copy it host-to-device on every call
+            # (a sync per node, and an error under CUDA-graph capture).
+            idx = _device_index(tuple(k for k, _ in group), mean.device)
             torch._foreach_lerp_([b.running_mean for _, b in group],
                                  [m.to(b.running_mean.dtype) for m, (_, b) in zip(mean[idx], group)], factor)
             torch._foreach_lerp_([b.running_var for _, b in group],
