@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from devices import DEVICES, require_kernels
 from proxynas_fast import extension
 from proxynas_fast.darts import fused
 from proxynas_fast.ops import mixed_node as mn
@@ -18,11 +19,14 @@ from proxynas_fast.ops.pool2d import pool2d, pool2d_reference
 # Tiny shapes: one intra-op thread (a parallel region costs more than the work; see conftest).
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not extension.has_cuda_kernels(),
-                                                  reason="needs a CUDA device and the CUDA kernels")),
-]
+
+@pytest.fixture(autouse=True)
+def _kernels_for_the_device(request):
+    """A CUDA case skips only without a CUDA device; with one but without the CUDA kernels it fails."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and "device" in callspec.params:
+        require_kernels(callspec.params["device"])
+
 needs_kernels = pytest.mark.skipif(not extension.has_cpu_kernels(), reason="the extension is not built")
 
 

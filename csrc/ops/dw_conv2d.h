@@ -46,12 +46,4 @@ inline DwConvGeometry dw_conv_geometry(const at::Tensor& input, const at::Tensor
   return g;
 }
 
-// Output columns wo whose input column wo*S + off lies in [0, W): [lo, hi).
-inline void valid_range(int64_t off, int64_t S, int64_t W, int64_t Wo, int64_t& lo, int64_t& hi) {
-  lo = off >= 0 ? 0 : (-off + S - 1) / S;
-  int64_t last = W - 1 - off;  // wo*S <= last
-  hi = last < 0 ? 0 : std::min<int64_t>(Wo, last / S + 1);
-  if (hi < lo) hi = lo;
-}
-
 }  // namespace proxynas_fast

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .. import extension
 from ._args import IntPair, int_pair
+from ._layout import empty_in_layout_of
 
 Tensor = torch.Tensor
 
@@ -72,13 +73,13 @@ if extension.has_cpu_kernels():
     def _dw_conv2d_fake(input, weight, stride, padding, dilation):
         N, _, H, W = input.shape
         KH, KW = weight.shape[2], weight.shape[3]
-        return input.new_empty((N, weight.shape[0], _out_size(H, KH, stride[0], padding[0], dilation[0]),
-                                _out_size(W, KW, stride[1], padding[1], dilation[1])))
+        return empty_in_layout_of(input, (N, weight.shape[0], _out_size(H, KH, stride[0], padding[0], dilation[0]),
+                                          _out_size(W, KW, stride[1], padding[1], dilation[1])))
 
     @torch.library.register_fake("proxynas_fast::dw_conv2d_backward")
     def _dw_conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, output_mask):
-        return (torch.empty_like(input) if output_mask[0] else None,
-                torch.empty_like(weight) if output_mask[1] else None)
+        return (empty_in_layout_of(input, input.shape) if output_mask[0] else None,
+                weight.new_empty(weight.shape) if output_mask[1] else None)
 
     def _setup_context(ctx, inputs, output):
         input, weight, stride, padding, dilation = inputs

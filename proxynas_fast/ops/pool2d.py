@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .. import extension
 from ._args import IntPair, int_pair
+from ._layout import empty_in_layout_of
 
 Tensor = torch.Tensor
 
@@ -63,12 +64,12 @@ if extension.has_cpu_kernels():
     @torch.library.register_fake("proxynas_fast::pool2d")
     def _pool2d_fake(input, is_max, kernel, stride, padding):
         N, C, H, W = input.shape
-        return input.new_empty((N, C, _out_size(H, kernel[0], stride[0], padding[0]),
-                                _out_size(W, kernel[1], stride[1], padding[1])))
+        return empty_in_layout_of(input, (N, C, _out_size(H, kernel[0], stride[0], padding[0]),
+                                          _out_size(W, kernel[1], stride[1], padding[1])))
 
     @torch.library.register_fake("proxynas_fast::pool2d_backward")
     def _pool2d_backward_fake(grad_output, input, output, is_max, kernel, stride, padding):
-        return torch.empty_like(input)
+        return empty_in_layout_of(input, input.shape)
 
     def _setup_context(ctx, inputs, output):
         input, is_max, kernel, stride, padding = inputs

@@ -100,8 +100,8 @@ at::Tensor channel_weighted_sum_cpu(at::TensorList terms_, const at::Tensor& sca
         std::fill(acc.begin(), acc.end(), bp[c]);
         acc_t* a = acc.data();
         for (int64_t k = 0; k < K; ++k) {
+          // No shortcut for s == 0: 0 * NaN/Inf must give NaN, as in the reference and the CUDA kernel.
           const acc_t s = sp[k * C + c];
-          if (s == acc_t(0)) continue;
           const scalar_t* z = ptr[k] + n * bs[k] + c * HW;
           _Pragma("omp simd")
           for (int64_t i = 0; i < HW; ++i) a[i] += s * static_cast<acc_t>(z[i]);

@@ -100,9 +100,13 @@ __global__ void entropy_histogram_kernel(const scalar_t* __restrict__ logits, in
 std::tuple<at::Tensor, at::Tensor, at::Tensor> entropy_histogram_cuda(const at::Tensor& logits_in,
                                                                        const at::Tensor& edges_in) {
   check_entropy_histogram_args(logits_in, edges_in);
+  // The kernel computes in float: float64 logits would silently lose their precision here. Python's
+  // proxynas_fast.ops.entropy_histogram sends them to the float64 reference instead.
+  TORCH_CHECK(logits_in.scalar_type() != at::kDouble,
+              "entropy_histogram: the CUDA kernel takes float32, float16 or bfloat16 logits, got float64 "
+              "(use proxynas_fast.ops.entropy_histogram, which computes float64 logits in float64)");
   c10::cuda::CUDAGuard guard(logits_in.device());
-  const auto logits = logits_in.scalar_type() == at::kDouble ? logits_in.to(at::kFloat).contiguous()
-                                                             : logits_in.contiguous();
+  const auto logits = logits_in.contiguous();
   const auto edges = edges_in.contiguous();
   const auto edges_cpu = edges.cpu();
   const double* e = edges_cpu.data_ptr<double>();
@@ -123,12 +127,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> entropy_histogram_cuda(const at::
   const int blocks = static_cast<int>(std::min<int64_t>(blocks_needed, max_blocks));
   const size_t shmem = num_bins <= kMaxSharedBins ? num_bins * sizeof(unsigned int) : 0;
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "entropy_histogram_cuda", [&] {
+  const auto launch = [&](auto tag) {
+    using scalar_t = decltype(tag);
     entropy_histogram_kernel<scalar_t><<<blocks, threads, shmem, stream>>>(
         logits.data_ptr<scalar_t>(), N, C, edges.data_ptr<double>(), num_bins, entropy.data_ptr<float>(),
         bins.data_ptr<int64_t>(), reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()),
         reinterpret_cast<unsigned long long*>(first_bad.data_ptr<int64_t>()));
-  });
+  };
+  switch (logits.scalar_type()) {  // float32, float16, bfloat16 only (float64 rejected above)
+    case at::kFloat: launch(float{}); break;
+    case at::kHalf: launch(at::Half{}); break;
+    case at::kBFloat16: launch(at::BFloat16{}); break;
+    default: TORCH_CHECK(false, "entropy_histogram: unsupported dtype ", logits.scalar_type());
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t bad = first_bad.item<int64_t>();  // synchronises: bad rows must raise here
   TORCH_CHECK(bad == N, "entropy_histogram: row ", bad,

@@ -1,7 +1,7 @@
 // CUDA kernels of the fused mixed node (schemas and semantics in ops/mixed_node.cpp).
 //
 // Term pointers travel in a kernel-argument struct (at most kMaxTerms per launch; longer lists are processed in
-// chunks), so no host-to-device copy is needed and the kernels can be captured in a CUDA graph. Elementwise
+// chunks, the weighted sum carrying its running sum in the compute type from chunk to chunk), so no host-to-device copy is needed and the kernels can be captured in a CUDA graph. Elementwise
 // kernels use one thread per (n, c, hw) element; per-channel reductions use one block per (term, channel)
 // and reduce in the compute type, then across threads in double.
 #include <ATen/ATen.h>
@@ -80,16 +80,21 @@ __global__ void moments_kernel(TermPtrs<scalar_t> terms, int64_t C, int64_t N, i
   }
 }
 
+// One chunk of at most kMaxTerms terms. The running sum between chunks stays in the compute type (`partial`,
+// nullptr when all terms fit in one launch): re-reading it from a bf16/fp16 output would round it once per chunk.
+// First chunk: start from the bias; last chunk: write the output in the terms' dtype.
 template <typename scalar_t, typename acc_t>
 __global__ void weighted_sum_kernel(TermPtrs<scalar_t> terms, int64_t K, const acc_t* __restrict__ scale,
-                                    const acc_t* __restrict__ bias, scalar_t* __restrict__ out, int64_t C, int64_t HW,
-                                    int64_t total, bool accumulate) {
+                                    const acc_t* __restrict__ bias, acc_t* __restrict__ partial,
+                                    scalar_t* __restrict__ out, int64_t C, int64_t HW, int64_t total, bool first,
+                                    bool last) {
   for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
        idx += (int64_t)gridDim.x * blockDim.x) {
     const int64_t n = idx / (C * HW), c = (idx / HW) % C, r = idx % (C * HW);
-    acc_t acc = accumulate ? static_cast<acc_t>(out[idx]) : bias[c];
+    acc_t acc = first ? bias[c] : partial[idx];
     for (int64_t k = 0; k < K; ++k) acc += scale[k * C + c] * static_cast<acc_t>(terms.ptr[k][n * terms.batch_stride[k] + r]);
-    out[idx] = static_cast<scalar_t>(acc);
+    if (last) out[idx] = static_cast<scalar_t>(acc);
+    else partial[idx] = acc;
   }
 }
 
@@ -174,11 +179,16 @@ at::Tensor channel_weighted_sum_cuda(at::TensorList terms_, const at::Tensor& sc
     using acc_t = at::opmath_type<scalar_t>;
     constexpr auto adt = c10::CppTypeToScalarType<acc_t>::value;
     const at::Tensor scale = scale_.to(adt).contiguous(), bias = bias_.to(adt).contiguous();
+    // More than kMaxTerms terms (the last node of a DARTS cell has 35): the running sum lives in acc_t between
+    // the chunks, so the result is rounded to the output dtype once, as on the CPU and in the reference.
+    at::Tensor partial;
+    if (K > kMaxTerms) partial = at::empty({total}, out.options().dtype(adt));
     for (int64_t k0 = 0; k0 < K; k0 += kMaxTerms) {
       const int64_t cnt = std::min<int64_t>(kMaxTerms, K - k0);
       weighted_sum_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(
           term_ptrs<scalar_t>(terms, k0, cnt), cnt, scale.const_data_ptr<acc_t>() + k0 * C,
-          bias.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), C, HW, total, k0 > 0);
+          bias.const_data_ptr<acc_t>(), partial.defined() ? partial.mutable_data_ptr<acc_t>() : nullptr,
+          out.mutable_data_ptr<scalar_t>(), C, HW, total, k0 == 0, k0 + cnt >= K);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
