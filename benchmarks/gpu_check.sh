@@ -1,80 +1,184 @@
 #!/usr/bin/env bash
-# One-shot check on a lent GPU machine (finishes in < 8 minutes on an H100):
-#   1. build the extension with its CUDA kernels against this machine's torch,
-#   2. run the CUDA tests of the fused kernels and cells,
-#   3. time reference / fused / fused + CUDA graph search steps (CIFAR batch 64, ImageNet 224 px batch 64)
-#      with peak memory,
-#   4. write search_step.{json,md} (device name included) to $OUT (default ./gpu-results);
-#   5. if `python -m proxynas_fast.search` exists, a short first-order DARTS search on a 10% P1 proxy of the
-#      CIFAR-10 JPEGs, eager and with --cuda-graphs, recording the time per epoch.
-# Usage: bash benchmarks/gpu_check.sh   (from the repository root)
+# The GPU check of proxynas_fast, for a lent GPU machine that has this repository only (python3 with a CUDA
+# torch, nvcc, pytest; no venv, no DALI, no network, no ../shared, 600 s per command).
+#
+#   bash benchmarks/gpu_check.sh --prepare   # here, once: writes gpu-check-data/ (git-ignored, ~15 MB), which
+#                                            # must travel with the repository to the GPU machine
+#   bash benchmarks/gpu_check.sh             # on the GPU machine, from the repository root: ends within 480 s
+#   bash benchmarks/gpu_check.sh --dry-run   # every step on this CPU at toy sizes (< 3 min; CI runs it)
+#
+# Steps (the first failure stops the run; a summary screen is printed either way, and saved to $OUT/summary.txt):
+#   env      python3, torch, a CUDA device, nvcc, the prepared data
+#   build    the extension with its CUDA kernels (setup.py build_ext --inplace), then has_cuda_kernels() must hold
+#   tests    the CUDA cases of the kernel, cell and search-step tests, with PROXYNAS_REQUIRE_CUDA=1: a CUDA case
+#            fails instead of skipping when the kernels are missing
+#   cell     fused vs reference network on the GPU in full float32 (TF32 off)
+#   bench    reference / fused / fused + CUDA graph search steps with peak memory -> $OUT/search_step.{json,md}
+#   search   a 2-epoch first-order DARTS search on the prepared 10% P1 CIFAR-10 proxy, eager ...
+#   graphs   ... and with --cuda-graphs
+# Environment: OUT (results, default ./gpu-results), PYTHON (default python3), GPU_CHECK_DATA (default
+# ./gpu-check-data), GPU_CHECK_BUDGET (seconds for everything: 470, dry run 170), PREPARE_COUNT (--prepare: number
+# of proxy examples instead of 10%), SHARED (--prepare: the shared data folder, default ../shared).
 set -uo pipefail
-OUT="${OUT:-./gpu-results}"
-mkdir -p "$OUT"
-PY="${PYTHON:-python}"
-log() { echo "[gpu_check $(date +%H:%M:%S)] $*" | tee -a "$OUT/gpu_check.log"; }
 
-log "device: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo unknown)"
-log "1. build"
-FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
-  timeout 300 "$PY" -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
-build_rc=$?
-log "build rc=$build_rc"
-"$PY" -c "from proxynas_fast import extension as e; print('cuda kernels:', e.has_cuda_kernels(), e.import_error())" \
-  2>&1 | tee -a "$OUT/gpu_check.log"
+MODE=gpu
+INTERNAL=()  # --internal-step MODE FUNCTION ARGS...: how `step` runs a function of this script under `timeout`
+case "${1:-}" in
+  "") ;;
+  --prepare) MODE=prepare ;;
+  --dry-run) MODE=dry ;;
+  --internal-step) MODE="$2"; shift 2; INTERNAL=("$@") ;;
+  -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+  *) echo "gpu_check.sh: unknown argument '$1' (use --prepare, --dry-run or nothing)" >&2; exit 2 ;;
+esac
 
-log "2. CUDA tests"
-timeout 150 "$PY" -m pytest -q tests/test_fused_kernels.py tests/test_fused_cell.py tests/test_search_steps.py -k cuda -p no:cacheprovider >"$OUT/tests.log" 2>&1
-log "kernel tests rc=$? ($(tail -1 "$OUT/tests.log"))"
-timeout 120 "$PY" - >"$OUT/cell_cuda.log" 2>&1 <<'PYEOF'
-# fused vs reference network on the GPU, float32, one forward/backward
-import copy, torch
-from proxynas_fast.darts.model_search import Network
-torch.manual_seed(0)
-ref = Network(C=8, num_classes=10, layers=5, criterion=None, backend="reference").cuda()
-fus = copy.deepcopy(ref); fus.backend = "fused"
-x = torch.randn(8, 3, 32, 32, device="cuda"); y = torch.randint(0, 10, (8,), device="cuda")
-for m in (ref, fus):
-    torch.nn.functional.cross_entropy(m(x), y).backward()
-diff_out = (ref(x) - fus(x)).abs().max().item()
-diff_alpha = max((a.grad - b.grad).abs().max().item() for a, b in zip(ref.arch_parameters(), fus.arch_parameters()))
-diff_w = max((a.grad - b.grad).abs().max().item() for a, b in zip(ref.parameters(), fus.parameters()))
-print(f"max |logits diff| {diff_out:.2e}, |alpha grad diff| {diff_alpha:.2e}, |weight grad diff| {diff_w:.2e}")
-assert diff_out < 1e-3 and diff_alpha < 1e-3 and diff_w < 1e-2
-print("fused cell on CUDA matches the reference")
-PYEOF
-log "cell check rc=$? ($(tail -1 "$OUT/cell_cuda.log"))"
-
-log "3. timings"
-timeout 240 "$PY" benchmarks/gpu_bench.py --out "$OUT" --steps 10 >"$OUT/bench.log" 2>&1
-log "bench rc=$?"
-cat "$OUT/search_step.md" 2>/dev/null | tee -a "$OUT/gpu_check.log"
-
-log "5. proxy search (if available)"
-if "$PY" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('proxynas_fast.search') else 1)"; then
-  DATA=""; ENTROPY=""
-  for root in ../shared shared /work/shared; do
-    if [ -d "$root/data/cifar10-jpeg" ] && [ -f "$root/reference/entropy/cifar10_resnet20_index_entropy_class.txt" ]; then
-      DATA="$root/data/cifar10-jpeg"; ENTROPY="$root/reference/entropy/cifar10_resnet20_index_entropy_class.txt"; break
-    fi
-  done
-  if [ -n "$DATA" ]; then
-    start=$(date +%s)
-    timeout 150 "$PY" -m proxynas_fast.search --dataset cifar10 --data-dir "$DATA" --no-download \
-      --entropy-file "$ENTROPY" --selection p1 --portion 0.1 --strategy darts --epochs 3 \
-      --backend fused --device cuda --out "$OUT/search" >"$OUT/search.log" 2>&1
-    rc=$?
-    log "search rc=$rc, $(( $(date +%s) - start )) s for 3 epochs (per-epoch times in search.log)"
-    start=$(date +%s)
-    timeout 120 "$PY" -m proxynas_fast.search --dataset cifar10 --data-dir "$DATA" --no-download \
-      --entropy-file "$ENTROPY" --selection p1 --portion 0.1 --strategy darts --epochs 3 \
-      --backend fused --device cuda --cuda-graphs --out "$OUT/search-graphs" >"$OUT/search-graphs.log" 2>&1
-    rc=$?
-    log "search --cuda-graphs rc=$rc, $(( $(date +%s) - start )) s for 3 epochs (per-epoch times in search-graphs.log)"
-  else
-    log "no CIFAR-10 JPEG folder found; search skipped"
-  fi
-else
-  log "python -m proxynas_fast.search not available; search skipped"
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$0")/.." || exit 2
+ROOT="$PWD"
+if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
+elif command -v python3 >/dev/null 2>&1; then PY=python3
+else PY=python
 fi
-log "done"
+DATA="${GPU_CHECK_DATA:-$ROOT/gpu-check-data}"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+if [ "$MODE" = prepare ]; then
+  SHARED="${SHARED:-$ROOT/../shared}"
+  if [ -n "${PREPARE_COUNT:-}" ]; then size=(--count "$PREPARE_COUNT"); else size=(--portion 0.1); fi
+  exec "$PY" benchmarks/gpu_prepare.py --shared "$SHARED" --out "$DATA" "${size[@]}"
+fi
+
+OUT="${OUT:-$ROOT/gpu-results}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+export OUT GPU_CHECK_DATA="$DATA" PYTHON="$PY"
+if [ "$MODE" = dry ]; then BUDGET="${GPU_CHECK_BUDGET:-170}"; else BUDGET="${GPU_CHECK_BUDGET:-470}"; fi
+START=$(date +%s)
+SUMMARY=()
+FAILED=""
+
+summary() {
+  {
+    echo "==================== gpu_check ($MODE) summary ===================="
+    echo "python: $PY, out: $OUT, data: $DATA, budget ${BUDGET}s, used $(( $(date +%s) - START ))s"
+    printf '%s\n' "${SUMMARY[@]}"
+    [ -f "$OUT/search_step.md" ] && cat "$OUT/search_step.md"
+    if [ -n "$FAILED" ]; then echo "RESULT: FAILED at step '$FAILED' (log: $OUT/$FAILED.log)"; else echo "RESULT: OK"; fi
+  } | tee "$OUT/summary.txt"
+}
+
+# step NAME LIMIT_S COMMAND...: run with the smaller of LIMIT_S and what is left of the budget; stop on failure.
+step() {
+  local name="$1" limit="$2"; shift 2
+  local left=$(( BUDGET - ($(date +%s) - START) ))
+  if [ "$left" -lt 5 ]; then
+    SUMMARY+=("$(printf '%-8s FAIL  out of the %ss time budget' "$name" "$BUDGET")")
+    FAILED="$name"; summary; exit 1
+  fi
+  [ "$limit" -gt "$left" ] && limit="$left"
+  local t0=$(date +%s)
+  if [ "$(type -t "$1")" = function ]; then
+    timeout "$limit" bash "$SELF" --internal-step "$MODE" "$@" >"$OUT/$name.log" 2>&1
+  else
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  fi
+  local rc=$? dt=$(( $(date +%s) - t0 ))
+  local last; last="$(grep -v '^\s*$' "$OUT/$name.log" | tail -1 | cut -c1-110)"
+  if [ "$rc" -eq 0 ]; then
+    SUMMARY+=("$(printf '%-8s ok    %4ss  %s' "$name" "$dt" "$last")")
+  else
+    [ "$rc" -eq 124 ] && last="timed out after ${limit}s; $last"
+    SUMMARY+=("$(printf '%-8s FAIL  %4ss  rc=%s  %s' "$name" "$dt" "$rc" "$last")")
+    FAILED="$name"; summary; exit 1
+  fi
+}
+
+check_env() {
+  "$PY" - "$MODE" "$DATA" <<'PYEOF'
+import shutil, sys
+from pathlib import Path
+import torch
+mode, data = sys.argv[1], Path(sys.argv[2])
+print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda})")
+problems = []
+if mode == "gpu":
+    if not torch.cuda.is_available():
+        problems.append("no CUDA device is available to torch")
+    else:
+        print("device:", torch.cuda.get_device_name())
+    if torch.version.cuda is None:
+        problems.append("torch is a CPU build")
+    if shutil.which("nvcc") is None:
+        problems.append("nvcc is not on PATH (set CUDA_HOME or PATH)")
+for f in ("entropy.txt", "cifar-10-batches-py/data_batch_1"):
+    if not (data / f).is_file():
+        problems.append(f"{data / f} is missing: run `bash benchmarks/gpu_check.sh --prepare` where the shared "
+                        "data is, and take gpu-check-data/ along")
+for p in problems:
+    print("gpu_check env:", p)
+sys.exit(1 if problems else 0)
+PYEOF
+}
+
+check_kernels() {
+  "$PY" - "$MODE" <<'PYEOF'
+import sys
+from proxynas_fast import extension as e
+mode = sys.argv[1]
+ok = e.has_cuda_kernels() if mode == "gpu" else e.has_cpu_kernels()
+print(f"extension: cpu kernels {e.has_cpu_kernels()}, cuda kernels built {e.built_with_cuda()}, "
+      f"usable {e.has_cuda_kernels()}, import error {e.import_error()}")
+sys.exit(0 if ok else 1)
+PYEOF
+}
+
+build() {
+  if [ "$MODE" = gpu ]; then
+    if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH="/usr/local/cuda/bin:$PATH"; fi
+    export CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}"
+    FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
+      "$PY" setup.py build_ext --inplace || { echo "build failed"; return 1; }
+  else  # the dry run keeps the installed extension; it runs setup.py's source discovery and options only
+    "$PY" setup.py --name || { echo "setup.py failed"; return 1; }
+  fi
+  check_kernels
+}
+
+PROXY_COUNT=$( (grep -c . "$DATA/entropy.txt" 2>/dev/null) || true)
+PROXY_COUNT="${PROXY_COUNT:-0}"
+if [ "$MODE" = gpu ]; then
+  DEVICE=cuda; TEST_ENV=(env PROXYNAS_REQUIRE_CUDA=1)
+  CELL_ARGS=(); BENCH_ARGS=(--steps 10); SEARCH_ARGS=(--epochs 2)
+else
+  DEVICE=cpu; TEST_ENV=(env)
+  CELL_ARGS=(--channels 4 --layers 3 --batch 2); BENCH_ARGS=(--toy --steps 1 --shapes cifar)
+  SEARCH_ARGS=(--epochs 1 --batch-size 8 --layers 3 --init-channels 4)
+fi
+search() {
+  "$PY" -m proxynas_fast.search --dataset cifar10 --data-dir "$DATA" --no-download \
+    --entropy-file "$DATA/entropy.txt" --selection p1 --count "$PROXY_COUNT" --strategy darts \
+    --backend fused --device "$DEVICE" --no-progress "${SEARCH_ARGS[@]}" "$@"
+}
+graphs() {
+  if [ "$MODE" = gpu ]; then
+    search --cuda-graphs --out "$OUT/search-graphs"
+  else  # CUDA graphs need CUDA: the dry run checks that the option is there
+    "$PY" -m proxynas_fast.search --help | grep -q -- "--cuda-graphs" && echo "--cuda-graphs is an option of search"
+  fi
+}
+
+if [ "${#INTERNAL[@]}" -gt 0 ]; then
+  "${INTERNAL[@]}"
+  exit $?
+fi
+
+step env 60 check_env
+step build 240 build
+step tests 150 "${TEST_ENV[@]}" "$PY" -m pytest -q -p no:cacheprovider -x -k cuda \
+  tests/test_ops.py tests/test_fused_kernels.py tests/test_entropy_histogram.py tests/test_fused_cell.py \
+  tests/test_search_steps.py
+step cell 60 "$PY" benchmarks/gpu_cell_check.py --device "$DEVICE" "${CELL_ARGS[@]}"
+step bench 150 "$PY" benchmarks/gpu_bench.py --out "$OUT" --device "$DEVICE" "${BENCH_ARGS[@]}"
+step search 90 search --out "$OUT/search"
+step graphs 90 graphs
+summary
