@@ -18,7 +18,8 @@ step starts from. Replayed steps therefore follow the eager steps exactly. Requi
 * learning rates are baked into the graph (torch's SGD reads a tensor learning rate with `.item()`, so that is
   no way out): after changing one (an LR scheduler), `stale` is True and `recapture()` is needed
   (`proxynas_fast.search.steps.SearchSteps` does that);
-* nothing in the step may synchronise with the host (no `.item()`); the fused cell satisfies this.
+* nothing in the step may synchronise with the host (no `.item()`, no host-to-device copy); the fused cell
+  satisfies this (tests/test_no_host_sync.py runs a whole step on fake CUDA tensors and fails on any).
 """
 from __future__ import annotations
 
