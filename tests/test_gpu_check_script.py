@@ -21,6 +21,7 @@ from proxynas_fast.selection import select
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 sys.path.insert(0, str(REPO / "benchmarks"))
+import gpu_bench  # noqa: E402
 import gpu_cell_check  # noqa: E402
 
 
@@ -115,8 +116,6 @@ def test_gpu_bench_counts_the_graph_pool_in_peak_memory():
     """Fault 5 of issue 12: the CUDA-graph variant's peak memory includes the pool its capture allocates (read
     after the capture it was about 0). Needs a GPU."""
     require_kernels("cuda")
-    import gpu_bench
-
     device = torch.device("cuda")
     fused = gpu_bench.measure("cifar", "fused", 1, device, toy=True)
     graphed = gpu_bench.measure("cifar", "fused+graph", 1, device, toy=True)
