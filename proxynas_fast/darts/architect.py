@@ -23,9 +23,9 @@ building a network draws from the global RNG (weight initialisation, alphas), wh
 training loop draws afterwards (sampler permutations, the data order). This Architect builds the copy once and
 refreshes it. With `replay_rng=True` (the default) it still consumes the global RNG exactly as the reference
 does, one `new()`'s worth per unrolled step: via `model.advance_rng_as_new()` when the network has it (this
-package's networks: the draws alone, a few milliseconds), else by calling `model.new()`. A seeded run then
-replays a reference run's data order; `replay_rng=False` skips the draws (the data order then differs from a
-reference run's from the second unrolled step on). First-order steps draw nothing, in both.
+package's networks: the draws alone, tens of milliseconds at full size), else by calling `model.new()`. A
+seeded run then replays a reference run's data order; `replay_rng=False` skips the draws (the data order then
+differs from a reference run's from the second unrolled step on). First-order steps draw nothing, in both.
 """
 from __future__ import annotations
 
