@@ -20,6 +20,7 @@ from proxynas_fast import extension
 from proxynas_fast.darts import fused
 from proxynas_fast.darts.graphed_step import SearchStep
 from proxynas_fast.darts.model_search import Network
+from proxynas_fast.darts.pcdarts import PCNetwork
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -36,9 +37,13 @@ def fake_cuda(monkeypatch):
         yield
 
 
-def _search_step(strategy_cls=Network, **kw):
+NETWORKS = {"darts": (Network, {}), "pcdarts": (PCNetwork, {"k": 2})}
+
+
+def _search_step(network="darts"):
     torch.manual_seed(0)
-    model = strategy_cls(C=4, num_classes=10, layers=3, criterion=nn.CrossEntropyLoss(), backend="fused", **kw)
+    cls, kw = NETWORKS[network]
+    model = cls(C=4, num_classes=10, layers=3, criterion=nn.CrossEntropyLoss(), backend="fused", **kw)
     w_opt = torch.optim.SGD(model.weights_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3,
                              capturable=True)
@@ -95,11 +100,12 @@ def test_backward_without_engine_matches_autograd_on_cpu(single_thread):
 
 
 # ----- the search step -----
-def test_fused_search_step_never_syncs_on_cuda(fake_cuda):
-    """Forward, backward and both optimiser steps of a DARTS search step (training mode, every node's running
-    statistics updated): after one warm-up step (which fills the device-index cache, as CUDA-graph warm-up does),
-    no op syncs or copies between host and device."""
-    model, step, batch = _search_step()
+@pytest.mark.parametrize("network", list(NETWORKS))
+def test_fused_search_step_never_syncs_on_cuda(fake_cuda, network):
+    """Forward, backward and both optimiser steps of a DARTS / PC-DARTS search step (training mode, every node's
+    running statistics updated): after one warm-up step (which fills the device-index cache, as CUDA-graph
+    warm-up does), no op syncs or copies between host and device."""
+    model, step, batch = _search_step(network)
     step(*batch)
     with HostSyncRecorder() as rec:
         step(*batch)
