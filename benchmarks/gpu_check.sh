@@ -48,6 +48,15 @@ if [ "$MODE" = prepare ]; then
   exec "$PY" benchmarks/gpu_prepare.py --shared "$SHARED" --out "$DATA" "${size[@]}"
 fi
 
+if [ "$MODE" = gpu ] && ! command -v nvcc >/dev/null 2>&1; then  # nvcc off PATH: the usual install places
+  for d in "${CUDA_HOME:-}" /usr/local/cuda /usr/local/cuda-13.0; do
+    if [ -n "$d" ] && [ -x "$d/bin/nvcc" ]; then export PATH="$d/bin:$PATH"; break; fi
+  done
+fi
+if [ "$MODE" = gpu ] && command -v nvcc >/dev/null 2>&1; then
+  export CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}"
+fi
+
 OUT="${OUT:-$ROOT/gpu-results}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -134,8 +143,6 @@ PYEOF
 
 build() {
   if [ "$MODE" = gpu ]; then
-    if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH="/usr/local/cuda/bin:$PATH"; fi
-    export CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}"
     FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
       "$PY" setup.py build_ext --inplace || { echo "build failed"; return 1; }
   else  # the dry run keeps the installed extension; it runs setup.py's source discovery and options only
