@@ -249,15 +249,17 @@ def test_seeded_run_replays_the_reference_run(cifar_images, reference_run, backe
     _assert_close(mine[2], theirs[2])
 
 
-def test_without_replay_the_data_order_departs_from_step_two(cifar_images, reference_run):
-    """What `replay_rng=False` (the cached copy without the draws) gives up, shown on the same runs."""
+def test_without_replay_the_data_order_departs_from_step_three(cifar_images, reference_run):
+    """What `replay_rng=False` (the cached copy without the draws) gives up, shown on the same runs: step 1
+    builds the copy with a real `new()`, step 2 does not draw, so the architecture batch that step 3 draws
+    (`next(iter(valid_queue))`, before its Architect step) comes from another RNG state."""
     theirs = reference_run
     mine = run_reference_loop(21, _project_network("reference"),
                               lambda model, args: Architect(model, args, replay_rng=False), cifar_images,
                               unrolled=True)
-    first_step = 2 * BATCH  # one training batch and one architecture batch
-    assert mine[0][:first_step] == theirs[0][:first_step]
-    assert mine[0] != theirs[0]
+    per_step = 2 * BATCH  # one training batch and one architecture batch
+    assert mine[0][:2 * per_step] == theirs[0][:2 * per_step]
+    assert mine[0][2 * per_step + BATCH:3 * per_step] != theirs[0][2 * per_step + BATCH:3 * per_step]
 
 
 def test_replay_draws_one_new_per_unrolled_step_and_none_first_order(cifar_images):

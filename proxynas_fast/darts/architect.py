@@ -24,8 +24,9 @@ training loop draws afterwards (sampler permutations, the data order). This Arch
 refreshes it. With `replay_rng=True` (the default) it still consumes the global RNG exactly as the reference
 does, one `new()`'s worth per unrolled step: via `model.advance_rng_as_new()` when the network has it (this
 package's networks: the draws alone, tens of milliseconds at full size), else by calling `model.new()`. A
-seeded run then replays a reference run's data order; `replay_rng=False` skips the draws (the data order then
-differs from a reference run's from the second unrolled step on). First-order steps draw nothing, in both.
+seeded run then replays a reference run's data order; `replay_rng=False` skips the draws (everything drawn after
+the second unrolled step, such as the third step's architecture batch, then differs from a reference run's).
+First-order steps draw nothing, in both.
 """
 from __future__ import annotations
 
