@@ -5,7 +5,8 @@ spin, waiting for it): with two threads on two cores already loaded by other job
 slower than with one. So the CLIs call `configure_threads` before they import torch:
 
 - `--threads N` wins; else an `OMP_NUM_THREADS` the user exported; else the cores left free by the other jobs:
-  usable cores minus the 1-minute load average, rounded, at least 1 (`threads_for_load`);
+  usable cores minus the 1-minute load average, rounded, at least 1, split between torchrun's processes on this
+  machine (`threads_for_load`);
 - `OMP_WAIT_POLICY=PASSIVE` (unless the user set a policy): threads waiting at a barrier sleep instead of
   spinning, so an oversubscribed core is not burnt in waits.
 
@@ -49,14 +50,16 @@ def current_load() -> Optional[float]:
         return None
 
 
-def threads_for_load(cores: int, load: Optional[float]) -> int:
-    """Cores not busy with other runnable tasks: round(cores - load), between 1 and `cores`.
+def threads_for_load(cores: int, load: Optional[float], processes: int = 1) -> int:
+    """This process's share of the cores not busy with other runnable tasks: round((cores - load) / processes),
+    between 1 and cores // processes (`processes`: the run's processes on this machine, e.g. torchrun's).
 
-    Unknown load: all cores."""
-    cores = max(1, int(cores))
+    Unknown load: an equal share of all cores."""
+    processes = max(1, int(processes))
+    share = max(1, max(1, int(cores)) // processes)
     if load is None or not math.isfinite(load):
-        return cores
-    return max(1, min(cores, int(math.floor(cores - load + 0.5))))
+        return share
+    return max(1, min(share, int(math.floor((cores - load) / processes + 0.5))))
 
 
 def _positive_int(text: str) -> Optional[int]:
@@ -82,9 +85,11 @@ def choose_threads(requested: Optional[int] = None, *, environ: Optional[Mutable
         return ThreadChoice(exported, "OMP_NUM_THREADS", policy)
     cores = usable_cores() if cores is None else cores
     load = current_load() if load is None else load
-    threads = threads_for_load(cores, load)
+    processes = _positive_int(env.get("LOCAL_WORLD_SIZE", "")) or 1  # set by torchrun
+    threads = threads_for_load(cores, load, processes)
     seen = "unknown load" if load is None else f"load {load:.2f}"
-    return ThreadChoice(threads, f"{seen} on {cores} core(s)", policy)
+    shared = f", {processes} processes" if processes > 1 else ""
+    return ThreadChoice(threads, f"{seen} on {cores} core(s){shared}", policy)
 
 
 def apply_threads(choice: ThreadChoice, environ: Optional[MutableMapping[str, str]] = None) -> None:

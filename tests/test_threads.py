@@ -21,6 +21,13 @@ def test_threads_follow_the_free_cores(cores, load, expected):
     assert threads_for_load(cores, load) == expected
 
 
+def test_torchrun_processes_share_the_free_cores():
+    assert [threads_for_load(8, 0.0, 2), threads_for_load(8, 2.0, 2), threads_for_load(2, 0.0, 2),
+            threads_for_load(2, 3.0, 4), threads_for_load(8, None, 2)] == [4, 3, 1, 1, 4]
+    choice = choose_threads(None, environ={"LOCAL_WORLD_SIZE": "2"}, cores=8, load=1.0)
+    assert choice.threads == 4 and choice.reason == "load 1.00 on 8 core(s), 2 processes"
+
+
 def test_explicit_choices_win_in_order():
     env = {"OMP_NUM_THREADS": "3"}
     assert choose_threads(1, environ=env, cores=2, load=0.0).threads == 1  # --threads first
