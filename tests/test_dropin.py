@@ -234,8 +234,14 @@ def test_architect_works_without_project_only_attributes(cifar_images, float64_d
 # ----------------------------------------------------------------------------------- item 2: seeded replay
 @pytest.fixture(scope="module")
 def reference_run(cifar_images):
-    """The reference network and Architect, seed 21, TRAIN_STEPS unrolled steps."""
-    return run_reference_loop(21, _reference_network, ref.Architect, cifar_images, unrolled=True)
+    """The reference network and Architect, seed 21, TRAIN_STEPS unrolled steps. One thread here too: module
+    fixtures run before the function-scoped `single_thread` (with two, this took 390 s instead of 5 s)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_reference_loop(21, _reference_network, ref.Architect, cifar_images, unrolled=True)
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("backend", _backends())
