@@ -1,8 +1,8 @@
 """Progress of a loop: a tqdm bar on a terminal, plain lines when stderr is redirected (a log file, a pipe).
 
 A redirected run used to print its header and then nothing until the epoch ended (minutes); now it prints a line
-after the first step (the time per step shows at once) and then one every `line_seconds()` (30 s, or
-$PROXYNAS_PROGRESS_SECONDS), each with the step count, the elapsed time, an estimate of the time left and the
+after the first step (the time per step shows at once), then one every `line_seconds()` (30 s, or
+$PROXYNAS_PROGRESS_SECONDS) and one after the last step (the loop's whole time), each with the step count, the elapsed time, an estimate of the time left and the
 latest loss/accuracy the loop reported. `LineProgress` has the part of tqdm's interface the loops use (update,
 set_postfix, close), so a loop does not care which one it got.
 """
@@ -35,7 +35,7 @@ def is_terminal(stream) -> bool:
 
 
 class LineProgress:
-    """One line per `every` seconds (and after the first step): 'epoch 1/3: step 5/40, 12s, ~84s left, loss=...'."""
+    """One line per `every` seconds (and after the first and the last step): 'epoch 1/3: step 5/40, 12s, ~84s left, loss=...'."""
 
     def __init__(self, total: int, description: str, *, stream: Optional[TextIO] = None,
                  every: Optional[float] = None, clock: Callable[[], float] = time.monotonic):
@@ -55,7 +55,8 @@ class LineProgress:
     def update(self, n: int = 1) -> None:
         self.done += n
         now = self.clock()
-        if self.last_line is None or now - self.last_line >= self.every:
+        last_step = self.done >= self.total
+        if self.last_line is None or now - self.last_line >= self.every or last_step:
             self.last_line = now
             self._write(now)
 

@@ -40,8 +40,12 @@ def test_lines_after_the_first_step_then_every_interval():
     p.set_postfix(loss="2.301", acc="11.0")
     clock.now += 20
     p.update()  # 32 s since the last line
+    for _ in range(5):
+        clock.now += 4
+        p.update()  # steps 6-9: nothing; step 10, the last: a line with the loop's whole time
     assert out.getvalue().splitlines() == ["epoch 1/3: step 1/10, 4s, ~36s left",
-                                          "epoch 1/3: step 5/10, 36s, ~36s left, loss=2.301, acc=11.0"]
+                                          "epoch 1/3: step 5/10, 36s, ~36s left, loss=2.301, acc=11.0",
+                                          "epoch 1/3: step 10/10, 56s, loss=2.301, acc=11.0"]
 
 
 def test_open_progress_picks_by_stream():
