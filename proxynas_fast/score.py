@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .cli_errors import resume_command, run_cli
 from .data import DATASETS, DatasetError
-from .run_folder import check_output_file, hold_output
+from .run_folder import check_output_file, hold_output, same_file
 
 SCORER_NAMES = "resnet20/32/44/56/110 (CIFAR, SVHN), resnet18/50 (ImageNet)"
 
@@ -57,10 +57,18 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--checkpoint {args.checkpoint}: is a folder; name the scorer's weights file (.th/.pt)")
     if not checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint}: checkpoint does not exist")
-    check_output_file(args.out, flag="--out")
-    check_output_file(args.summary_out or f"{args.out}.json", flag="--summary-out")
+    outputs = [("--out", args.out), ("--summary-out", args.summary_out or f"{args.out}.json")]
     if args.features_out:
-        check_output_file(args.features_out, flag="--features-out")
+        outputs.append(("--features-out", args.features_out))
+    for flag, path in outputs:
+        check_output_file(path, flag=flag)
+        # Written over at the end: naming the checkpoint would destroy the scorer's weights.
+        if same_file(path, args.checkpoint):
+            raise ValueError(f"{flag} {path}: is the --checkpoint file; name another output file")
+    for i, (flag, path) in enumerate(outputs):
+        for other_flag, other in outputs[i + 1:]:
+            if os.path.realpath(path) == os.path.realpath(other):
+                raise ValueError(f"{other_flag} {other}: is also the {flag} file; name another output file")
 
 
 def _is_main_rank() -> bool:

@@ -61,6 +61,31 @@ def test_score_out_naming_a_folder_or_read_only(checkpoints_dir, cifar10_jpeg_di
         assert one_error_line(capsys).startswith(f"error: --out {ro / 'e.txt'}: cannot write in {ro}")
 
 
+def test_score_outputs_colliding_with_the_checkpoint_or_each_other(checkpoints_dir, cifar10_jpeg_dir, tmp_path,
+                                                                   capsys, no_work):
+    weights = tmp_path / "scorer.th"
+    weights.write_bytes((checkpoints_dir / "cifar10_resnet20_authors.th").read_bytes())
+    base = ["--dataset", "cifar10", "--data-dir", str(cifar10_jpeg_dir), "--checkpoint", str(weights),
+            "--no-progress"]
+    out = tmp_path / "e.txt"
+    for extra, message in (
+            (["--out", str(weights)], f"--out {weights}: is the --checkpoint file"),
+            (["--out", str(tmp_path / "sub" / ".." / "scorer.th")],
+             f"--out {tmp_path / 'sub' / '..' / 'scorer.th'}: is the --checkpoint file"),
+            (["--out", str(out), "--summary-out", str(weights)], f"--summary-out {weights}: is the --checkpoint file"),
+            (["--out", str(out), "--features-out", str(weights)],
+             f"--features-out {weights}: is the --checkpoint file"),
+            (["--out", str(out), "--summary-out", str(out)], f"--summary-out {out}: is also the --out file"),
+            (["--out", str(out), "--features-out", str(out)], f"--features-out {out}: is also the --out file"),
+            (["--out", str(out), "--summary-out", str(tmp_path / "s.json"), "--features-out", str(tmp_path / "s.json")],
+             f"--features-out {tmp_path / 's.json'}: is also the --summary-out file")):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        assert score.main(base + extra) == 2, extra
+        assert one_error_line(capsys) == f"error: {message}; name another output file"
+    assert weights.read_bytes() == (checkpoints_dir / "cifar10_resnet20_authors.th").read_bytes()
+    assert not out.exists()
+
+
 def test_score_busy_output_and_ctrl_c(checkpoints_dir, cifar10_jpeg_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "e.txt"
     with hold_output(out, what="score", kind="file"):
