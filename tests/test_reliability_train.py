@@ -42,6 +42,34 @@ def test_an_existing_run_is_refused_without_resume_before_the_data_loads(tmp_pat
     assert f"error: {tmp_path / 'checkpoint.pt'} exists: pass --resume" in capsys.readouterr().err
 
 
+def test_the_existing_run_check_is_made_while_the_lock_is_held(tmp_path, capsys, monkeypatch):
+    import fcntl
+
+    from proxynas_fast.run_folder import lock_path_for
+    from proxynas_fast.train import trainer
+
+    out = tmp_path / "run"
+    seen = []
+
+    def check_under_lock(out_dir, resume):
+        lock = lock_path_for(out_dir, "folder")
+        assert lock.is_file(), "checked before the lock was taken"
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        seen.append(out_dir)
+        raise FileExistsError(f"{out_dir}/checkpoint.pt exists: pass --resume to continue that run")
+
+    monkeypatch.setattr(trainer, "check_train_output", check_under_lock)
+    assert main(CLI_TINY + ["--data-dir", str(tmp_path / "no-data"), "--out", str(out)]) == 2
+    assert seen == [str(out)]
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {out}/checkpoint.pt exists")
+    assert not out.exists()  # the folder made for the lock is removed again
+
+
 def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, single_thread):
     full = _tiny_trainer(tmp_path / "full")
     full.fit()

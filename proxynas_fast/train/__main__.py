@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from proxynas_fast.cli_errors import resume_command, run_cli
-from proxynas_fast.run_folder import hold_output
+from proxynas_fast.run_folder import check_output_dir, hold_output
 from proxynas_fast.threads import configure_threads
 from proxynas_fast.train.config import AMP_MODES, DATASET_NAMES, LR_SCHEDULES, PRESETS, describe_preset, make_config
 
@@ -160,8 +160,10 @@ def _train(cfg, genotype, out: str, resume: bool) -> int:
     from proxynas_fast.train.networks import build_network, count_parameters
     from proxynas_fast.train.trainer import Trainer, check_train_output, resolve_device
 
-    check_train_output(out, resume)
+    check_output_dir(out)  # writable, before the lock file is made in it
     with hold_output(out, what="train", kind="folder"):
+        # Under the lock: a run finishing between a check and the lock would be overwritten.
+        check_train_output(out, resume)
         device = resolve_device(cfg.device)
         _configure_determinism(cfg.deterministic, device)
         # Weights are initialised from the seed; a resumed run overwrites them from the checkpoint.
