@@ -96,6 +96,19 @@ def test_failed_start_up_does_not_protect_the_folder(cifar10_jpeg_dir, tmp_path,
     assert "already holds a search" in capsys.readouterr().err
 
 
+def test_a_checkpoint_without_config_json_is_still_protected(tmp_path, capsys):
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"a finished run's weights")
+    # The data folder does not exist: the refusal must come first, and touch nothing.
+    assert main(args(tmp_path / "no-data", out)) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --out {out} already holds a search ({out / 'checkpoint.pt'}, its config.json is "
+                   "missing); pass --resume to continue it or choose another --out\n")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
+    assert (out / "checkpoint.pt").read_bytes() == b"a finished run's weights"
+
+
 def test_resume_follows_the_folder_not_its_spelling(cifar10_jpeg_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(args(cifar10_jpeg_dir, out)) == 0

@@ -98,11 +98,14 @@ def check_out_dir(config: SearchConfig) -> Optional[Dict[str, Any]]:
     configuration (or None)."""
     out = check_output_dir(config.out)
     saved_path = out / outputs.CONFIG_NAME
-    if not saved_path.is_file() or not protected_run(out):
+    if not protected_run(out):
         return None  # no checkpoint yet (e.g. a failed start-up): nothing to protect or resume
     if not config.resume:
-        raise SearchError(f"--out {config.out} already holds a search ({out / ckpt.CHECKPOINT_NAME}); pass "
+        missing = "" if saved_path.is_file() else f", its {outputs.CONFIG_NAME} is missing"
+        raise SearchError(f"--out {config.out} already holds a search ({out / ckpt.CHECKPOINT_NAME}{missing}); pass "
                           "--resume to continue it or choose another --out")
+    if not saved_path.is_file():
+        return None  # the checkpoint alone: it holds what is resumed
     try:
         saved = json.loads(saved_path.read_text())
     except (OSError, ValueError) as e:
