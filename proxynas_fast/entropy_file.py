@@ -44,6 +44,8 @@ def read_entropy_file(path: PathLike, *, allow_nonfinite: bool = False) -> Entro
     negative or non-finite entropies, and duplicate indices.
     """
     path = Path(path)
+    if path.is_dir():
+        raise EntropyFileError(f"entropy file {path} is a folder; name a score file (index entropy label lines)")
     if not path.is_file():
         raise FileNotFoundError(f"entropy file {path} does not exist")
     idx, ent, lab = [], [], []

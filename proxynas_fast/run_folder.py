@@ -73,8 +73,15 @@ def _check_creatable_in(path: Path, shown, flag: str) -> None:
         raise OutputError(f"{flag} {shown}: cannot write in {base} ({reason})")
 
 
+def _refuse_empty(path, flag: str, what: str) -> None:
+    # An empty path resolves to the current folder: outputs would land there unasked.
+    if path is None or not os.fspath(path).strip():
+        raise OutputError(f"{flag}: the path is empty; name a {what}")
+
+
 def check_output_dir(path, *, flag: str = "--out") -> Path:
     """The resolved output folder, after checking it can be created and written. Creates nothing."""
+    _refuse_empty(path, flag, "folder")
     p = _resolved(path)
     if os.path.lexists(p) and not p.is_dir():
         raise OutputError(f"{flag} {path}: exists and is not a folder")
@@ -89,6 +96,7 @@ def check_output_dir(path, *, flag: str = "--out") -> Path:
 
 def check_output_file(path, *, flag: str = "--out") -> Path:
     """The resolved output file, after checking it can be written (atomically: its folder must be writable)."""
+    _refuse_empty(path, flag, "file")
     p = _resolved(path)
     if p.is_dir():
         raise OutputError(f"{flag} {path}: is a folder; name a file")

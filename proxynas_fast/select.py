@@ -141,6 +141,9 @@ def run(args: argparse.Namespace) -> dict:
     check_request(args, spec)
     out = check_output_dir(args.out, flag="--out")
     table = read_entropy_file(args.entropy_file)
+    if args.count is not None and args.count > len(table):
+        raise ValueError(f"--count must be in 1..{len(table)} (the number of examples in {args.entropy_file}), "
+                         f"got {args.count}")
     dataset, inferred = resolve_dataset(args, table)
     width = resolve_cli_bin_width(args, spec, dataset, table)
     options = {"class_balanced": args.class_balanced}

@@ -38,6 +38,15 @@ def test_check_output_dir_refuses_a_file(tmp_path):
         check_output_dir(f / "sub", flag="--proxy")
 
 
+def test_an_empty_output_path_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputError, match=r"^--out: the path is empty; name a folder$"):
+        check_output_dir("")
+    with pytest.raises(OutputError, match=r"^--summary-out: the path is empty; name a file$"):
+        check_output_file("", flag="--summary-out")
+    assert os.listdir(tmp_path) == []
+
+
 def test_check_output_dir_refuses_read_only(tmp_path):
     with read_only_folder(tmp_path / "ro") as ro:
         with pytest.raises(OutputError, match=r"--out .*ro: the folder is not writable \(Read-only file system|"

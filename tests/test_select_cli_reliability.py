@@ -92,6 +92,30 @@ def test_out_naming_a_file_is_refused_before_work(cifar10_file, tmp_path, capsys
     assert target.read_text() == "keep me\n"
 
 
+def test_count_above_the_examples_names_the_flag(small_file, tmp_path, capsys):
+    assert main(["--entropy-file", str(small_file), "--count", "999999", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (f"error: --count must be in 1..30 (the number of examples in {small_file}), "
+                                       "got 999999\n")
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_out_is_refused_before_work(small_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(select_cli, "read_entropy_file", lambda *a, **k: pytest.fail("read before --out was checked"))
+    before = sorted(os.listdir(tmp_path))
+    assert main(["--entropy-file", str(small_file), "--count", "5", "--out", ""]) == 2
+    assert capsys.readouterr().err == "error: --out: the path is empty; name a folder\n"
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_entropy_file_naming_a_folder_says_so(tmp_path, capsys):
+    folder = tmp_path / "scores"
+    folder.mkdir()
+    assert main(["--entropy-file", str(folder), "--count", "5", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (f"error: entropy file {folder} is a folder; name a score file "
+                                       "(index entropy label lines)\n")
+
+
 def test_read_only_out_is_refused_before_work(cifar10_file, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(select_cli, "read_entropy_file", lambda *a, **k: pytest.fail("read before --out was checked"))
     with read_only_folder(tmp_path / "ro") as folder:
