@@ -35,6 +35,8 @@ def run_cli(
             message = interrupted_message()
         except Exception as e:  # the message must not turn a Ctrl-C into a traceback
             message = f"(what was saved is unknown: {e})"
+        except KeyboardInterrupt:  # a second Ctrl-C while the message is built (it may read a checkpoint)
+            message = "(interrupted again while looking at what was saved)"
         print(f"interrupted: {one_line(message)}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except (OutputError, *user_errors) as e:

@@ -160,5 +160,16 @@ def test_run_cli_interrupt_is_one_line_exit_130(capsys):
     assert run_cli(lambda: None) == 0 and run_cli(lambda: 3) == 3
 
 
+def test_run_cli_second_ctrl_c_while_the_message_is_built_is_still_one_line(capsys):
+    def body():
+        raise KeyboardInterrupt
+
+    def message():
+        raise KeyboardInterrupt  # the second Ctrl-C, e.g. while a checkpoint is read for the message
+
+    assert run_cli(body, interrupted_message=message) == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "interrupted: (interrupted again while looking at what was saved)\n"
+
+
 def test_resume_command_quotes_and_does_not_repeat():
     assert resume_command("m", ["--out", "a b", "--resume"]) == "python -m m --out 'a b' --resume"
