@@ -49,6 +49,7 @@ def read_entropy_file(path: PathLike, *, allow_nonfinite: bool = False) -> Entro
     if not path.is_file():
         raise FileNotFoundError(f"entropy file {path} does not exist")
     idx, ent, lab = [], [], []
+    first_line = {}  # example index -> the line it is first on
     with open(path, "r", encoding="utf-8", errors="strict") as f:
         try:
             lines = f.readlines()
@@ -73,16 +74,15 @@ def read_entropy_file(path: PathLike, *, allow_nonfinite: bool = False) -> Entro
             raise EntropyFileError(f"{path}:{lineno}: entropy is {parts[1]} (must be a finite number of nats)")
         if e < 0:
             raise EntropyFileError(f"{path}:{lineno}: entropy {e} is negative")
+        if i in first_line:
+            raise EntropyFileError(f"{path}:{lineno}: duplicate example index {i} (also on line {first_line[i]})")
+        first_line[i] = lineno
         idx.append(i)
         ent.append(e)
         lab.append(c)
     if not idx:
         raise EntropyFileError(f"{path}: no entries")
     table = EntropyTable(np.asarray(idx, np.int64), np.asarray(ent, np.float64), np.asarray(lab, np.int64), str(path))
-    uniq, counts = np.unique(table.index, return_counts=True)
-    if len(uniq) != len(table.index):
-        dup = uniq[counts > 1][:5].tolist()
-        raise EntropyFileError(f"{path}: duplicate example indices {dup}")
     return table
 
 

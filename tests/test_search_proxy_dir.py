@@ -116,6 +116,20 @@ def test_proxy_folder_checks(tmp_path):
         read_proxy_dir(tmp_path / "relabelled")
 
 
+def test_a_duplicate_index_inside_one_half_is_refused_by_file_and_line(tmp_path):
+    rows = [(0, 1), (3, 2), (5, 0), (9, 1)]
+    # Index 3 twice in the weights half (line 3 repeats line 2).
+    _write(tmp_path / "dup", rows, [(0, 1), (3, 2), (3, 2)], rows[2:])
+    weights = tmp_path / "dup" / "proxy_weights.txt"
+    with pytest.raises(SearchError) as e:
+        read_proxy_dir(tmp_path / "dup")
+    assert str(e.value) == f"--proxy: {weights}:3: duplicate example index 3 (also on line 2)"
+    # Duplicated in proxy.txt and in the half alike, the sorted halves equal proxy.txt: still refused.
+    _write(tmp_path / "dup", rows + [(3, 2)], [(0, 1), (3, 2), (3, 2)], rows[2:])
+    with pytest.raises(SearchError, match=r"proxy\.txt:5: duplicate example index 3 \(also on line 2\)$"):
+        read_proxy_dir(tmp_path / "dup")
+
+
 def test_proxy_excludes_selection_flags(tmp_path):
     config = resolve_config({"dataset": "cifar10", "out": "o", "proxy": str(tmp_path / "p" / ".." / "p")})
     assert config.proxy == str((tmp_path / "p").resolve()) and config.selection is None
