@@ -148,6 +148,18 @@ def test_finite_difference_hessian_vector_product_matches_autograd():
     assert _rel_err(fd, exact) < 1e-6
 
 
+def test_hessian_vector_product_of_a_zero_vector_is_zero():
+    """A validation loss flat in w (v = 0): no second-order correction, exactly zero (R = r / ||v|| is computed
+    on the device without a branch, so the zero case must not turn into 0 * inf), and the weights unchanged."""
+    model, (train, _) = _setup(seed=2, hw=8)
+    arch = Architect(model, SETTINGS)
+    weights = model.weights_parameters()
+    saved = [w.detach().clone() for w in weights]
+    hvp = arch._hessian_vector_product([torch.zeros_like(w) for w in weights], *train)
+    assert all(torch.equal(h, torch.zeros_like(a)) for h, a in zip(hvp, model.arch_parameters()))
+    assert all(torch.equal(w, s) for w, s in zip(weights, saved))
+
+
 def test_unrolled_gradient_matches_exact_double_backward():
     model, (train, valid) = _setup(seed=3, hw=8, cls=SmoothNetwork)
     optimizer = _sgd_with_momentum(model, train)

@@ -17,7 +17,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from host_sync import HostSyncError, HostSyncRecorder, backward_without_engine, patched_autograd
 from proxynas_fast import extension
+from proxynas_fast.darts import architect as architect_module
 from proxynas_fast.darts import fused
+from proxynas_fast.darts.architect import Architect
 from proxynas_fast.darts.graphed_step import SearchStep
 from proxynas_fast.darts.model_search import Network
 from proxynas_fast.darts.pcdarts import PCNetwork
@@ -141,3 +143,63 @@ def test_check_catches_the_list_indexed_running_stats_update(fake_cuda, monkeypa
     with pytest.raises(HostSyncError, match=r"_update_running_stats_before_the_fix.*mean\[idx\]"):
         with HostSyncRecorder(), torch.no_grad():
             model(batch[0])
+
+
+# ----- the second-order (unrolled) architecture step -----
+ARCH_SETTINGS = dict(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4, arch_weight_decay=1e-3)
+
+
+def _unrolled_architect_step():
+    """The DARTS second-order architecture step (`Architect`, unrolled=True) on a fused search network, with the
+    weight optimiser's momentum buffers populated, as in a search after its first weight step."""
+    model, step, batch = _search_step()
+    step(*batch)  # one eager step: momentum buffers, gradients, the device-index cache
+    architect = Architect(model, ARCH_SETTINGS)
+    return model, architect, step.weight_optimizer, batch
+
+
+def test_unrolled_architect_step_never_syncs_on_cuda(fake_cuda):
+    """Second-order DARTS: the virtual weight step on the unrolled copy, the validation gradient through it and
+    the finite-difference Hessian-vector product (R = r / ||v||, kept on the device) run without any host sync
+    or transfer (the first step builds the cached unrolled copy, as a warm-up)."""
+    model, architect, w_opt, batch = _unrolled_architect_step()
+    architect.arch_gradients(*batch, 0.025, w_opt, unrolled=True)
+    with HostSyncRecorder() as rec:
+        grads, _ = architect.arch_gradients(*batch, 0.025, w_opt, unrolled=True)
+    assert rec.findings == []
+    assert [g.shape for g in grads] == [a.shape for a in model.arch_parameters()]
+    assert sum(op.startswith("aten.convolution_backward") for op in rec.ops) >= 4  # val + 2 finite differences
+
+
+def _hessian_vector_product_before_the_fix(self, vector, input_train, target_train, r=None):
+    """Architect._hessian_vector_product as it was: R = r / float(||v||), one host sync per unrolled step."""
+    r = self.finite_difference_scale if r is None else r
+    weights = architect_module.weight_parameters(self.model)
+    arch = self.model.arch_parameters()
+    norm = float(architect_module._flatten(vector).norm())
+    if norm == 0.0:
+        return [torch.zeros_like(a) for a in arch]
+    R = r / norm
+    with torch.no_grad():
+        for w, v in zip(weights, vector):
+            w.add_(v, alpha=R)
+    grads_pos = architect_module._grad(self.model._loss(input_train, target_train), arch)
+    with torch.no_grad():
+        for w, v in zip(weights, vector):
+            w.sub_(v, alpha=2 * R)
+    grads_neg = architect_module._grad(self.model._loss(input_train, target_train), arch)
+    with torch.no_grad():
+        for w, v in zip(weights, vector):
+            w.add_(v, alpha=R)
+    return [(p - n) / (2 * R) for p, n in zip(grads_pos, grads_neg)]
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+def test_check_catches_the_host_side_finite_difference_scale(fake_cuda, monkeypatch):
+    """With the former Hessian-vector product (`float(norm)`), the same check fails, naming the line."""
+    model, architect, w_opt, batch = _unrolled_architect_step()
+    architect.arch_gradients(*batch, 0.025, w_opt, unrolled=True)  # warm-up (fake tensors cannot give float())
+    monkeypatch.setattr(Architect, "_hessian_vector_product", _hessian_vector_product_before_the_fix)
+    with pytest.raises(HostSyncError, match=r"_hessian_vector_product_before_the_fix.*float\("):
+        with HostSyncRecorder():
+            architect.arch_gradients(*batch, 0.025, w_opt, unrolled=True)

@@ -226,23 +226,27 @@ class Architect:
         r = self.finite_difference_scale if r is None else r
         weights = weight_parameters(self.model)
         arch = self.model.arch_parameters()
-        norm = float(_flatten(vector).norm())
-        if norm == 0.0:  # the validation loss is flat in w: no second-order correction
-            return [torch.zeros_like(a) for a in arch]
-        R = r / norm
+        # R = r / ||v|| stays on the device (no host sync per unrolled step, so the step can be captured in a CUDA
+        # graph). Computed in float64 and rounded once to the weights' dtype: the value the former Python-float
+        # R had. A zero v (the validation loss is flat in w) gets a finite R, leaves w as is, and its result is
+        # zeroed below: no second-order correction, as before (a NaN norm still gives NaN).
+        norm = _flatten(vector).norm()
+        tiny = torch.finfo(norm.dtype).tiny
+        R = (torch.full_like(norm, r, dtype=torch.float64) / norm.double().clamp_min(tiny)).to(norm.dtype)
         saved = [w.detach().clone() for w in weights]
         try:
             with torch.no_grad():
                 for w, v in zip(weights, vector):
-                    w.add_(v, alpha=R)
+                    w.addcmul_(v, R)
             grads_pos = _grad(self.model._loss(input_train, target_train), arch)
             with torch.no_grad():
                 for w, w0, v in zip(weights, saved, vector):
-                    w.copy_(w0).sub_(v, alpha=R)
+                    w.copy_(w0).addcmul_(v, R, value=-1)
             grads_neg = _grad(self.model._loss(input_train, target_train), arch)
         finally:
             # Put the exact weights back (also when a forward pass raised).
             with torch.no_grad():
                 for w, w0 in zip(weights, saved):
                     w.copy_(w0)
-        return [(p - n) / (2 * R) for p, n in zip(grads_pos, grads_neg)]
+        flat = norm == 0
+        return [torch.where(flat, 0.0, (p - n) / (2 * R)) for p, n in zip(grads_pos, grads_neg)]
