@@ -2,8 +2,8 @@
 # Creates ./.venv (or $PROXYNAS_VENV), installs torch + DALI + test tools, and builds proxynas_fast with its
 # native extension. CUDA kernels are compiled whenever nvcc is found (FORCE_CUDA=1), even without a GPU.
 #
-# Run it again and it skips what is installed and up to date: the packages when the wanted torch and the other
-# dependencies import, the extension when a stamp of its sources, the build settings and the torch version
+# Run it again and it skips what is installed and up to date: the packages when the wanted torch (that build: the
+# CPU one with a .../whl/cpu TORCH_INDEX_URL, else a CUDA one) and the other dependencies import, the extension when a stamp of its sources, the build settings and the torch version
 # matches the one written after the last good build (build/install-stamp). PROXYNAS_REBUILD=1 forces the build;
 # PROXYNAS_CHECK_ONLY=1 only says what is up to date and what would be installed or built, and changes nothing.
 # The build prints one line per compiled file; its full output is in build/install-build.log.
@@ -19,8 +19,23 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}
 STAMP=build/install-stamp
 BUILD_LOG=build/install-build.log
 DEPS=(numpy scipy pillow tqdm matplotlib ninja mpmath pytest pytest-benchmark)
+# The torch build asked for: an index of torch's own builds (.../whl/cpu, .../whl/cu130) gives its wheels a local
+# version (2.14.1+cpu), which an exact version without one gets appended, so that pip replaces another build of
+# the same version (it takes 2.14.1+cu130 to satisfy torch==2.14.1, but not torch==2.14.1+cpu).
+TORCH_WANT=$TORCH_SPEC
+variant=${TORCH_INDEX_URL:-}
+variant=${variant%/}
+variant=${variant##*/}
+if [[ "$TORCH_SPEC" == *==* && "$TORCH_SPEC" != *+* && "$variant" =~ ^(cpu|cu[0-9]+|rocm[0-9.]+|xpu)$ ]]; then
+  TORCH_WANT="$TORCH_SPEC+$variant"
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
+  if [ -n "${PROXYNAS_CHECK_ONLY:-}" ]; then
+    echo "$VENV: missing, would create it, install $TORCH_WANT ${DEPS[*]} (and DALI unless PROXYNAS_SKIP_DALI)"
+    echo "extension: not installed, would build"
+    exit 0
+  fi
   echo "creating $VENV"
   "$PY" -m venv "$VENV"
 fi
@@ -28,29 +43,44 @@ VPY="$VENV/bin/python"
 
 # ---- packages: skipped when the wanted torch and every dependency are there ----
 have_packages() {
-  "$VPY" - "$TORCH_SPEC" "${DEPS[@]}" <<'PY'
+  "$VPY" - "$TORCH_WANT" "${DEPS[@]}" <<'PY'
 import sys
 from importlib.metadata import PackageNotFoundError, version
 spec, deps = sys.argv[1], sys.argv[2:]
 name, _, wanted = spec.partition("==")
+wanted = wanted.strip()
 try:
-    have = version(name.strip()).split("+")[0]
-    ok = not wanted or have == wanted.strip()
-    ok = ok and all(version(d) for d in deps)
+    # The full version, local part included: the CPU build 2.14.1+cpu is not the CUDA build 2.14.1+cu130. A
+    # version without a local part asks for PyPI's build, a CUDA one: any build of it but a CPU one is that.
+    have = version(name.strip())
+    base, _, local = have.partition("+")
+    if wanted and not (have == wanted if "+" in wanted else base == wanted and not local.startswith("cpu")):
+        sys.exit(2)
 except PackageNotFoundError:
-    ok = False
-sys.exit(0 if ok else 1)
+    sys.exit(2)
+try:
+    all(version(d) for d in deps)
+except PackageNotFoundError:
+    sys.exit(1)
 PY
-}
-if have_packages; then
-  echo "packages: already installed ($TORCH_SPEC and ${#DEPS[@]} others), skipping"
+}  # exit status 0: all there, 1: torch is but another package is not, 2: not the torch asked for
+installed_torch=$("$VPY" -c "from importlib.metadata import version; print(version('torch'))" 2>/dev/null || true)
+have=0
+have_packages || have=$?
+if [ "$have" -eq 0 ]; then
+  echo "packages: already installed ($TORCH_WANT and ${#DEPS[@]} others), skipping"
 elif [ -n "${PROXYNAS_CHECK_ONLY:-}" ]; then
-  echo "packages: would install $TORCH_SPEC ${DEPS[*]}"
+  if [ "$have" -eq 2 ] && [ -n "$installed_torch" ]; then echo "packages: would replace torch $installed_torch"; fi
+  echo "packages: would install $TORCH_WANT ${DEPS[*]}"
 else
-  echo "packages: installing $TORCH_SPEC ${DEPS[*]}"
+  if [ "$have" -eq 2 ] && [ -n "$installed_torch" ]; then  # pip would keep another build of the same version
+    echo "packages: replacing torch $installed_torch"
+    "$VPY" -m pip uninstall -q -y torch
+  fi
+  echo "packages: installing $TORCH_WANT ${DEPS[*]}"
   "$VPY" -m pip install -q --upgrade pip setuptools wheel
   "$VPY" -m pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple} \
-    "$TORCH_SPEC" "${DEPS[@]}"
+    "$TORCH_WANT" "${DEPS[@]}"
 fi
 # DALI is optional at run time (a PIL pipeline replaces it), but installed here so its path is tested.
 if [ -n "${PROXYNAS_SKIP_DALI:-}" ]; then
@@ -83,7 +113,6 @@ import proxynas_fast.extension as e
 version('proxynas_fast')
 sys.exit(0 if e.has_cpu_kernels() else 1)" 2>/dev/null
 }
-mkdir -p build
 want=$("$VPY" scripts/build_stamp.py .)
 if [ -z "${PROXYNAS_REBUILD:-}" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && extension_loads; then
   echo "extension: up to date (sources, settings and torch unchanged since the last build), skipping the build"
@@ -94,6 +123,7 @@ else
   kernels="CPU kernels"
   if [ -n "${FORCE_CUDA:-}" ]; then kernels="CPU and CUDA kernels (nvcc: the slow part, up to 15 min)"; fi
   echo "extension: building proxynas_fast._C with $kernels, $MAX_JOBS jobs; full log in $BUILD_LOG"
+  mkdir -p build
   rm -f "$STAMP"
   start=$(date +%s)
   set +e

@@ -30,6 +30,7 @@ def _env(**extra):
                TORCH_SPEC=f"torch=={version('torch').split('+')[0]}")
     env.pop("FORCE_CUDA", None)
     env.pop("TORCH_CUDA_ARCH_LIST", None)
+    env.pop("TORCH_INDEX_URL", None)
     env.update(extra)
     return env
 
@@ -67,6 +68,41 @@ def test_second_install_skips_packages_and_build(tmp_path):
     # A torch other than the one asked for is not "already installed".
     other = _install(root, _env(TORCH_SPEC="torch==1.0.0"))
     assert "packages: would install torch==1.0.0" in other.stdout
+
+
+def test_check_only_creates_nothing(tmp_path):
+    """PROXYNAS_CHECK_ONLY=1 changes nothing: no virtual environment where there is none (it says what it would
+    do), no build/ folder where there is none."""
+    (tmp_path / "src").mkdir()
+    root = _copy_sources(tmp_path / "src")
+    run = _install(root, _env(PROXYNAS_VENV=str(tmp_path / "new-venv")))
+    assert run.returncode == 0, run.stderr
+    assert "missing, would create it, install torch==" in run.stdout and "would build" in run.stdout
+    assert not (tmp_path / "new-venv").exists() and not (root / "build").exists()
+
+    run = _install(root, _env())  # the existing venv, no stamp: the build is out of date
+    assert run.returncode == 0, run.stderr
+    assert "extension: out of date (or not installed), would build" in run.stdout
+    assert not (root / "build").exists()
+
+
+def test_another_build_of_the_wanted_torch_version_is_not_installed(tmp_path):
+    """The installed torch's full version, local part included, is compared: asking for the CPU build (the
+    README's CPU-only line: a CPU index URL) of the installed CUDA build's version replaces it, and the reverse;
+    asking for the installed build itself skips."""
+    root = _copy_sources(tmp_path)
+    have = version("torch")
+    base, _, local = have.partition("+")
+    other = "cu130" if local.startswith("cpu") else "cpu"
+
+    index = f"https://download.pytorch.org/whl/{other}/"
+    run = _install(root, _env(TORCH_SPEC=f"torch=={base}", TORCH_INDEX_URL=index))
+    assert run.returncode == 0, run.stderr
+    assert f"packages: would replace torch {have}" in run.stdout
+    assert f"packages: would install torch=={base}+{other} " in run.stdout
+    run = _install(root, _env(TORCH_SPEC=f"torch=={base}+{other}"))
+    assert f"packages: would install torch=={base}+{other} " in run.stdout
+    assert f"packages: already installed (torch=={have} " in _install(root, _env(TORCH_SPEC=f"torch=={have}")).stdout
 
 
 def test_build_progress_shows_one_line_per_compiled_file():
