@@ -3,8 +3,9 @@
 # native extension. CUDA kernels are compiled whenever nvcc is found (FORCE_CUDA=1), even without a GPU.
 #
 # Run it again and it skips what is installed and up to date: the packages when the wanted torch (that build: the
-# CPU one with a .../whl/cpu TORCH_INDEX_URL, else a CUDA one) and the other dependencies import, the extension when a stamp of its sources, the build settings and the torch version
-# matches the one written after the last good build (build/install-stamp). PROXYNAS_REBUILD=1 forces the build;
+# CPU one with a .../whl/cpu TORCH_INDEX_URL, else a CUDA one) and the other dependencies import, the extension
+# when a stamp of its sources, the build settings and the torch version matches the one written after the last
+# good build (build/install-stamp). PROXYNAS_REBUILD=1 forces the build;
 # PROXYNAS_CHECK_ONLY=1 only says what is up to date and what would be installed or built, and changes nothing.
 # The build prints one line per compiled file; its full output is in build/install-build.log.
 #
