@@ -17,8 +17,9 @@
 #   search   a 2-epoch first-order DARTS search on the prepared 10% P1 CIFAR-10 proxy, eager ...
 #   graphs   ... and with --cuda-graphs
 # Environment: OUT (results, default ./gpu-results), PYTHON (default python3), GPU_CHECK_DATA (default
-# ./gpu-check-data), GPU_CHECK_BUDGET (seconds for everything: 470, dry run 170), PREPARE_COUNT (--prepare: number
-# of proxy examples instead of 10%), SHARED (--prepare: the shared data folder, default ../shared).
+# ./gpu-check-data), GPU_CHECK_BUDGET (seconds for everything: 470, dry run 170), GPU_CHECK_STEPS (run only these
+# steps, e.g. "env search graphs"; the others are listed as skipped), PREPARE_COUNT (--prepare: number of proxy
+# examples instead of 10%), SHARED (--prepare: the shared data folder, default ../shared).
 set -uo pipefail
 
 MODE=gpu
@@ -28,7 +29,7 @@ case "${1:-}" in
   --prepare) MODE=prepare ;;
   --dry-run) MODE=dry ;;
   --internal-step) MODE="$2"; shift 2; INTERNAL=("$@") ;;
-  -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
   *) echo "gpu_check.sh: unknown argument '$1' (use --prepare, --dry-run or nothing)" >&2; exit 2 ;;
 esac
 
@@ -79,6 +80,9 @@ summary() {
 # step NAME LIMIT_S COMMAND...: run with the smaller of LIMIT_S and what is left of the budget; stop on failure.
 step() {
   local name="$1" limit="$2"; shift 2
+  if [ -n "${GPU_CHECK_STEPS:-}" ] && [[ " $GPU_CHECK_STEPS " != *" $name "* ]]; then
+    SUMMARY+=("$(printf '%-8s skip  (not in GPU_CHECK_STEPS)' "$name")"); return 0
+  fi
   local left=$(( BUDGET - ($(date +%s) - START) ))
   if [ "$left" -lt 5 ]; then
     SUMMARY+=("$(printf '%-8s FAIL  out of the %ss time budget' "$name" "$BUDGET")")
@@ -168,6 +172,7 @@ search() {
 }
 graphs() {
   if [ "$MODE" = gpu ]; then
+    rm -rf "$OUT/search-graphs"
     search --cuda-graphs --out "$OUT/search-graphs"
   else  # CUDA graphs need CUDA: the dry run checks that the option is there
     "$PY" -m proxynas_fast.search --help | grep -q -- "--cuda-graphs" && echo "--cuda-graphs is an option of search"
@@ -186,6 +191,7 @@ step tests 150 "${TEST_ENV[@]}" "$PY" -m pytest -q -p no:cacheprovider -x -k cud
   tests/test_search_steps.py
 step cell 60 "$PY" benchmarks/gpu_cell_check.py --device "$DEVICE" "${CELL_ARGS[@]}"
 step bench 150 "$PY" benchmarks/gpu_bench.py --out "$OUT" --device "$DEVICE" "${BENCH_ARGS[@]}"
+rm -rf "$OUT/search"  # a second run into the same OUT starts a new search (the folder would ask for --resume)
 step search 90 search --out "$OUT/search"
 step graphs 90 graphs
 summary

@@ -72,6 +72,20 @@ def test_dry_run_runs_every_step(prepared, tmp_path):
     assert "RESULT: OK" in summary
     assert (out / "search_step.json").is_file() and (out / "search" / "genotype.json").is_file()
 
+    # A second run into the same OUT starts a new search instead of refusing the first run's search folder
+    # ("already holds a search; pass --resume"). Only the steps that write there, to keep it short.
+    first = (out / "search" / "genotype.json").stat().st_mtime_ns
+    proc = _run_script("--dry-run", GPU_CHECK_DATA=prepared, OUT=out, GPU_CHECK_BUDGET=800,
+                       GPU_CHECK_STEPS="env search graphs")
+    summary = (out / "summary.txt").read_text()
+    assert proc.returncode == 0, summary + (out / "search.log").read_text()[-2000:]
+    for name in ("env", "search", "graphs"):
+        assert any(line.startswith(f"{name} ") and " ok " in line for line in summary.splitlines()), summary
+    for name in ("build", "tests", "cell", "bench"):
+        assert any(line.startswith(f"{name} ") and " skip " in line for line in summary.splitlines()), summary
+    assert "RESULT: OK" in summary
+    assert (out / "search" / "genotype.json").stat().st_mtime_ns != first
+
 
 def test_a_failed_step_stops_the_run_with_a_summary(tmp_path):
     out = tmp_path / "results"
