@@ -8,11 +8,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 from proxynas_fast.run_folder import hold_output
 from proxynas_fast.search.__main__ import main
 from proxynas_fast.search.run_ownership import resume_differences
+from cli_process import interrupt_when, wait_for
 from read_only import read_only_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,17 +28,6 @@ def args(data_dir, out, *extra, epochs=1):
 def child(data_dir, out, *extra, epochs=1, **kw):
     return subprocess.Popen([sys.executable, "-m", "proxynas_fast.search", *args(data_dir, out, *extra, epochs=epochs)],
                             cwd=REPO, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-
-
-def wait_for(predicate, proc, timeout=600):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended early: {proc.stderr.read()[-2000:]}")
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_a_held_out_folder_is_refused_before_any_work(tmp_path, capsys):
@@ -155,14 +144,7 @@ def test_resume_refuses_proxy_files_that_are_not_the_checkpoints(cifar10_jpeg_di
 def test_ctrl_c_prints_one_line_with_what_was_saved_and_the_resume_command(cifar10_jpeg_dir, tmp_path):
     out = tmp_path / "run"
     proc = child(cifar10_jpeg_dir, out, epochs=50)
-    try:
-        wait_for(lambda: (out / "genotype.json").exists(), proc)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    err = interrupt_when(lambda: (out / "genotype.json").exists(), proc)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]

@@ -2,19 +2,21 @@
 any work, stale temporaries swept, the previous checkpoint kept as a fallback, one line on Ctrl-C."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
-import signal
 import time
 
 import pytest
 import torch
 
 from proxynas_fast.darts.genotypes import genotype_to_dict, get_genotype
-from proxynas_fast.run_folder import hold_output
+from proxynas_fast.run_folder import hold_output, lock_path_for
+from proxynas_fast.train import trainer
 from proxynas_fast.train.__main__ import main
 from proxynas_fast.train.trainer import CheckpointError, load_checkpoint, read_log
+from cli_process import interrupt_when
 from read_only import read_only_folder
 from test_train_cli import CLI_TINY, _cli, _tiny_trainer
 
@@ -43,11 +45,6 @@ def test_an_existing_run_is_refused_without_resume_before_the_data_loads(tmp_pat
 
 
 def test_the_existing_run_check_is_made_while_the_lock_is_held(tmp_path, capsys, monkeypatch):
-    import fcntl
-
-    from proxynas_fast.run_folder import lock_path_for
-    from proxynas_fast.train import trainer
-
     out = tmp_path / "run"
     seen = []
 
@@ -106,18 +103,7 @@ def test_ctrl_c_prints_one_line_with_what_was_saved_and_the_resume_command(tmp_p
     argv = [a if a != "3" or CLI_TINY[i - 1] != "--epochs" else "50" for i, a in enumerate(CLI_TINY)]
     argv += ["--data-dir", str(cifar10_jpeg_dir), "--out", str(out)]
     proc = _cli(argv)
-    try:
-        deadline = time.monotonic() + 300
-        while not (out / "checkpoint.pt").exists():
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    err = interrupt_when(lambda: (out / "checkpoint.pt").exists(), proc, timeout=300)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
