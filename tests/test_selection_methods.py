@@ -9,7 +9,7 @@ from proxynas_fast.entropy_file import EntropyTable, read_entropy_file
 from proxynas_fast.selection import (class_quotas, get_selector, list_selectors, register_selector,
                                      resolve_count, select, select_from_table,
                                      weighted_sample_without_replacement)
-from proxynas_fast.selection import registry as selection_registry
+from proxynas_fast.selection.registry import SELECTORS
 
 ALL_METHODS = ["forgetting", "high_entropy", "kcenter", "low_entropy", "p1", "p2", "p3", "random"]
 
@@ -37,31 +37,35 @@ def test_registry_lists_every_method():
         select("p9", np.ones(10), count=2)
 
 
-def test_register_a_custom_selector():
+@pytest.fixture
+def test_only_selectors():
+    """Selectors a test registers (names ending in _test_only) are removed from the registry afterwards."""
+    yield
+    for name in [n for n in SELECTORS.names() if n.endswith("_test_only")]:
+        del SELECTORS._items[name]  # test-only cleanup: the package offers no unregister
+
+
+def test_register_a_custom_selector(test_only_selectors):
     @register_selector("every_other_test_only")
     def every_other(entropy, count, rng, *, bin_width=None):
         """Takes every other example."""
         return np.arange(0, 2 * count, 2)
 
-    try:
-        assert "every_other_test_only" in list_selectors()
-        assert select("every_other_test_only", np.ones(10), count=3).tolist() == [0, 2, 4]
-        with pytest.raises(ValueError, match="already registered"):
-            register_selector("every_other_test_only")(every_other)
-    finally:
-        selection_registry._SELECTORS.pop("every_other_test_only")
+    assert "every_other_test_only" in list_selectors()
+    assert get_selector("Every_Other_Test_Only").fn is every_other  # the function itself, any case
+    assert get_selector("every_other_test_only").description == "Takes every other example."
+    assert select("every_other_test_only", np.ones(10), count=3).tolist() == [0, 2, 4]
+    with pytest.raises(ValueError, match="already registered"):
+        register_selector("every_other_test_only")(every_other)
 
 
-def test_a_broken_selector_is_caught():
+def test_a_broken_selector_is_caught(test_only_selectors):
     @register_selector("duplicates_test_only")
     def duplicates(entropy, count, rng, *, bin_width=None):
         return np.zeros(count, dtype=np.int64)
 
-    try:
-        with pytest.raises(RuntimeError, match="1 distinct, wanted 3"):
-            select("duplicates_test_only", np.ones(10), count=3)
-    finally:
-        selection_registry._SELECTORS.pop("duplicates_test_only")
+    with pytest.raises(RuntimeError, match="1 distinct, wanted 3"):
+        select("duplicates_test_only", np.ones(10), count=3)
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)

@@ -1,16 +1,25 @@
-"""Selector registry (timm style): `@register_selector("name", options={...})` on a selector function.
+"""Selectors by name: `@register_selector("name", options={...})` on a selector function.
+
+    @register_selector("every_other", options={"step": "take every step-th example (default 2)"})
+    def select_every_other(entropy, count, rng, *, bin_width=None, step=2):
+        "Every step-th example."  # the docstring's first line is the --list-methods description
+        return np.arange(0, step * count, step)
 
 A selector is called as `fn(entropy, count, rng, *, bin_width, **options)` and returns `count` distinct
 positions into `entropy`. `entropy` is the validated float64 array of the examples under consideration (the
 whole set, or one class when class balancing), `rng` a seeded numpy Generator, `bin_width` the resolved log10
 bin width (None when neither bin_width nor dataset was given and the method needs none).
+
+The specs live in `SELECTORS`, a `proxynas_fast.registry.Registry` like the search strategies and data sets.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Tuple
 
-_SELECTORS: Dict[str, "SelectorSpec"] = {}
+from ..registry import Registry, first_line
+
+SELECTORS: Registry["SelectorSpec"] = Registry("selection method")
 
 
 @dataclass(frozen=True)
@@ -37,36 +46,34 @@ class SelectorSpec:
 
 def register_selector(name: str, *, options: Dict[str, str] | None = None, per_example_options=(),
                       required_options=(), needs_bin_width: bool = False):
-    """Decorator adding a selector under `name`; `options` documents each method-specific keyword."""
+    """Decorator adding a selector under `name`; `options` documents each method-specific keyword. Returns
+    the function unchanged; a name registered twice raises ValueError."""
     key = name.lower()
 
     def decorate(fn: Callable) -> Callable:
-        if key in _SELECTORS:
-            raise ValueError(f"selector {key!r} is already registered")
-        doc = (fn.__doc__ or "").strip().splitlines()
-        _SELECTORS[key] = SelectorSpec(key, fn, doc[0] if doc else "", dict(options or {}),
-                                       tuple(per_example_options), tuple(required_options), needs_bin_width)
+        spec = SelectorSpec(key, fn, first_line(fn), dict(options or {}), tuple(per_example_options),
+                            tuple(required_options), needs_bin_width)
+        SELECTORS.register(key, obj=spec)
         return fn
 
     return decorate
 
 
 def list_selectors() -> list[str]:
-    return sorted(_SELECTORS)
+    """The selector names, sorted."""
+    return sorted(SELECTORS.names())
 
 
 def get_selector(name: str) -> SelectorSpec:
-    key = str(name).lower()
-    if key not in _SELECTORS:
-        raise ValueError(f"unknown selection method {name!r}; available: {list_selectors()}")
-    return _SELECTORS[key]
+    """The spec registered under `name` (any case); an unknown name raises a ValueError naming the known ones."""
+    return SELECTORS.get(name)
 
 
 def describe_selectors() -> str:
     """One paragraph per selector: its description and options (used by the CLI's --list-methods)."""
     lines = []
     for key in list_selectors():
-        spec = _SELECTORS[key]
+        spec = SELECTORS.get(key)
         lines.append(f"{key}: {spec.description}")
         for opt, text in spec.options.items():
             lines.append(f"    {opt}: {text}")
