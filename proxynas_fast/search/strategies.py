@@ -1,75 +1,110 @@
-"""Search strategies: which supernet to build, how the architecture gradient is taken, and the defaults
+'''Search strategies: which supernet to build, how the architecture gradient is taken, and the defaults
 each strategy's paper used where they differ from first-order DARTS.
 
     darts    DARTS, first-order architecture gradient (the proxy-data paper's main setting)
     darts2   DARTS, second-order (unrolled) architecture gradient
     pcdarts  PC-DARTS: partial-channel supernet with edge normalisation, first order, arch warm-up
-"""
+
+A strategy is one decorated class that changes what its paper changes from first-order DARTS:
+
+    @STRATEGIES.register()
+    class WideDARTS(SearchStrategy):
+        """DARTS with a larger batch"""   # the docstring's first line is the --list-strategies description
+        name = "widedarts"
+        defaults = MappingProxyType(dict(batch_size=128))
+
+Its supernet classes come from `networks()`, which imports them when a model is built (see there).
+'''
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, List, Mapping, Tuple, Type
 
+from ..registry import Registry, first_line
 from .errors import SearchError
 
 if TYPE_CHECKING:  # torch stays unloaded until a model is built (`--help` and the thread choice come first)
     import torch.nn as nn
 
 
-@dataclass(frozen=True)
 class SearchStrategy:
-    name: str
-    description: str
-    unrolled: bool  # second-order (unrolled) architecture gradient
-    network: str  # class in proxynas_fast.darts for 32x32 data sets
-    imagenet_network: str  # class in proxynas_fast.darts for ImageNet
-    # Config fields whose defaults differ from first-order DARTS (applied before presets and CLI flags).
-    defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    """First-order DARTS. The registry holds strategy classes; they keep no state, so their methods are
+    classmethods and `get_strategy(name)` returns the class itself."""
 
-    def network_class(self, dataset: str):
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""  # filled from the docstring's first line
+    unrolled: ClassVar[bool] = False  # second-order (unrolled) architecture gradient
+    # Config fields whose defaults differ from first-order DARTS (applied before presets and CLI flags).
+    defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.description = first_line(cls)
+
+    @classmethod
+    def networks(cls) -> Tuple[Type["nn.Module"], Type["nn.Module"]]:
+        """The supernet classes: (for 32x32 data sets, for ImageNet)."""
+        # Imported here to defer torch (proxynas_fast.darts loads it), not to break a cycle: darts never
+        # imports the search package.
         from proxynas_fast import darts
 
-        name = self.imagenet_network if dataset == "imagenet" else self.network
-        cls = getattr(darts, name, None)
-        if cls is None:
-            raise SearchError(f"strategy {self.name!r} needs proxynas_fast.darts.{name}, which this build lacks")
-        return cls
+        return darts.Network, darts.NetworkImageNetSearch
 
-    def build_model(self, *, dataset: str, C: int, num_classes: int, layers: int, criterion: nn.Module,
+    @classmethod
+    def network_class(cls, dataset: str) -> Type["nn.Module"]:
+        small, imagenet = cls.networks()
+        return imagenet if dataset == "imagenet" else small
+
+    @classmethod
+    def build_model(cls, *, dataset: str, C: int, num_classes: int, layers: int, criterion: nn.Module,
                     backend: str) -> nn.Module:
-        cls = self.network_class(dataset)
+        net = cls.network_class(dataset)
         try:
-            return cls(C, num_classes, layers, criterion, backend=backend)
+            return net(C, num_classes, layers, criterion, backend=backend)
         except ValueError as e:  # e.g. PC-DARTS needs its partial-channel factor to divide the channels
-            raise SearchError(f"--init-channels {C} / --layers {layers}: {cls.__name__} cannot be built: {e}") from None
+            raise SearchError(f"--init-channels {C} / --layers {layers}: {net.__name__} cannot be built: {e}") from None
 
 
-_STRATEGIES: Dict[str, SearchStrategy] = {
-    s.name: s
-    for s in (
-        SearchStrategy("darts", "DARTS, first-order architecture gradient", unrolled=False,
-                       network="Network", imagenet_network="NetworkImageNetSearch"),
-        SearchStrategy("darts2", "DARTS, second-order (unrolled) architecture gradient", unrolled=True,
-                       network="Network", imagenet_network="NetworkImageNetSearch"),
-        SearchStrategy(
-            "pcdarts", "PC-DARTS: partial channels + edge normalisation, first order, arch warm-up",
-            unrolled=False, network="PCNetwork", imagenet_network="PCNetworkImageNetSearch",
-            # PC-DARTS train_search defaults: a larger batch and learning rates, and no
-            # architecture updates during the first 15 epochs.
-            defaults=MappingProxyType(dict(batch_size=256, learning_rate=0.1,
-                                           arch_learning_rate=6e-4, arch_begin_epoch=15)),
-        ),
-    )
-}
+STRATEGIES: Registry[Type[SearchStrategy]] = Registry("search strategy", error=SearchError)
+
+
+@STRATEGIES.register()
+class DARTS(SearchStrategy):
+    """DARTS, first-order architecture gradient"""
+
+    name = "darts"
+
+
+@STRATEGIES.register()
+class DARTSSecondOrder(DARTS):
+    """DARTS, second-order (unrolled) architecture gradient"""
+
+    name = "darts2"
+    unrolled = True
+
+
+@STRATEGIES.register()
+class PCDARTS(SearchStrategy):
+    """PC-DARTS: partial channels + edge normalisation, first order, arch warm-up"""
+
+    name = "pcdarts"
+    # PC-DARTS train_search defaults: a larger batch and learning rates, and no architecture updates during
+    # the first 15 epochs.
+    defaults = MappingProxyType(dict(batch_size=256, learning_rate=0.1, arch_learning_rate=6e-4,
+                                     arch_begin_epoch=15))
+
+    @classmethod
+    def networks(cls):
+        from proxynas_fast import darts  # deferred like SearchStrategy.networks (torch), not a cycle
+
+        return darts.PCNetwork, darts.PCNetworkImageNetSearch
 
 
 def list_strategies() -> List[str]:
-    return list(_STRATEGIES)
+    """The strategy names, in registration order."""
+    return STRATEGIES.names()
 
 
-def get_strategy(name: str) -> SearchStrategy:
-    try:
-        return _STRATEGIES[str(name).lower()]
-    except KeyError:
-        raise SearchError(f"unknown search strategy {name!r}; choose one of {', '.join(_STRATEGIES)}") from None
+def get_strategy(name: str) -> Type[SearchStrategy]:
+    """The strategy class registered under `name` (any case); an unknown name raises SearchError."""
+    return STRATEGIES.get(name)
