@@ -39,7 +39,7 @@ from proxynas_fast.ops.mixed_node import (channel_affine_combine, channel_dot_su
 from proxynas_fast.ops.pool2d import pool2d, pool2d_backward
 
 from .genotypes import PRIMITIVES
-from .operations import DilConv, FactorizedReduce, Identity, SepConv, Zero
+from .operations import DilConv, FactorizedReduce, Identity, SepConv, Zero, channel_shuffle
 
 Tensor = torch.Tensor
 
@@ -486,8 +486,6 @@ def _pc_combine(cell, mixed_sum: Tensor, inputs: Sequence[Tensor], edges: Sequen
             part = mixed.mp(part)
         term = edge_weights[e] * part
         bypass = term if bypass is None else bypass + term
-    from .pcdarts import channel_shuffle
-
     return channel_shuffle(torch.cat([mixed_sum, bypass.to(mixed_sum.dtype)], dim=1), k)
 
 

@@ -22,6 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from proxynas_fast import extension
+
+from . import fused
 from .genotypes import PRIMITIVES, Genotype
 from .operations import OPS, FactorizedReduce, ReLUConvBN
 from .rng_replay import construction_draws, replay_construction_draws
@@ -32,8 +35,6 @@ _NONE_INDEX = PRIMITIVES.index("none")
 
 def default_backend() -> str:
     """'fused' when the compiled kernels are present (the fused cell then runs them), else 'reference'."""
-    from proxynas_fast import extension
-
     return "fused" if extension.has_cpu_kernels() else "reference"
 
 
@@ -47,16 +48,8 @@ def check_backend(backend: str) -> str:
 
 
 def load_fused_backend():
-    """Import `proxynas_fast.darts.fused`, turning its absence into an error that says what is missing."""
-    try:
-        from proxynas_fast.darts import fused
-    except ModuleNotFoundError as e:
-        if e.name == "proxynas_fast.darts.fused":
-            raise RuntimeError(
-                "backend='fused' needs the module proxynas_fast.darts.fused, which is not available; "
-                "use backend='reference' or install the fused kernels"
-            ) from e
-        raise
+    """The fused cell module `proxynas_fast.darts.fused` (imported with this module; it needs only torch and
+    `proxynas_fast.ops`, whose pure-PyTorch references stand in for missing kernels)."""
     return fused
 
 
@@ -112,7 +105,7 @@ class Cell(nn.Module):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.backend == "fused":
-            return load_fused_backend().cell_forward(self, s0, s1, weights)
+            return fused.cell_forward(self, s0, s1, weights)
         return self.reference_forward(s0, s1, weights)
 
     def reference_forward(self, s0, s1, weights):

@@ -77,6 +77,14 @@ class Zero(nn.Module):
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave `groups` equal channel groups: channel g*n + i moves to position i*groups + g (PC-DARTS)."""
+    batch, channels, height, width = x.shape
+    return (x.reshape(batch, groups, channels // groups, height, width)
+             .transpose(1, 2)
+             .reshape(batch, channels, height, width))
+
+
 class FactorizedReduce(nn.Module):
     """Halves the resolution with two stride-2 1x1 convs on offset grids, concatenated on channels."""
 

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from .architect import SearchHyperparameters
 from .genotypes import PRIMITIVES
-from .model_search import Cell, Network, load_fused_backend, num_edges
-from .operations import OPS
+from . import fused
+from .model_search import Cell, Network, num_edges
+from .operations import OPS, channel_shuffle  # channel_shuffle: re-exported (public name of this module)
 
 PCDARTS_CIFAR_K = 4
 PCDARTS_IMAGENET_K = 2
@@ -46,14 +47,6 @@ PCDARTS_IMAGENET_SEARCH = SearchHyperparameters(
     init_channels=16, layers=8, grad_clip=5.0, arch_learning_rate=6e-3, arch_weight_decay=1e-3,
     arch_begin_epoch=35, warmup_epochs=5, train_portion=0.8,
 )
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Interleave `groups` equal channel groups: channel g*n + i moves to position i*groups + g."""
-    batch, channels, height, width = x.shape
-    return (x.reshape(batch, groups, channels // groups, height, width)
-             .transpose(1, 2)
-             .reshape(batch, channels, height, width))
 
 
 def edge_normalization(betas: torch.Tensor, steps: int) -> torch.Tensor:
@@ -101,7 +94,7 @@ class PCCell(Cell):
 
     def forward(self, s0, s1, weights, edge_weights):
         if self.backend == "fused":
-            return load_fused_backend().pc_cell_forward(self, s0, s1, weights, edge_weights)
+            return fused.pc_cell_forward(self, s0, s1, weights, edge_weights)
         return self.reference_forward(s0, s1, weights, edge_weights)
 
     def reference_forward(self, s0, s1, weights, edge_weights):
