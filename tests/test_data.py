@@ -109,7 +109,7 @@ def test_missing_and_unknown(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="ImageNet folder layout"):
         load_dataset("imagenet", tmp_path)
     # No network here: the download attempt fails and the error says what to put where.
-    monkeypatch.setattr("proxynas_fast.data.registry._download",
+    monkeypatch.setattr("proxynas_fast.data.datasets._download",
                         lambda key, d: (_ for _ in ()).throw(OSError("network unreachable")))
     with pytest.raises(DatasetError, match="download failed: network unreachable.*cifar-10-batches-py"):
         load_dataset("cifar10", tmp_path)
