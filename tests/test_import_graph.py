@@ -175,24 +175,32 @@ def collect_edges(root: Path, package: str) -> List[Edge]:
     return edges
 
 
-def strongly_connected(edges: List[Edge]) -> List[Set[str]]:
-    """Tarjan's algorithm (iterative); only components that hold a cycle (more than one module)."""
+def adjacency(edges: List[Edge]) -> Dict[str, List[str]]:
     graph: Dict[str, List[str]] = {}
     for edge in edges:
         graph.setdefault(edge.source, []).append(edge.target)
         graph.setdefault(edge.target, [])
+    return graph
+
+
+def strongly_connected(edges: List[Edge]) -> List[Set[str]]:
+    """Tarjan's algorithm (iterative); only components that hold a cycle (more than one module)."""
+    graph = adjacency(edges)
     index: Dict[str, int] = {}
     low: Dict[str, int] = {}
     stack: List[str] = []
-    on_stack: Set[str] = set()
     components: List[Set[str]] = []
+
+    def enter(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        work.append((node, iter(graph[node])))
+
     for start in sorted(graph):
         if start in index:
             continue
-        work = [(start, iter(graph[start]))]
-        index[start] = low[start] = len(index)
-        stack.append(start)
-        on_stack.add(start)
+        work: List[tuple] = []
+        enter(start)
         while work:
             node, successors = work[-1]
             successor = next(successors, None)
@@ -200,22 +208,13 @@ def strongly_connected(edges: List[Edge]) -> List[Set[str]]:
                 work.pop()
                 if work:
                     low[work[-1][0]] = min(low[work[-1][0]], low[node])
-                if low[node] == index[node]:
-                    component = set()
-                    while True:
-                        member = stack.pop()
-                        on_stack.discard(member)
-                        component.add(member)
-                        if member == node:
-                            break
-                    if len(component) > 1:
-                        components.append(component)
+                if low[node] == index[node]:  # node is the root of a component: pop it off the stack
+                    component = set(stack[stack.index(node):])
+                    del stack[stack.index(node):]
+                    components += [component] if len(component) > 1 else []
             elif successor not in index:
-                index[successor] = low[successor] = len(index)
-                stack.append(successor)
-                on_stack.add(successor)
-                work.append((successor, iter(graph[successor])))
-            elif successor in on_stack:
+                enter(successor)
+            elif successor in stack:
                 low[node] = min(low[node], index[successor])
     return components
 
