@@ -16,6 +16,7 @@ from proxynas_fast.loaders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageFileError,
+    ImageNetLoaderOptions,
     build_imagenet_loader,
     dali_available,
     select_files,
@@ -311,3 +312,34 @@ def test_pil_worker_failure_is_one_line_naming_the_file(folder_with_bad_files):
     message = str(raised.value)
     assert message.startswith(f"cannot decode image file {truncated}: ") and "\n" not in message, message
     assert raised.value.path == truncated
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_epoch_order_and_sharding_are_pinned(imagenet, proxy, backend, drop_last):
+    """The exact files each of 3 ranks reads in one (seed, epoch): a change to the shared epoch rules
+    (`sharding.ShardedEpochs`: permutation, wrap-around padding, drop_last cut, rank r taking r, r + 3, ...)
+    or to how a backend follows them fails here.  test_loaders_resident pins the same global order."""
+    files, _ = select_files(imagenet.files, imagenet.labels, proxy[:11])
+    pinned = [[2, 5, 7], [1, 0, 3], [10, 6, 8]] if drop_last else [[2, 5, 7, 4], [1, 0, 3, 9], [10, 6, 8, 2]]
+    for rank in range(3):
+        loader = build_imagenet_loader(files, range(11), 2, backend=backend, seed=5, rank=rank, world_size=3,
+                                       drop_last=drop_last, image_size=SMALL, num_threads=1, check_files="none")
+        loader.set_epoch(2)
+        assert loader.rank_files() == [files[i] for i in pinned[rank]]
+        assert collect(loader)[1].tolist() == (pinned[rank][:2] if drop_last else pinned[rank])
+        assert loader.state_dict() == {"epoch": 2, "seed": 5, "world_size": 3, "num_files": 11}
+
+
+def test_options_dataclass_equals_the_keyword_call(imagenet, proxy):
+    """The keyword call builds `ImageNetLoaderOptions`; the loader classes take the options directly."""
+    files, labels = select_files(imagenet.files, imagenet.labels, proxy[:6])
+    loader = build_imagenet_loader(files, labels, 4, backend="pil", seed=2, image_size=SMALL, num_threads=0)
+    assert loader.options == ImageNetLoaderOptions(batch_size=4, seed=2, image_size=SMALL, num_threads=0)
+    direct = imagenet_pil.PilImageNetLoader(files, labels, loader.options)
+    first, second = collect(loader), collect(direct)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    with pytest.raises(ValueError, match="check_files"):
+        ImageNetLoaderOptions(batch_size=4, check_files="full")
+    with pytest.raises(TypeError, match="num_workers"):
+        build_imagenet_loader(files, labels, 4, num_workers=2)

@@ -242,3 +242,25 @@ def test_cuda_batches_equal_cpu_batches(cifar_slice):
     assert gpu[0].is_cuda and gpu[1].is_cuda
     torch.testing.assert_close(gpu[0].cpu(), cpu[0], atol=1e-5, rtol=0)
     assert torch.equal(gpu[1].cpu(), cpu[1])
+
+
+def test_epoch_order_and_draws_are_pinned(cifar_slice):
+    """The exact order and augmentation draws of one (seed, epoch, world_size): a change to the shared epoch
+    rules (`sharding.ShardedEpochs`, DistributedSampler padding) or to the order in which the (seed, epoch)
+    generator is drawn (permutation first, then the augmentation) fails here.  test_loaders_imagenet pins the
+    same global order [2, 1, 10, 5, 0, 6, 7, 3, 8, 4, 9, 2] for its loaders."""
+    images, labels, _ = cifar_slice
+    plans = []
+    for rank in range(3):
+        loader = ResidentLoader(images[:11], labels[:11], 2, mean=MEAN, std=STD, pad=2, cutout=4, seed=5, rank=rank,
+                                world_size=3)
+        loader.set_epoch(2)
+        plans.append(loader.epoch_plan())
+    assert [plan.order.tolist() for plan in plans] == [[2, 5, 7, 4], [1, 0, 3, 9], [10, 6, 8, 2]]
+    assert [plan.params.offset_y.tolist() for plan in plans] == [[4, 4, 2, 2], [4, 1, 4, 0], [3, 4, 3, 2]]
+    assert [plan.params.offset_x.tolist() for plan in plans] == [[0, 4, 1, 2], [1, 1, 3, 0], [0, 0, 4, 3]]
+    assert [plan.params.flip.int().tolist() for plan in plans] == [[0, 0, 1, 0], [0, 1, 1, 1], [0, 0, 1, 0]]
+    assert [plan.params.cutout_y.tolist() for plan in plans] == [[13, 17, 16, 25], [16, 12, 28, 29], [5, 0, 31, 28]]
+    assert [plan.params.cutout_x.tolist() for plan in plans] == [[1, 28, 19, 4], [9, 31, 23, 7], [25, 2, 13, 1]]
+    assert len(loader) == 2 and loader.global_order().tolist() == [2, 1, 10, 5, 0, 6, 7, 3, 8, 4, 9, 2]
+    assert loader.state_dict() == {"epoch": 2, "seed": 5, "world_size": 3, "num_examples": 11}

@@ -2,12 +2,16 @@
 
 * `ResidentLoader` - CIFAR/SVHN (proxy) sets kept on the device as uint8, augmented in batches there.
 * `build_imagenet_loader` - ImageNet (proxy) file lists through DALI (nvJPEG on GPU, or DALI's CPU
-  decoder), or a PIL + torch DataLoader fallback with the same transforms.
+  decoder), or a PIL + torch DataLoader fallback with the same transforms; its keyword arguments are the
+  fields of `ImageNetLoaderOptions`.
+
+Both share the seeded, DDP-sharded, resumable epoch order of `sharding.ShardedEpochs`.
 """
 from proxynas_fast.loaders.imagenet import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageFileError,
+    ImageNetLoaderOptions,
     build_imagenet_loader,
     check_image_files,
     dali_available,
@@ -20,6 +24,7 @@ __all__ = [
     "IMAGENET_STD",
     "EpochPlan",
     "ImageFileError",
+    "ImageNetLoaderOptions",
     "ResidentLoader",
     "build_imagenet_loader",
     "check_image_files",

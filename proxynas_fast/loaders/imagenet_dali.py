@@ -19,27 +19,23 @@ from __future__ import annotations
 import re
 
 import torch
-from nvidia.dali import fn, types
-from nvidia.dali.pipeline import Pipeline
-from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from proxynas_fast.loaders.imagenet import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageFileError,
-    ImageNetLoader,
-    check_image_files,
-    describe_bad_files,
-)
-from proxynas_fast.loaders.imagenet_pil import CROP_AREA, CROP_RATIO, JITTER
+from proxynas_fast.loaders.imagenet_base import (CROP_AREA, CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, JITTER,
+                                                 ImageFileError, ImageNetLoader, ImageNetLoaderOptions,
+                                                 check_image_files, describe_bad_files)
 from proxynas_fast.loaders.sharding import derived_seed, take_rank
 
 READER_NAME = "Reader"
 
 
 def build_pipeline(files, labels, *, train: bool, batch_size: int, num_threads: int, device_id, seed: int,
-                   image_size: int, resize_size: int, shard_id: int, num_shards: int) -> Pipeline:
+                   image_size: int, resize_size: int, shard_id: int, num_shards: int):
     """The DALI pipeline of one epoch: (image float CHW normalised, label int32)."""
+    # DALI is optional and takes seconds to import: imported on first use (not to break an import cycle), so
+    # that `import proxynas_fast.loaders` works without it and stays fast.
+    from nvidia.dali import fn, types
+    from nvidia.dali.pipeline import Pipeline
+
     pipe = Pipeline(batch_size=batch_size, num_threads=max(1, num_threads), device_id=device_id, seed=seed)
     decoder_device = "cpu" if device_id is None else "mixed"
     with pipe:
@@ -85,8 +81,8 @@ def find_bad_files(files, message: str, num_threads: int) -> list[tuple[str, str
 class DaliImageNetLoader(ImageNetLoader):
     backend = "dali"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, files, labels, options: ImageNetLoaderOptions):
+        super().__init__(files, labels, options)
         if self.device.type == "cuda":
             self.device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
         else:
@@ -94,11 +90,14 @@ class DaliImageNetLoader(ImageNetLoader):
         self.reader_files: list[str] = []  # what the last epoch's reader was given (all shards)
 
     def _iterate(self, epoch: int):
+        # Optional, slow to import DALI: on first use (see build_pipeline), not to break an import cycle.
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
         order = self.global_order(epoch)
         # Shard r of DALI's contiguous split must be exactly take_rank(order, r).
         arranged = torch.cat([take_rank(order, r, self.world_size) for r in range(self.world_size)]).tolist()
         self.reader_files = [self.files[i] for i in arranged]
-        my_files = [self.files[i] for i in take_rank(order, self.rank, self.world_size).tolist()]
+        my_files = [self.files[i] for i in self.rank_share(order).tolist()]
         seed = derived_seed(self.seed, epoch, self.rank)
         pipe = build_pipeline(
             self.reader_files, [self.labels[i] for i in arranged], train=self.train, batch_size=self.batch_size,

@@ -19,14 +19,10 @@ from PIL import Image, ImageEnhance
 from torch.utils.data import DataLoader, Dataset
 
 from proxynas_fast.loaders.augment import normalization_constants, normalize
-from proxynas_fast.loaders.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageFileError, ImageNetLoader
-from proxynas_fast.loaders.sharding import take_rank
+from proxynas_fast.loaders.imagenet_base import (CROP_AREA, CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, JITTER,
+                                                 ImageFileError, ImageNetLoader, ImageNetLoaderOptions)
 
 logger = logging.getLogger("proxynas_fast.loaders")
-
-CROP_AREA = (0.08, 1.0)
-CROP_RATIO = (3 / 4, 4 / 3)
-JITTER = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.2}
 
 
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
@@ -165,12 +161,12 @@ def _collate_readable(items):
 class PilImageNetLoader(ImageNetLoader):
     backend = "pil"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, files, labels, options: ImageNetLoaderOptions):
+        super().__init__(files, labels, options)
         self._scale, self._shift = normalization_constants(IMAGENET_MEAN, IMAGENET_STD, self.device)
 
     def _iterate(self, epoch: int):
-        positions = take_rank(self.global_order(epoch), self.rank, self.world_size).tolist()
+        positions = self.rank_positions(epoch)
         dataset = _EpochFiles(
             [self.files[i] for i in positions], [self.labels[i] for i in positions], train=self.train,
             image_size=self.image_size, resize_size=self.resize_size, seed=self.seed, epoch=epoch,

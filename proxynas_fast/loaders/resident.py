@@ -34,14 +34,7 @@ from proxynas_fast.loaders.augment import (
     normalization_constants,
     normalize,
 )
-from proxynas_fast.loaders.sharding import (
-    check_shard_args,
-    epoch_generator,
-    examples_per_rank,
-    global_epoch_order,
-    num_batches,
-    take_rank,
-)
+from proxynas_fast.loaders.sharding import ShardedEpochs
 
 
 @dataclass
@@ -54,7 +47,7 @@ class EpochPlan:
     params: AugmentParams
 
 
-class ResidentLoader:
+class ResidentLoader(ShardedEpochs):
     """Iterates (x, y) batches of a device-resident uint8 image set with batched augmentation.
 
     images: numpy array or tensor, uint8 [N, H, W, C] (HWC, as `ArrayDataset.images`); labels: [N] ints.
@@ -86,30 +79,32 @@ class ResidentLoader:
         dtype: torch.dtype = torch.float32,
         memory_format: torch.memory_format = torch.contiguous_format,
     ):
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.train = bool(train)
+        self._init_epochs(batch_size=batch_size, shuffle=self.train if shuffle is None else shuffle,
+                          drop_last=drop_last, seed=seed, rank=rank, world_size=world_size)
+        self._set_augmentation(pad=pad, flip=flip, cutout=cutout, dtype=dtype, memory_format=memory_format)
+        self.device = torch.device(device)
+        images_t, labels_t = self._select_examples(images, labels, indices)
+        self._store_on_device(images_t, labels_t, mean, std)
+
+    def _set_augmentation(self, *, pad: int, flip: bool, cutout: int, dtype: torch.dtype,
+                          memory_format: torch.memory_format) -> None:
+        """Checks and keeps the batch format and the augmentation (none in eval mode)."""
         if pad < 0 or cutout < 0:
             raise ValueError(f"pad and cutout must be >= 0, got pad={pad}, cutout={cutout}")
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point type, got {dtype}")
         if memory_format not in (torch.contiguous_format, torch.channels_last):
             raise ValueError(f"memory_format must be contiguous_format or channels_last, got {memory_format}")
-        check_shard_args(rank, world_size)
-        self.device = torch.device(device)
-        self.batch_size = int(batch_size)
-        self.train = bool(train)
         self.pad = int(pad) if self.train else 0
         self.flip = bool(flip) and self.train
         self.cutout = int(cutout) if self.train else 0
-        self.shuffle = self.train if shuffle is None else bool(shuffle)
-        self.drop_last = bool(drop_last)
-        self.seed = int(seed)
-        self.rank = int(rank)
-        self.world_size = int(world_size)
         self.dtype = dtype
         self.memory_format = memory_format
-        self.epoch = 0
 
+    def _select_examples(self, images, labels, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """The checked images (uint8 NHWC, on the CPU) and labels of the `indices` subset (all by default);
+        sets `indices`, `num_examples` and the image size."""
         images_t = _as_uint8_nhwc(images)
         labels_t = _as_labels(labels, images_t.shape[0])
         if indices is None:
@@ -121,11 +116,15 @@ class ResidentLoader:
         if images_t.shape[0] == 0:
             raise ValueError("ResidentLoader got an empty image set")
         self.num_examples = images_t.shape[0]
-        self.image_height, self.image_width, channels = images_t.shape[1:]
+        self.image_height, self.image_width = images_t.shape[1:3]
+        return images_t, labels_t
+
+    def _store_on_device(self, images_t: torch.Tensor, labels_t: torch.Tensor, mean, std) -> None:
+        """One upload of the raw bytes, then NHWC -> NCHW (and the zero padding of train mode) on the device;
+        the normalisation constants there too."""
+        channels = images_t.shape[3]
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"mean and std need {channels} values, got mean={mean}, std={std}")
-
-        # NHWC -> NCHW (and zero padding) on the device: one upload of the raw bytes.
         stored = images_t.to(self.device).permute(0, 3, 1, 2)
         if self.pad:
             stored = F.pad(stored, (self.pad,) * 4)
@@ -140,39 +139,13 @@ class ResidentLoader:
         kwargs.setdefault("std", dataset.std)
         return cls(dataset.images, dataset.labels, batch_size, **kwargs)
 
-    # ------------------------------------------------------------------ epoch bookkeeping
-    @property
-    def examples_per_rank(self) -> int:
-        return examples_per_rank(self.num_examples, self.world_size, self.drop_last)
-
-    def __len__(self) -> int:
-        return num_batches(self.examples_per_rank, self.batch_size, self.drop_last)
-
-    def set_epoch(self, epoch: int) -> None:
-        if int(epoch) < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = int(epoch)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "seed": self.seed, "world_size": self.world_size,
-                "num_examples": self.num_examples}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "world_size", "num_examples"):
-            if key in state and int(state[key]) != getattr(self, key):
-                raise ValueError(
-                    f"loader state has {key}={state[key]} but this loader has {key}={getattr(self, key)}: "
-                    "the resumed run would not reproduce the saved order")
-        self.set_epoch(int(state["epoch"]))
-
+    # ------------------------------------------------------------------ epoch plan
     def epoch_plan(self, epoch: int | None = None) -> EpochPlan:
         """This rank's order and augmentation draws for `epoch` (default: the current one), on CPU."""
-        generator = epoch_generator(self.seed, self.epoch if epoch is None else epoch)
-        order = global_epoch_order(self.num_examples, generator, shuffle=self.shuffle,
-                                   world_size=self.world_size, drop_last=self.drop_last)
+        order, generator = self.epoch_order_and_generator(epoch)
         params = draw_augment_params(order.numel(), generator, pad=self.pad, height=self.image_height,
                                      width=self.image_width, flip=self.flip)
-        order = take_rank(order, self.rank, self.world_size)
+        order = self.rank_share(order)
         params = params.slice(slice(self.rank, None, self.world_size))
         return EpochPlan(order=order, example_index=self.indices[order], params=params)
 
