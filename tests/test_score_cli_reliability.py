@@ -9,8 +9,8 @@ import torch
 from proxynas_fast import score, train_scorer
 from proxynas_fast.run_folder import hold_output
 from proxynas_fast.scoring import score_run, train_run
-from proxynas_fast.scoring.train import ScorerRecipe
-from proxynas_fast.scoring.train import train_scorer as train_scorer_api
+from proxynas_fast.scoring.scorer_training import ScorerRecipe
+from proxynas_fast.scoring.scorer_training import train_scorer as train_scorer_api
 from read_only import read_only_folder
 
 

@@ -8,7 +8,7 @@ from proxynas_fast import train_scorer as train_scorer_cli
 from proxynas_fast.data import dataset_info, load_dataset
 from proxynas_fast.entropy_file import read_entropy_file
 from proxynas_fast.scoring import load_scorer
-from proxynas_fast.scoring.train import ScorerRecipe, evaluate, train_scorer
+from proxynas_fast.scoring.scorer_training import ScorerRecipe, evaluate, train_scorer
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,17 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from ..atomic import atomic_torch_save
+from ..loaders import ResidentLoader
 from ..rng import capture_rng_state, restore_rng_state
 from ..selection.forgetting import ForgettingTracker
+from .entropy import _batches_from_arrays
 from .models import create_scorer
 
 
@@ -69,22 +71,43 @@ def load_progress(path, recipe: ScorerRecipe, map_location="cpu") -> dict:
     return ck
 
 
-def train_scorer(dataset, out_path, recipe: ScorerRecipe, *, mean, std, device="cpu", resume: bool = False,
-                 eval_dataset=None, log=print, stop_after_epoch: Optional[int] = None) -> nn.Module:
-    """Train `recipe.arch` on an ArrayDataset and write `{'state_dict', 'best_prec1', 'forgetting'}` to out_path.
+@dataclass
+class _ScorerRun:
+    """What one scorer training run carries from epoch to epoch."""
 
-    The checkpoint of the run in progress lives beside it as `<out_path>.progress`. `stop_after_epoch`
-    ends this call early (time-sliced jobs); a later call with resume=True carries on.
-    """
-    from ..loaders import ResidentLoader
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: Any
+    tracker: ForgettingTracker
+    start_epoch: int = 0
+    best: float = 0.0
 
-    check_recipe(recipe)
-    device = torch.device(device)
-    out_path = Path(out_path)
-    progress_path = progress_path_for(out_path)
-    torch.manual_seed(recipe.seed)
-    np.random.seed(recipe.seed)
-    random.seed(recipe.seed)
+    def progress_state(self, epoch_done: int, recipe: ScorerRecipe) -> dict:
+        """The `<out>.progress` checkpoint after `epoch_done` epochs (keys: PROGRESS_KEYS)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "forgetting": self.tracker.state_dict(),
+                "rng": capture_rng_state(), "epoch": epoch_done, "best_prec1": self.best, "recipe": asdict(recipe)}
+
+    def restore(self, ck: dict) -> None:
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.tracker.load_state_dict(ck["forgetting"])
+        restore_rng_state(ck["rng"])
+        self.start_epoch, self.best = ck["epoch"], ck["best_prec1"]
+
+
+def seed_scorer_run(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_scorer_run(dataset, recipe: ScorerRecipe, *, mean, std, device: torch.device) -> _ScorerRun:
+    """The seeded scorer, its SGD optimizer, the step schedule (milestones as fractions of the epochs), the
+    augmented resident loader and the forgetting tracker."""
+    seed_scorer_run(recipe.seed)
     model = create_scorer(recipe.arch, dataset.num_classes).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                           weight_decay=recipe.weight_decay)
@@ -92,54 +115,62 @@ def train_scorer(dataset, out_path, recipe: ScorerRecipe, *, mean, std, device="
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
     loader = ResidentLoader(dataset.images, dataset.labels, recipe.batch_size, device=device, train=True,
                             mean=mean, std=std, seed=recipe.seed)
-    tracker = ForgettingTracker(len(dataset))
-    start, best = 0, 0.0
+    return _ScorerRun(model, opt, sched, loader, ForgettingTracker(len(dataset)))
+
+
+def train_scorer_epoch(run: _ScorerRun, epoch: int, criterion: nn.Module, batch_size: int) -> float:
+    """One epoch of SGD; records forgetting events; returns the training accuracy in percent."""
+    run.model.train()
+    run.loader.set_epoch(epoch)
+    order = run.loader.epoch_plan().example_index
+    seen = correct = 0
+    for step, (x, y) in enumerate(run.loader):
+        logits = run.model(x)
+        loss = criterion(logits, y)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        hit = (logits.argmax(1) == y).cpu()
+        run.tracker.update(order[step * batch_size: step * batch_size + len(y)].numpy(), hit.numpy())
+        seen += len(y)
+        correct += int(hit.sum())
+    run.scheduler.step()
+    return 100.0 * correct / max(seen, 1)
+
+
+def train_scorer(dataset, out_path, recipe: ScorerRecipe, *, mean, std, device="cpu", resume: bool = False,
+                 eval_dataset=None, log=print, stop_after_epoch: Optional[int] = None) -> nn.Module:
+    """Train `recipe.arch` on an ArrayDataset and write `{'state_dict', 'best_prec1', 'forgetting'}` to out_path.
+
+    The checkpoint of the run in progress lives beside it as `<out_path>.progress`. `stop_after_epoch`
+    ends this call early (time-sliced jobs); a later call with resume=True carries on.
+    """
+    check_recipe(recipe)
+    device = torch.device(device)
+    out_path = Path(out_path)
+    progress_path = progress_path_for(out_path)
+    run = build_scorer_run(dataset, recipe, mean=mean, std=std, device=device)
     if resume and progress_path.exists():
-        ck = load_progress(progress_path, recipe, map_location=device)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        tracker.load_state_dict(ck["forgetting"])
-        restore_rng_state(ck["rng"])
-        start, best = ck["epoch"], ck["best_prec1"]
-        log(f"resumed {progress_path} at epoch {start}")
+        run.restore(load_progress(progress_path, recipe, map_location=device))
+        log(f"resumed {progress_path} at epoch {run.start_epoch}")
     criterion = nn.CrossEntropyLoss()
-    for epoch in range(start, recipe.epochs):
-        model.train()
-        loader.set_epoch(epoch)
-        order = loader.epoch_plan().example_index
-        seen = correct = 0
-        for step, (x, y) in enumerate(loader):
-            logits = model(x)
-            loss = criterion(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            hit = (logits.argmax(1) == y).cpu()
-            tracker.update(order[step * recipe.batch_size: step * recipe.batch_size + len(y)].numpy(), hit.numpy())
-            seen += len(y)
-            correct += int(hit.sum())
-        sched.step()
-        acc = 100.0 * correct / max(seen, 1)
+    for epoch in range(run.start_epoch, recipe.epochs):
+        acc = train_scorer_epoch(run, epoch, criterion, recipe.batch_size)
         if eval_dataset is not None:
-            acc = 100.0 * evaluate(model, eval_dataset, mean=mean, std=std, device=device)
-        best = max(best, acc)
-        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                           "forgetting": tracker.state_dict(), "rng": capture_rng_state(), "epoch": epoch + 1,
-                           "best_prec1": best, "recipe": asdict(recipe)}, progress_path)
+            acc = 100.0 * evaluate(run.model, eval_dataset, mean=mean, std=std, device=device)
+        run.best = max(run.best, acc)
+        atomic_torch_save(run.progress_state(epoch + 1, recipe), progress_path)
         log(f"epoch {epoch + 1}/{recipe.epochs}: {'test' if eval_dataset is not None else 'train'} acc {acc:.2f}%")
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < recipe.epochs:
-            return model
-    atomic_torch_save({"state_dict": model.state_dict(), "best_prec1": best, "arch": recipe.arch,
-                       "forgetting": tracker.counts()}, out_path)
-    return model
+            return run.model
+    atomic_torch_save({"state_dict": run.model.state_dict(), "best_prec1": run.best, "arch": recipe.arch,
+                       "forgetting": run.tracker.counts()}, out_path)
+    return run.model
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, *, mean, std, device="cpu", batch_size: int = 500) -> float:
     """Top-1 accuracy of `model` on an ArrayDataset (no augmentation)."""
-    from .entropy import _batches_from_arrays
-
     model.eval()
     correct = 0
     labels = torch.as_tensor(dataset.labels)

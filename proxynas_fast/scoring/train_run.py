@@ -9,7 +9,7 @@ import torch
 
 from ..data import dataset_info, load_dataset
 from .models import list_scorers
-from .train import ScorerRecipe, check_recipe, load_progress, progress_path_for, train_scorer
+from .scorer_training import ScorerRecipe, check_recipe, load_progress, progress_path_for, train_scorer
 
 
 def train_scorer_to_file(args: argparse.Namespace, out: Path) -> None:
