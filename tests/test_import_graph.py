@@ -172,7 +172,7 @@ def collect_edges(root: Path, package: str) -> List[Edge]:
         collector = ImportCollector(module, path, root, modules, package)
         collector.visit(ast.parse(path.read_text(), filename=str(path)))
         edges.extend(collector.edges)
-    return edges
+    return list(dict.fromkeys(edges))  # `from m import a, b` is one edge per statement, not one per name
 
 
 def adjacency(edges: List[Edge]) -> Dict[str, List[str]]:
