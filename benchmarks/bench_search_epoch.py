@@ -2,8 +2,11 @@
 
 Run (the real measurement, a full epoch of each arm; the paper's loop takes ~20 min on a busy 2-core machine):
 
-    OMP_NUM_THREADS=2 .venv/bin/python -m pytest benchmarks/bench_search_epoch.py -o addopts="" --benchmark-only \
-        -s --benchmark-json benchmarks/results/cpu_search_epoch_DATE.json
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m pytest benchmarks/bench_search_epoch.py \
+        -o addopts="" --benchmark-only -s --benchmark-json benchmarks/results/cpu_search_epoch_DATE.json
+
+Quick check of the code (2 training steps and 2 validation batches per arm, a few minutes on a quiet machine):
+PROXYNAS_BENCH_EPOCH_STEPS=2 OMP_NUM_THREADS=1 and the same command.
 
 The proxy: p1 selection (portion 0.1, seed 0) of the CIFAR-10 JPEGs by the ResNet-20 entropies, split into its
 weight and architecture halves by `split_proxy` (seed 0), as `proxynas_fast.search` does; the test checks that the
@@ -158,9 +161,10 @@ def test_search_epoch(benchmark, arm, proxy, tmp_path_factory):
     benchmark.pedantic(one_epoch, setup=fresh_folder, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     load_after = os.getloadavg()
     median = {k: float(np.median([r["seconds"][k] for r in rounds])) for k in ("epoch", "total")}
-    info = dict(rounds[-1], arm=arm, median=median, threads=torch.get_num_threads(), load_before=load_before,
-                load_after=load_after, portion=PORTION, steps_cap=STEPS, proxy=dict(
-                    selected=len(proxy.selected), weights=len(proxy.weights), arch=len(proxy.arch)))
+    info = dict(rounds[-1], arm=arm, median=median, threads=torch.get_num_threads(),
+                omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), load_before=load_before, load_after=load_after,
+                portion=PORTION, steps_cap=STEPS,
+                proxy=dict(selected=len(proxy.selected), weights=len(proxy.weights), arch=len(proxy.arch)))
     benchmark.extra_info.update(info)
     _results[arm] = info
     print(f"\n{arm}: epoch {median['epoch']:.1f}s, total {median['total']:.1f}s, phases "
