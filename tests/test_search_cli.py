@@ -27,6 +27,24 @@ def run_cli(*args, timeout=300):
                           capture_output=True, text=True, timeout=timeout, env=CHILD_ENV)
 
 
+def check_time_split(end: dict, epochs: list, stdout: str) -> None:
+    """The end record's time split (issue 18): data, search steps, validation and outputs, each >= 0, adding up
+    to at most the wall time; the steps and validation are the epochs' own timings; one line on stdout."""
+    split = end["time_split"]
+    parts = [split[k] for k in ("data", "search_steps", "validation", "outputs")]
+    assert all(p >= 0 for p in parts) and split["other"] >= 0, split
+    assert sum(parts) + split["other"] <= split["wall"], split
+    assert abs(end["seconds"] - split["wall"]) < 1e-3  # the old key, the same wall time
+    assert split["data"] > 0 and split["outputs"] > 0, split  # the images were decoded, the files written
+    for part, key in (("search_steps", "train_seconds"), ("validation", "val_seconds")):
+        assert abs(split[part] - sum(r[key] for r in epochs)) < 0.01, (part, split)
+    assert set(split["data_detail"]) == {"load", "score", "select", "loaders"}
+    assert {"checkpoints", "genotype", "graphs"} <= set(split["outputs_detail"])
+    assert sum(split["outputs_detail"].values()) <= split["outputs"] + 1e-3
+    line = [t for t in stdout.splitlines() if t.startswith("time split: ")]
+    assert len(line) == 1 and " + search steps " in line[0] and " + validation " in line[0], stdout[-2000:]
+
+
 def test_cifar10_search_writes_a_valid_genotype(cifar10_jpeg_dir, reference_entropy_dir, tmp_path):
     entropy_file = reference_entropy_dir / "cifar10_resnet20_index_entropy_class.txt"
     out = tmp_path / "run"
@@ -55,6 +73,7 @@ def test_cifar10_search_writes_a_valid_genotype(cifar10_jpeg_dir, reference_entr
             np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-9)
     assert epochs[0]["lr"] == 0.025 and epochs[1]["lr"] < epochs[0]["lr"]  # cosine schedule
     assert records[0]["proxy"] == {"selected": 128, "weights": 64, "arch": 64, "entropy_file": str(entropy_file)}
+    check_time_split(records[-1], epochs, proc.stdout)
 
     # alphas.pt: raw weights whose softmax is the logged one, and whose discretisation is the genotype.
     alphas = torch.load(out / "alphas.pt")

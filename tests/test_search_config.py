@@ -119,6 +119,29 @@ def test_default_backend_resolution(monkeypatch):
     assert Network(4, 10, 3, None).backend == "fused"
 
 
+@pytest.mark.parametrize("cuda_kernels", [False, True])
+def test_default_backend_follows_the_run_device(monkeypatch, tmp_path, cuda_kernels):
+    """Issue 16 item 6: a run on a GPU without the CUDA kernels gets the reference cells (the fused cell would
+    run its pure-PyTorch stand-ins there); the pipeline asks with the device the run uses."""
+    import torch
+
+    from proxynas_fast import extension
+    from proxynas_fast.search.distributed import DistContext
+    from proxynas_fast.search.pipeline import _start_run
+
+    monkeypatch.setattr(extension, "has_cpu_kernels", lambda: True)
+    monkeypatch.setattr(extension, "has_cuda_kernels", lambda: cuda_kernels)
+    fused_on_gpu = "fused" if cuda_kernels else "reference"
+    assert default_backend(torch.device("cpu")) == "fused"
+    assert default_backend(torch.device("cuda", 0)) == default_backend("cuda") == fused_on_gpu
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # _start_run sets it
+    config = SearchConfig(dataset="cifar10", out=str(tmp_path / "run"), selection="random", device="cuda")
+    gpu_run = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cuda", 0))
+    assert _start_run(config, gpu_run) == fused_on_gpu
+    config.backend = "fused"  # an explicit --backend wins
+    assert _start_run(config, gpu_run) == "fused"
+
+
 def test_cli_errors_before_reading_data(tmp_path, capsys):
     assert main(["--dataset", "imagenet21k", "--data-dir", str(tmp_path), "--selection", "random",
                  "--out", str(tmp_path / "o")]) == 2

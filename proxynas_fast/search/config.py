@@ -228,11 +228,17 @@ def resolve_config(overrides: Mapping[str, Any]) -> SearchConfig:
     return SearchConfig.from_dict(values).validate()
 
 
-def default_backend() -> str:
-    """'fused' when the compiled kernels are present, else 'reference' (one rule for the CLI and the models)."""
+def default_backend(device=None) -> str:
+    """The cell implementation a run on `device` uses when --backend is not given: 'fused' when the compiled
+    kernels for that device type exist, else 'reference' (on a GPU without CUDA kernels the fused cell would run
+    its pure-PyTorch references). `device=None`: the rule of `proxynas_fast.darts.model_search`."""
+    # Deferred: torch loads only when a run starts, so --help stays fast.
+    from proxynas_fast import extension
     from proxynas_fast.darts.model_search import default_backend as model_default
 
-    return model_default()
+    if device is None:
+        return model_default()
+    return "fused" if extension.has_kernels_for(device) else "reference"
 
 
 # ----- command line -----
@@ -264,15 +270,7 @@ def _parse_option(text: str) -> Tuple[str, Any]:
     return key.replace("-", "_"), _option_value(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    S = argparse.SUPPRESS  # unset flags stay out of the namespace, so presets and strategies can fill them
-    p = argparse.ArgumentParser(
-        prog="python -m proxynas_fast.search",
-        description="Select a proxy set by entropy and run a differentiable architecture search on it. "
-                    "Writes genotype.json, alphas.pt, cell drawings, the proxy index files, config.json and "
-                    "log.jsonl to --out. Run under torchrun for several processes.",
-        argument_default=S,
-    )
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help=f"one of {', '.join(DATASET_NAMES)}")
     g.add_argument("--data-dir", help="data folder (default: $PROXYNAS_DATA, else ./data)")
@@ -282,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cutout", type=int, help="cutout length for the search batches (default 0: off)")
     g.add_argument("--loader-backend", help="ImageNet decoding backend (auto, dali, pil, ...)")
 
+
+def _add_selection_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("proxy selection")
     g.add_argument("--proxy", metavar="DIR",
                    help="search on the proxy chosen by `python -m proxynas_fast.select --out DIR` (its proxy.txt, "
@@ -297,11 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE", help="extra option for the selection method (repeatable)")
     g.add_argument("--weight-fraction", type=float, help="share of the proxy set for the weights (0.5)")
 
+
+def _paper_default(key: str) -> str:
+    return f"default {PAPER_DEFAULTS[key]}"
+
+
+def _add_search_flags(p: argparse.ArgumentParser) -> None:
+    d = _paper_default
     g = p.add_argument_group("search", "defaults: the paper's (shown), then the strategy's, then the preset's")
-
-    def d(key):
-        return f"default {PAPER_DEFAULTS[key]}"
-
     g.add_argument("--strategy", help=f"one of {', '.join(list_strategies())} (default darts)")
     g.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default paper). {describe_presets()}")
     g.add_argument("--epochs", type=int, help=d("epochs"))
@@ -321,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layers", type=int, help=f"cells in the supernet, {d('layers')}")
     g.add_argument("--init-channels", type=int, help=d("init_channels"))
 
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", help="output folder")
     g.add_argument("--resume", action="store_true",
@@ -339,6 +344,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, help="steps between step records in log.jsonl (default 50)")
     g.add_argument("--threads", type=int, help="intra-op CPU threads (default: the cores not busy with other "
                                                "jobs, from the load average, or $OMP_NUM_THREADS if set)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m proxynas_fast.search",
+        description="Select a proxy set by entropy and run a differentiable architecture search on it. "
+                    "Writes genotype.json, alphas.pt, cell drawings, the proxy index files, config.json and "
+                    "log.jsonl to --out. Run under torchrun for several processes.",
+        # unset flags stay out of the namespace, so presets and strategies can fill them
+        argument_default=argparse.SUPPRESS,
+    )
+    _add_data_flags(p)
+    _add_selection_flags(p)
+    _add_search_flags(p)
+    _add_run_flags(p)
     p.add_argument("--list-strategies", action="store_true", help="list the search strategies and exit")
     return p
 

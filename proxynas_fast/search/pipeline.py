@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -35,6 +34,7 @@ from .run_ownership import own_search_output, protected_run, resume_differences
 from .proxy_dir import ProxyFolder, check_proxy_matches, read_proxy_dir, write_proxy_copy
 from .steps import SearchSteps
 from .strategies import get_strategy
+from .timing import PhaseTimes, describe_split
 
 # Fields that may change between a run and its resume without changing its result.
 RESUME_MAY_DIFFER = {"proxy",  # a resume reads the copy of the proxy files saved in --out
@@ -313,12 +313,17 @@ def _metrics(prefix: str, m: EpochMetrics) -> Dict[str, float]:
     return {f"{prefix}_loss": m.loss, f"{prefix}_acc": m.accuracy, f"{prefix}_seconds": round(m.seconds, 3)}
 
 
-def write_results(out_dir: Path, parts: SearchComponents, config: SearchConfig, epochs_done: int) -> Any:
-    genotype = parts.model.genotype()
-    outputs.write_genotype(out_dir, genotype, dataset=config.dataset, strategy=config.strategy,
-                           epochs_done=epochs_done, epochs=config.epochs, finished=epochs_done >= config.epochs)
-    outputs.save_alphas(out_dir, parts.model)
-    outputs.draw_genotype(out_dir, genotype, title_prefix=f"{config.strategy} on {config.dataset}: ")
+def write_results(out_dir: Path, parts: SearchComponents, config: SearchConfig, epochs_done: int,
+                  times: Optional[PhaseTimes] = None) -> Any:
+    """genotype.json and alphas.pt, then the cell drawings (timed as outputs `genotype` and `graphs`)."""
+    times = times or PhaseTimes()
+    with times.phase("outputs", "genotype"):
+        genotype = parts.model.genotype()
+        outputs.write_genotype(out_dir, genotype, dataset=config.dataset, strategy=config.strategy,
+                               epochs_done=epochs_done, epochs=config.epochs, finished=epochs_done >= config.epochs)
+        outputs.save_alphas(out_dir, parts.model)
+    with times.phase("outputs", "graphs"):
+        outputs.draw_genotype(out_dir, genotype, title_prefix=f"{config.strategy} on {config.dataset}: ")
     return genotype
 
 
@@ -337,129 +342,221 @@ def _say(ctx: DistContext, text: str) -> None:
         print(text, flush=True)
 
 
+def _split_from_proxy_folder(config: SearchConfig, dataset, out_dir: Path, ctx: DistContext,
+                             proxy: ProxyFolder) -> ProxySplit:
+    """The halves of --proxy DIR, checked against the data set; rank 0 keeps a copy in --out."""
+    check_proxy_matches(proxy, dataset.labels, config.dataset)
+    split = ProxySplit(proxy.selected, proxy.weights, proxy.arch, None)
+    check_batches_fit(config, split, ctx.world_size)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_proxy_copy(out_dir, proxy)
+    return split
+
+
+def entropy_source(config: SearchConfig, dataset, out_dir: Path, ctx: DistContext) -> Optional[Path]:
+    """The entropy file to select by: --entropy-file, else the training set scored with --scorer-checkpoint,
+    else None (random selection)."""
+    if config.entropy_file:
+        return Path(config.entropy_file)
+    if config.scorer_checkpoint:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return score_training_set(config, dataset, out_dir, ctx)
+    return None
+
+
+def _select_and_write(config: SearchConfig, dataset, out_dir: Path, ctx: DistContext,
+                      entropy_path: Optional[Path]) -> ProxySplit:
+    split, table = select_proxy(config, dataset, entropy_path)
+    check_batches_fit(config, split, ctx.world_size)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_proxy_files(out_dir, table, split.selected, fraction=config.weight_fraction, seed=config.seed)
+    return split
+
+
 def prepare_split(config: SearchConfig, dataset, out_dir: Path, ctx: DistContext, resuming: bool,
-                  proxy: Optional[ProxyFolder] = None) -> ProxySplit:
+                  proxy: Optional[ProxyFolder] = None, times: Optional[PhaseTimes] = None) -> ProxySplit:
     """The proxy halves: those saved in --out when resuming, else those of --proxy DIR (`proxy`, read and
-    checked), else entropies -> selection -> split (rank 0 writes the proxy files)."""
-    split = read_saved_split(out_dir) if resuming else None
-    if split is None and config.proxy and proxy is None:
-        proxy = read_proxy_dir(config.proxy)
-    if split is None and proxy is not None:
-        check_proxy_matches(proxy, dataset.labels, config.dataset)
-        split = ProxySplit(proxy.selected, proxy.weights, proxy.arch, None)
-        check_batches_fit(config, split, ctx.world_size)
-        if ctx.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_proxy_copy(out_dir, proxy)
+    checked), else entropies -> selection -> split (rank 0 writes the proxy files). Timed as data `score`
+    (scoring the training set) and `select` (the rest)."""
+    times = times or PhaseTimes()
+    with times.phase("data", "select"):
+        split = read_saved_split(out_dir) if resuming else None
+        if split is None and config.proxy and proxy is None:
+            proxy = read_proxy_dir(config.proxy)
+        if split is None and proxy is not None:
+            split = _split_from_proxy_folder(config, dataset, out_dir, ctx, proxy)
     if split is None:
-        if config.entropy_file:
-            entropy_path = Path(config.entropy_file)
-        elif config.scorer_checkpoint:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            entropy_path = score_training_set(config, dataset, out_dir, ctx)
-        else:
-            entropy_path = None
-        split, table = select_proxy(config, dataset, entropy_path)
-        check_batches_fit(config, split, ctx.world_size)
-        if ctx.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_proxy_files(out_dir, table, split.selected, fraction=config.weight_fraction, seed=config.seed)
+        with times.phase("data", "score"):
+            entropy_path = entropy_source(config, dataset, out_dir, ctx)
+        with times.phase("data", "select"):
+            split = _select_and_write(config, dataset, out_dir, ctx, entropy_path)
     check_batches_fit(config, split, ctx.world_size)
     return split
 
 
-def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
-    started = time.time()
-    out_dir = Path(config.out)
+@dataclass
+class _RunData:
+    """What the data phase of a run hands on: the training set, the proxy halves and, when resuming, the
+    checkpoint read (and checked) before any work."""
+
+    dataset: Any
+    split: ProxySplit
+    checkpoint_path: Optional[Path] = None
+    saved_state: Optional[Dict[str, Any]] = None
+
+
+def _start_run(config: SearchConfig, ctx: DistContext) -> str:
+    """Check --out (every rank, before rank 0 writes into it), set determinism; the backend the run uses."""
     check_out_dir(config)
-    barrier(ctx)  # every rank has looked at --out before rank 0 writes into it
-    device = ctx.device
-    configure_determinism(config.deterministic, device)
-    backend = config.backend or default_backend()
-    strategy = get_strategy(config.strategy)
+    barrier(ctx)
+    configure_determinism(config.deterministic, ctx.device)
+    return config.backend or default_backend(ctx.device)
 
-    existing = ckpt.find_checkpoint(out_dir) if config.resume else None
-    # --proxy is read and checked before the data set loads; a resume uses the copy saved in --out instead.
-    proxy = read_proxy_dir(config.proxy) if config.proxy and existing is None else None
-    dataset = load_train_set(config)
-    split = prepare_split(config, dataset, out_dir, ctx, resuming=existing is not None, proxy=proxy)
-    saved_state = None
+
+def _load_data(config: SearchConfig, out_dir: Path, ctx: DistContext, times: PhaseTimes) -> _RunData:
+    """Training set, proxy halves and the checkpoint to resume; rank 0 then writes config.json."""
+    with times.phase("data", "load"):
+        existing = ckpt.find_checkpoint(out_dir) if config.resume else None
+        # --proxy is read and checked before the data set loads; a resume uses the copy saved in --out instead.
+        proxy = read_proxy_dir(config.proxy) if config.proxy and existing is None else None
+        dataset = load_train_set(config)
+    split = prepare_split(config, dataset, out_dir, ctx, resuming=existing is not None, proxy=proxy, times=times)
+    data = _RunData(dataset, split, existing)
     if existing is not None:  # read and checked before any work: a bad checkpoint fails here
-        saved_state = ckpt.load_checkpoint(existing, map_location=device)
-        ckpt.check_same_proxy(saved_state, split.weights, split.arch, existing, out_dir)
+        with times.phase("data", "load"):
+            data.saved_state = ckpt.load_checkpoint(existing, map_location=ctx.device)
+        ckpt.check_same_proxy(data.saved_state, split.weights, split.arch, existing, out_dir)
     if ctx.is_main:
-        outputs.write_config(out_dir, config.to_dict())
+        with times.phase("outputs", "config"):
+            outputs.write_config(out_dir, config.to_dict())
         ckpt.remove_stale_temporaries(out_dir)
+    return data
 
-    seed_everything(config.seed)
-    loaders = build_loaders(config, dataset, split, rank=ctx.rank, world_size=ctx.world_size, device=device)
-    parts = build_components(config, dataset.num_classes, device, ctx, backend)
 
-    log = outputs.RunLog(out_dir / outputs.LOG_NAME, enabled=ctx.is_main)
-    start_epoch = 0
-    if existing is not None:
-        start_epoch = restore_state(saved_state, parts, loaders)
-        log.truncate_to_epoch(start_epoch)
-        log.write("resume", epochs_done=start_epoch)
-        _say(ctx, f"resuming {out_dir} after epoch {start_epoch}/{config.epochs}")
-    else:
-        if ctx.is_main:  # no checkpoint yet: a fresh start; what an earlier, failed start logged goes
-            log.path.unlink(missing_ok=True)
-        log.write("start", config=config.to_dict(), world_size=ctx.world_size, device=str(device), backend=backend,
-                  torch=torch.__version__, python=platform.python_version(),
-                  proxy={"selected": len(split.selected), "weights": len(split.weights), "arch": len(split.arch),
-                         "entropy_file": split.entropy_source, **({"folder": config.proxy} if config.proxy else {})},
-                  threads=torch.get_num_threads(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
-                  steps_per_epoch=min(len(loaders["weights"]), len(loaders["arch"])),
-                  loaders={k: getattr(v, "backend", type(v).__name__) for k, v in loaders.items()})
-        _say(ctx, f"search {config.strategy} on {len(split.selected)} {config.dataset} examples "
-                  f"({len(split.weights)} weights / {len(split.arch)} architecture), {ctx.world_size} process(es) "
-                  f"on {device}, backend {backend}, {config.epochs} epochs -> {out_dir}")
+def _log_start(config: SearchConfig, ctx: DistContext, log: outputs.RunLog, data: _RunData, loaders,
+               backend: str) -> None:
+    """A fresh start: what an earlier, failed start logged goes; the start record and line."""
+    split, out_dir = data.split, Path(config.out)
+    if ctx.is_main:
+        log.path.unlink(missing_ok=True)
+    log.write("start", config=config.to_dict(), world_size=ctx.world_size, device=str(ctx.device), backend=backend,
+              torch=torch.__version__, python=platform.python_version(),
+              proxy={"selected": len(split.selected), "weights": len(split.weights), "arch": len(split.arch),
+                     "entropy_file": split.entropy_source, **({"folder": config.proxy} if config.proxy else {})},
+              threads=torch.get_num_threads(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+              steps_per_epoch=min(len(loaders["weights"]), len(loaders["arch"])),
+              loaders={k: getattr(v, "backend", type(v).__name__) for k, v in loaders.items()})
+    _say(ctx, f"search {config.strategy} on {len(split.selected)} {config.dataset} examples "
+              f"({len(split.weights)} weights / {len(split.arch)} architecture), {ctx.world_size} process(es) "
+              f"on {ctx.device}, backend {backend}, {config.epochs} epochs -> {out_dir}")
 
-    steps_impl = None
-    if config.cuda_graphs:
-        if ctx.world_size > 1:
-            raise SearchError("--cuda-graphs: runs one process; under torchrun use the eager steps (DDP)")
-        steps_impl = SearchSteps(parts.model, parts.optimizer, parts.architect.optimizer, config.grad_clip,
-                                 cuda_graphs=True)
 
-    tb = outputs.TensorBoardLogger(out_dir / "tensorboard", config.tensorboard and ctx.is_main)
+def _begin_epochs(config: SearchConfig, ctx: DistContext, log: outputs.RunLog, data: _RunData, parts, loaders,
+                  backend: str) -> int:
+    """The first epoch to run: after the checkpoint's when resuming (state restored, log cut back), else 0."""
+    if data.saved_state is None:
+        _log_start(config, ctx, log, data, loaders, backend)
+        return 0
+    start_epoch = restore_state(data.saved_state, parts, loaders)
+    log.truncate_to_epoch(start_epoch)
+    log.write("resume", epochs_done=start_epoch)
+    _say(ctx, f"resuming {Path(config.out)} after epoch {start_epoch}/{config.epochs}")
+    return start_epoch
+
+
+def _search_steps(config: SearchConfig, ctx: DistContext, parts: SearchComponents) -> Optional[SearchSteps]:
+    """--cuda-graphs: both first-order steps replayed from CUDA graphs; None: the loop's eager steps."""
+    if not config.cuda_graphs:
+        return None
+    if ctx.world_size > 1:
+        raise SearchError("--cuda-graphs: runs one process; under torchrun use the eager steps (DDP)")
+    return SearchSteps(parts.model, parts.optimizer, parts.architect.optimizer, config.grad_clip, cuda_graphs=True)
+
+
+def _epoch_line(config: SearchConfig, record: Dict[str, Any]) -> str:
+    return (f"epoch {record['epoch']}/{config.epochs} lr {record['lr']:.5f} train loss {record['train_loss']:.4f} "
+            f"acc {record['train_acc']:.2f}% | val loss {record['val_loss']:.4f} acc {record['val_acc']:.2f}% "
+            f"({record['train_seconds'] + record['val_seconds']:.1f}s)"
+            f"{'' if record['arch_updates'] else ' [weights only]'}")
+
+
+def _save_epoch(config: SearchConfig, parts: SearchComponents, loaders, split: ProxySplit, record: Dict[str, Any],
+                log: outputs.RunLog, tb, times: PhaseTimes) -> None:
+    """Rank 0 after an epoch: the epoch record, the checkpoint, genotype.json, alphas.pt and the drawings."""
+    out_dir, epochs_done = Path(config.out), record["epoch"]
+    with times.phase("outputs", "log"):
+        log.write("epoch", **record)
+        tb.scalars(epochs_done, **{k: v for k, v in record.items() if k.startswith(("train_", "val_", "lr"))})
+    with times.phase("outputs", "checkpoints"):
+        ckpt.save_checkpoint(out_dir / ckpt.CHECKPOINT_NAME, dict(
+            checkpoint_state(parts, loaders, epochs_done, config),
+            proxy=ckpt.proxy_fingerprint(split.weights, split.arch)))
+    write_results(out_dir, parts, config, epochs_done, times)
+
+
+def _run_epochs(config: SearchConfig, ctx: DistContext, parts: SearchComponents, loaders, split: ProxySplit,
+                log: outputs.RunLog, start_epoch: int, times: PhaseTimes) -> list:
+    """The epochs from `start_epoch` on; the per-epoch records."""
+    strategy = get_strategy(config.strategy)
+    steps_impl = _search_steps(config, ctx, parts)
+    tb = outputs.TensorBoardLogger(Path(config.out) / "tensorboard", config.tensorboard and ctx.is_main)
     # A bar on a terminal, progress lines when stderr is redirected; none with --no-progress (or off rank 0).
     progress = config.progress is not False and ctx.is_main
     history = []
     for epoch in range(start_epoch, config.epochs):
-        record = search_epoch(epoch, config, strategy, parts, loaders, ctx, log, progress, steps_impl)
+        record = search_epoch(epoch, config, strategy, parts, loaders, ctx, log, progress, steps_impl, times)
         history.append(record)
         if ctx.is_main:
-            log.write("epoch", **record)
-            tb.scalars(epoch + 1, **{k: v for k, v in record.items() if k.startswith(("train_", "val_", "lr"))})
-            ckpt.save_checkpoint(out_dir / ckpt.CHECKPOINT_NAME, dict(
-                checkpoint_state(parts, loaders, epoch + 1, config),
-                proxy=ckpt.proxy_fingerprint(split.weights, split.arch)))
-            write_results(out_dir, parts, config, epoch + 1)
-        _say(ctx, f"epoch {epoch + 1}/{config.epochs} lr {record['lr']:.5f} train loss {record['train_loss']:.4f} "
-                  f"acc {record['train_acc']:.2f}% | val loss {record['val_loss']:.4f} acc {record['val_acc']:.2f}% "
-                  f"({record['train_seconds'] + record['val_seconds']:.1f}s)"
-                  f"{'' if record['arch_updates'] else ' [weights only]'}")
+            _save_epoch(config, parts, loaders, split, record, log, tb, times)
+        _say(ctx, _epoch_line(config, record))
         barrier(ctx)
+    tb.close()
+    return history
 
+
+def _finish(config: SearchConfig, ctx: DistContext, parts: SearchComponents, log: outputs.RunLog,
+            start_epoch: int, times: PhaseTimes) -> Any:
+    """The final genotype; checks every rank ends with the same network; the end record and lines."""
     genotype = parts.model.genotype()
     # Every rank must end with the same network; measured, not assumed.
     rank_diff = {"alphas": max_difference_from_rank0(parts.model.arch_parameters(), ctx),
                  "weights": max_difference_from_rank0(parts.model.weights_parameters(), ctx)}
     if ctx.is_main:
         if start_epoch >= config.epochs:  # resumed a finished run: refresh the outputs
-            write_results(out_dir, parts, config, config.epochs)
-        log.write("end", genotype=genotype_to_dict(genotype), seconds=round(time.time() - started, 3),
-                  world_size=ctx.world_size, rank_max_abs_diff=rank_diff)
+            write_results(Path(config.out), parts, config, config.epochs, times)
+        split = times.split()
+        log.write("end", genotype=genotype_to_dict(genotype), seconds=round(split["wall"], 3),
+                  world_size=ctx.world_size, rank_max_abs_diff=rank_diff, time_split=split)
         _say(ctx, f"genotype: {genotype}")
-    tb.close()
-    return SearchResult(out_dir, genotype, config.epochs, split, loaders, history, parts.model)
+        _say(ctx, describe_split(split))
+    return genotype
+
+
+def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
+    times = PhaseTimes()
+    out_dir = Path(config.out)
+    backend = _start_run(config, ctx)
+    data = _load_data(config, out_dir, ctx, times)
+    seed_everything(config.seed)
+    with times.phase("data", "loaders"):
+        loaders = build_loaders(config, data.dataset, data.split, rank=ctx.rank, world_size=ctx.world_size,
+                                device=ctx.device)
+    with times.phase("other", "model"):
+        parts = build_components(config, data.dataset.num_classes, ctx.device, ctx, backend)
+    log = outputs.RunLog(out_dir / outputs.LOG_NAME, enabled=ctx.is_main)
+    start_epoch = _begin_epochs(config, ctx, log, data, parts, loaders, backend)
+    history = _run_epochs(config, ctx, parts, loaders, data.split, log, start_epoch, times)
+    genotype = _finish(config, ctx, parts, log, start_epoch, times)
+    return SearchResult(out_dir, genotype, config.epochs, data.split, loaders, history, parts.model)
 
 
 def search_epoch(epoch: int, config: SearchConfig, strategy, parts: SearchComponents, loaders, ctx: DistContext,
-                 log: outputs.RunLog, progress: bool, steps_impl=None) -> Dict[str, Any]:
-    """Train one epoch (alpha updates from `arch_begin_epoch` on), validate, step the schedule; the log record."""
+                 log: outputs.RunLog, progress: bool, steps_impl=None,
+                 times: Optional[PhaseTimes] = None) -> Dict[str, Any]:
+    """Train one epoch (alpha updates from `arch_begin_epoch` on), validate, step the schedule; the log record.
+    `times` gets the training phase as `search_steps` and the validation pass as `validation`."""
     lr = parts.scheduler.get_last_lr()[0]
     for loader in loaders.values():
         loader.set_epoch(epoch)
@@ -476,6 +573,9 @@ def search_epoch(epoch: int, config: SearchConfig, strategy, parts: SearchCompon
                         log_every=config.log_every, steps_impl=steps_impl)
     val = validate(parts.model, parts.criterion, loaders["eval"], ctx, ctx.device, progress=progress,
                    description=f"epoch {epoch + 1}/{config.epochs} validation")
+    if times is not None:
+        times.add("search_steps", train.seconds)
+        times.add("validation", val.seconds)
     parts.scheduler.step()
     return dict(epoch=epoch + 1, epochs=config.epochs, lr=lr, arch_updates=update_arch,
                 **_metrics("train", train), **_metrics("val", val),
