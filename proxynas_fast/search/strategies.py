@@ -32,14 +32,15 @@ class SearchStrategy:
     classmethods and `get_strategy(name)` returns the class itself."""
 
     name: ClassVar[str] = ""
-    description: ClassVar[str] = ""  # filled from the docstring's first line
+    description: ClassVar[str] = ""  # unless a subclass sets it: the first line of its docstring
     unrolled: ClassVar[bool] = False  # second-order (unrolled) architecture gradient
     # Config fields whose defaults differ from first-order DARTS (applied before presets and CLI flags).
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls.description = first_line(cls)
+        if "description" not in cls.__dict__:
+            cls.description = first_line(cls)
 
     @classmethod
     def networks(cls) -> Tuple[Type["nn.Module"], Type["nn.Module"]]:
