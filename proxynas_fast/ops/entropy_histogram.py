@@ -1,4 +1,23 @@
-"""Batched softmax entropy + log10-entropy histogram in one pass (`proxynas_fast::entropy_histogram`)."""
+"""Batched softmax entropy + log10-entropy histogram in one pass (`proxynas_fast::entropy_histogram`).
+
+Bin convention, and why it is not the selectors' (`proxynas_fast.selection.histogram`):
+
+* Same grid: bins are half-open [k*w, (k+1)*w) over log10(entropy), with edges the float64 products k*w
+  (`make_log10_edges`), exactly the edges of the selection histogram; a value on an edge goes to the bin above.
+* Different frame, for one reason: this op histograms a stream. Scoring runs it batch by batch and sums the
+  counts over batches and ranks before the range of the data is known, so the grid is fixed in advance
+  (the scoring run uses [-46, 1], every log10 entropy float32 logits can give) and the output has one shape.
+  Hence: an entropy of 0 (log10 = -inf) and anything below the first edge go to bin 0, anything at or above
+  the last edge to the last bin (clamped ends). The selection histogram is built after the fact from all
+  the values: its grid spans only the data, entropy 0 gets a "zero bin" of its own, and a largest value lying
+  exactly on an edge joins the bin below (numpy.histogram's closed last bin).
+* The mapping (pinned on the paper's entropy lists by tests/test_histogram_conventions.py): a selection finite
+  bin j is op bin j + o, where o is the position of the selection's first finite edge among these edges; the
+  selection's zero bin is op bin 0; a value on the selection's closed top edge is in the op bin above.
+* Precision: the op bins the float64 entropy of each row, then returns it rounded to float32 (what an entropy
+  file holds); an entropy within float32 rounding (1e-7 relative) of an edge could fall on the other side in
+  a histogram of the file. None of the 173,257 examples of the paper's lists does.
+"""
 from __future__ import annotations
 
 import math

@@ -10,6 +10,14 @@ Bin convention (the one place it is defined; swap `bin_numbers` for a kernel lat
 * Entropy 0 (log10 = -inf) gets a bin of its own below all finite bins, the "zero bin" (bin 0 when present).
   Such examples are the most confident ones there are, so they are treated as a tail of their own rather
   than merged with the lowest finite bin.
+
+The batched op `proxynas_fast.ops.entropy_histogram` (the histogram a scoring run reports) uses the same
+half-open bins at the same float64 edges k*w, but on a grid fixed before the data is seen (it sums the counts of
+a stream of batches): entropy 0 shares its bin 0, values past its ends are clamped, and its last bin is half-open
+like the others. The grid here is derived from all the values at once, which is what lets the selectors see
+only bins holding data, and the entropy-0 examples as a tail of their own. The mapping between the two is
+stated in `proxynas_fast/ops/entropy_histogram.py` and pinned on the paper's entropy lists by
+tests/test_histogram_conventions.py.
 """
 from __future__ import annotations
 
