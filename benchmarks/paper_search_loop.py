@@ -203,9 +203,10 @@ def write_outputs(model, out_dir: Path) -> None:
     torch.save(model.state_dict(), out_dir / "weights.pt")
 
 
-def run_paper_epoch(jpeg_root, weights_idx, arch_idx, out_dir, setting: PaperSetting = PaperSetting(),
+def run_paper_epoch(jpeg_root, weights_idx, arch_idx, out_dir, setting: Optional[PaperSetting] = None,
                     steps: Optional[int] = None) -> PaperEpoch:
     """One search epoch of the paper's loop on the proxy halves (data-set indices); wall times per phase."""
+    setting = setting or PaperSetting()
     result, t0 = PaperEpoch(), time.perf_counter()
     files, labels = cifar_jpeg_files(jpeg_root)
     model, criterion, optimizer, scheduler, architect = build_search(setting)
