@@ -3,6 +3,7 @@ gradients and BatchNorm running statistics, in training and eval mode."""
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ DTYPE = torch.float64
 
 def _pair(network_cls, seed=0, **kw):
     torch.manual_seed(seed)
-    ref = network_cls(**kw).to(DTYPE)
+    ref = network_cls(**kw, backend="reference").to(DTYPE)  # explicit: "auto" would pick fused with the kernels
     with torch.no_grad():  # random alphas far from uniform, so every candidate matters differently
         for a in ref.arch_parameters():
             a.normal_(0.0, 1.0)
@@ -113,9 +114,62 @@ def test_fused_pcdarts_network_matches_reference(train):
     _compare(ref, fus, x, torch.tensor([1, 4]))
 
 
+def _outputs_and_gradients(model, x, y):
+    return [_run(model, x, y)] + [p.grad for p in model.parameters()] + [a.grad for a in model.arch_parameters()]
+
+
+def _assert_identical(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_cell_plan_is_built_once_per_cell_and_not_shared_by_copies():
+    """The fused cell's plan (structure, term layout, index tensors) lives on the cell: built on the first forward
+    and reused, never in the state_dict, not carried by deepcopy / pickling / new(); every copy builds its own on
+    its own modules and computes exactly what the original computes."""
+    ref, fus = _pair(Network, C=4, num_classes=5, layers=3)
+    keys = list(ref.state_dict())
+    x, y = torch.randn(2, 3, 8, 8, dtype=DTYPE), torch.tensor([1, 4])
+    _outputs_and_gradients(fus, x, y)
+    plans = [cell.__dict__["_fused_plan"] for cell in fus.cells]
+    assert all(p is not None for p in plans) and len({id(p) for p in plans}) == len(plans)
+    assert list(fus.state_dict()) == keys
+    copied = copy.deepcopy(fus)
+    assert all(cell.__dict__["_fused_plan"] is None for cell in copied.cells)
+    pickled = io.BytesIO()
+    torch.save(fus, pickled)
+    pickled.seek(0)
+    loaded = torch.load(pickled, weights_only=False)
+    assert all(cell.__dict__["_fused_plan"] is None for cell in loaded.cells)
+    assert all(cell.__dict__.get("_fused_plan") is None for cell in fus.new().cells)
+    want = _outputs_and_gradients(fus, x * 0.5, y)
+    assert [cell.__dict__["_fused_plan"] for cell in fus.cells] == plans  # reused, not rebuilt
+    for other in (copied, loaded):
+        assert other.backend == "fused"
+        _assert_identical(_outputs_and_gradients(other, x * 0.5, y), want)
+        plan, cell = other.cells[1].__dict__["_fused_plan"], other.cells[1]
+        assert plan.term_bns[0] is cell._ops[0]._ops[1][1]  # its own modules, not the original's
+    assert list(copied.state_dict()) == keys
+
+
+def test_cell_plan_follows_mode_changes():
+    """One model switched between training and eval mode, and one BatchNorm put in eval mode on its own, keeps
+    matching the reference: the plan's per-mode index tensors are picked by the BatchNorms' current modes."""
+    ref, fus = _pair(Network, C=4, num_classes=5, layers=3)
+    x, y = torch.randn(2, 3, 8, 8, dtype=DTYPE), torch.tensor([1, 4])
+    for train in (True, False, True):
+        ref.train(train)
+        fus.train(train)
+        _compare(ref, fus, x, y)
+    for model in (ref, fus):
+        model.cells[0]._ops[3]._ops[4].op[7].eval()  # node 1's sep_conv_3x3 from node 0: running statistics
+    _compare(ref, fus, x, y)
+
+
 def test_fused_network_bfloat16_autocast():
     torch.manual_seed(5)
-    ref = Network(C=4, num_classes=5, layers=3)
+    ref = Network(C=4, num_classes=5, layers=3, backend="reference")
     fus = copy.deepcopy(ref)
     fus.backend = "fused"
     x = torch.randn(4, 3, 8, 8)

@@ -25,9 +25,8 @@ follows the reference's dtypes (convolutions in bfloat16, statistics and sums ac
 """
 from __future__ import annotations
 
-import weakref
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -64,13 +63,20 @@ def _uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
     return bn.training or bn.running_mean is None
 
 
+def _count_batches(bns: Sequence[nn.BatchNorm2d]) -> float:
+    """Mirror nn.BatchNorm2d.forward's bookkeeping for BatchNorms in training mode that share a momentum: bump
+    every num_batches_tracked (one foreach call), return the averaging factor."""
+    counters = [b.num_batches_tracked for b in bns if b.training and b.track_running_stats]
+    if counters and counters[0] is not None:
+        torch._foreach_add_(counters, 1)
+        if bns[0].momentum is None:
+            return 1.0 / float(counters[0])
+    return 0.0 if bns[0].momentum is None else bns[0].momentum
+
+
 def _count_batch(bn: nn.BatchNorm2d) -> float:
-    """Mirror nn.BatchNorm2d.forward's bookkeeping: bump num_batches_tracked, return the averaging factor."""
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:
-            return 1.0 / float(bn.num_batches_tracked)
-    return 0.0 if bn.momentum is None else bn.momentum
+    """`_count_batches` for one module."""
+    return _count_batches([bn])
 
 
 def _batch_norm_group(y: Tensor, bns: Sequence[nn.BatchNorm2d]) -> Tensor:
@@ -81,7 +87,7 @@ def _batch_norm_group(y: Tensor, bns: Sequence[nn.BatchNorm2d]) -> Tensor:
     factor = 0.0
     if training and tracked:
         with torch.no_grad():
-            factor = [_count_batch(b) for b in bns][0]
+            factor = _count_batches(bns)
     rm = torch.cat([b.running_mean for b in bns]) if tracked else None
     rv = torch.cat([b.running_var for b in bns]) if tracked else None
     out = F.batch_norm(y, rm, rv, None, None, training, factor, bn0.eps)
@@ -92,25 +98,215 @@ def _batch_norm_group(y: Tensor, bns: Sequence[nn.BatchNorm2d]) -> Tensor:
     return out
 
 
+def _update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: Tensor, var: Tensor, count: int) -> None:
+    """The running-statistics update nn.BatchNorm2d does in training mode (unbiased variance); row k of
+    mean / var belongs to bns[k]. Rows are picked as views (`unbind`), never by indexing with a host list
+    (that would copy the list to the device: a sync per node, and an error under CUDA-graph capture)."""
+    tracked = [(k, b) for k, b in enumerate(bns) if b.running_mean is not None]
+    if not tracked:
+        return
+    with torch.no_grad():
+        unbiased = var * (count / max(count - 1, 1))
+        by_momentum: Dict[Hashable, List[Tuple[int, nn.BatchNorm2d]]] = {}
+        for k, b in tracked:  # cumulative averaging (momentum None) depends on each module's own count
+            by_momentum.setdefault(b.momentum if b.momentum is not None else id(b), []).append((k, b))
+        means, variances = mean.unbind(0), unbiased.unbind(0)
+        for group in by_momentum.values():
+            factor = _count_batches([b for _, b in group])
+            torch._foreach_lerp_([b.running_mean for _, b in group],
+                                 [_as(means[k], b.running_mean.dtype) for k, b in group], factor)
+            torch._foreach_lerp_([b.running_var for _, b in group],
+                                 [_as(variances[k], b.running_var.dtype) for k, b in group], factor)
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """`t.to(dtype)` without the call when it would return `t` (a step makes hundreds of these)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 # --------------------------------------------------------------------------------------------------------------
-# The fused node
+# The cell plan: built once per cell from its modules, so that a step does only tensor work
 # --------------------------------------------------------------------------------------------------------------
 @dataclass
 class _Term:
     """One candidate output in a node sum: kind "z" (a given pre-BN tensor), "pool" (the source pooled through
-    `pool`, then normalised) or "id" (the source itself)."""
+    the cell's shared pooling number `pool`, then normalised) or "id" (the source itself)."""
 
     kind: str
     src: int                      # index into the node's tensor inputs
     row: int                      # edge (row of the weights)
     col: int                      # candidate (column of the weights)
     bn: Optional[nn.BatchNorm2d] = None
-    pool: Optional["_SharedPool"] = None
+    pool: int = -1                # index into the forward's shared pools (kind "pool")
     owner: bool = False           # this node runs the pooling backward (see _SharedPool)
 
 
+@dataclass
+class _StateReaders:
+    """The edges reading one state, whose convolutional candidates run together (`_conv_branches`)."""
+
+    edges: List[int]
+    stride: int
+    convs: Dict[str, List[nn.Sequential]]   # per conv primitive, the `.op` of each edge's candidate
+    skips: List[FactorizedReduce]           # the strided skips, empty when the skip is an identity
+
+
+@dataclass
+class _NodePlan:
+    """One intermediate node: where its inputs come from and its terms (their weights are the node's slice of
+    the cell's gathered weights)."""
+
+    sources: List[Tuple[int, int]]          # per input: (state j, -1) or (edge e, k): output k of e's branches
+    terms: List[_Term]
+    edges: List[int]                        # edge of each incoming state, in state order
+    identity: List[int]                     # terms of kind "id"
+    normalised: List[int]                   # the other terms (their gradient comes from one kernel call)
+
+
+@dataclass
+class _NodeIndex:
+    """A node's device tensors for one set of BatchNorm modes."""
+
+    batch: Tuple[int, ...]                  # terms normalised with batch statistics
+    fixed: Tuple[int, ...]                  # terms normalised with running statistics
+    batch_index: Optional[Tensor]
+    fixed_index: Optional[Tensor]
+    batch_mask: Tensor                      # [K, 1] bool
+    normalised_index: Optional[Tensor]
+    subsets: Dict[Tuple[int, ...], Tensor] = field(default_factory=dict)
+
+    def subset(self, terms: Sequence[int], device: torch.device) -> Optional[Tensor]:
+        """An index of some of the terms (when some inputs need no gradient), made once per subset."""
+        key = tuple(terms)
+        if key and key not in self.subsets:
+            self.subsets[key] = torch.tensor(key, dtype=torch.int64, device=device)
+        return self.subsets.get(key)
+
+
+class _CellPlan:
+    """Everything about a cell that does not change from step to step: the structure (checked once), the term
+    layout of each node, the pooling each state shares, and, per (device, BatchNorm modes), the index tensors
+    (made once, so a step makes no host-to-device copy). Kept on the cell as a plain attribute: not in the
+    state_dict; a copy of the cell (deepcopy, pickle) gets no plan and builds its own."""
+
+    def __init__(self, cell: nn.Module):
+        _check_cell(cell)
+        self.steps, self.multiplier = cell._steps, cell._multiplier
+        self.num_edges, self.num_cols = len(cell._ops), len(PRIMITIVES)
+        self.pc_k = getattr(cell._ops[0], "k", 1)
+        self.readers = [_state_readers(cell, j, self.steps) for j in range(self.steps + 2)]
+        self.pools: List[Tuple[bool, Tuple]] = []
+        self.nodes = self._plan_nodes(cell)
+        self.term_bns = [t.bn for n in self.nodes for t in n.terms if t.bn is not None]
+        self.term_counts = [len(n.terms) for n in self.nodes]
+        self.strided = [(e, cell._ops[e].mp) for e in range(self.num_edges) if cell._ops[e].stride != 1] \
+            if self.pc_k > 1 else []
+        self._indexes: Dict[Tuple, Tuple[Tensor, List[_NodeIndex]]] = {}
+
+    def __deepcopy__(self, memo):
+        return None
+
+    def __reduce__(self):
+        return (type(None), ())
+
+    def _plan_nodes(self, cell: nn.Module) -> List[_NodePlan]:
+        owners: Dict[Tuple, int] = {}
+        nodes = []
+        for edges in _edge_index(self.steps):
+            node = _NodePlan([], [], edges, [], [])
+            for j, e in enumerate(edges):
+                self._plan_edge(cell, node, j, e, owners)
+            node.identity = [k for k, t in enumerate(node.terms) if t.kind == "id"]
+            node.normalised = [k for k, t in enumerate(node.terms) if t.kind != "id"]
+            nodes.append(node)
+        return nodes
+
+    def _plan_edge(self, cell: nn.Module, node: _NodePlan, j: int, e: int, owners: Dict[Tuple, int]) -> None:
+        """The terms of edge e (reading state j), in the order of the former per-step assembly: the two
+        poolings, the convolutional candidates (and the strided skip), the identity skip."""
+        mixed = cell._ops[e]
+        state_slot = len(node.sources)
+        node.sources.append((j, -1))
+        for prim in _POOL_PRIMITIVES:
+            pool, bn = mixed._ops[_COL[prim]]
+            key = (j, prim, pool.stride)
+            owner = key not in owners
+            if owner:
+                owners[key] = len(self.pools)
+                self.pools.append((isinstance(pool, nn.MaxPool2d), (pool.kernel_size, pool.stride, pool.padding)))
+            node.terms.append(_Term("pool", state_slot, e, _COL[prim], bn=bn, pool=owners[key], owner=owner))
+        branch_prims = list(_CONV_PRIMITIVES) + (["skip_connect"] if self.readers[j].skips else [])
+        for k, prim in enumerate(branch_prims):
+            node.sources.append((e, k))
+            node.terms.append(_Term("z", len(node.sources) - 1, e, _COL[prim], bn=_final_bn(mixed, prim)))
+        if isinstance(mixed._ops[_COL["skip_connect"]], Identity):
+            node.terms.append(_Term("id", state_slot, e, _COL["skip_connect"]))
+
+    def indexes(self, device: torch.device) -> Tuple[Tensor, List[_NodeIndex]]:
+        """(flat index of every term's weight, per node index tensors) for `device` and the current BatchNorm
+        modes; made on the first step in each (device, modes)."""
+        modes = tuple(_uses_batch_stats(b) for b in self.term_bns)
+        key = (device, modes)
+        found = self._indexes.get(key)
+        if found is None:
+            found = self._indexes[key] = self._make_indexes(device, iter(modes))
+        return found
+
+    def _make_indexes(self, device: torch.device, modes: Iterator[bool]) -> Tuple[Tensor, List[_NodeIndex]]:
+        def index(values: Sequence[int]) -> Optional[Tensor]:
+            return torch.tensor(values, dtype=torch.int64, device=device) if values else None
+
+        flat = index([t.row * self.num_cols + t.col for n in self.nodes for t in n.terms])
+        per_node = []
+        for node in self.nodes:
+            batch_stats = [t.bn is not None and next(modes) for t in node.terms]
+            batch = tuple(k for k, b in enumerate(batch_stats) if b)
+            fixed = tuple(k for k, t in enumerate(node.terms) if t.bn is not None and not batch_stats[k])
+            mask = torch.tensor(batch_stats, dtype=torch.bool, device=device)[:, None]
+            per_node.append(_NodeIndex(batch, fixed, index(batch), index(fixed), mask, index(node.normalised)))
+        return flat, per_node
+
+
+def _edge_index(steps: int) -> List[List[int]]:
+    """edge_of[i][j]: the edge index feeding node i from state j."""
+    edge_of, offset = [], 0
+    for i in range(steps):
+        edge_of.append([offset + j for j in range(2 + i)])
+        offset += 2 + i
+    return edge_of
+
+
+def _state_readers(cell: nn.Module, j: int, steps: int) -> _StateReaders:
+    edges = [row[j] for row in _edge_index(steps) if j < len(row)]
+    mixed = [cell._ops[e] for e in edges]
+    convs = {prim: [m._ops[_COL[prim]].op for m in mixed] for prim in _CONV_PRIMITIVES}
+    skips = [m._ops[_COL["skip_connect"]] for m in mixed]
+    skips = skips if skips and isinstance(skips[0], FactorizedReduce) else []
+    return _StateReaders(edges, mixed[0].stride if mixed else 1, convs, skips)
+
+
+def _final_bn(mixed: nn.Module, prim: str) -> nn.BatchNorm2d:
+    op = mixed._ops[_COL[prim]]
+    if prim == "skip_connect":
+        return op.bn
+    return op.op[7] if prim.startswith("sep") else op.op[3]
+
+
+def cell_plan(cell: nn.Module) -> _CellPlan:
+    """The cell's plan, built on first use (see `_CellPlan`)."""
+    plan = cell.__dict__.get("_fused_plan")
+    if plan is None:
+        plan = _CellPlan(cell)
+        object.__setattr__(cell, "_fused_plan", plan)
+    return plan
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The fused node
+# --------------------------------------------------------------------------------------------------------------
 class _SharedPool:
-    """One pooling (max or avg) of one state, shared by the nodes of a cell that read the state.
+    """One pooling (max or avg) of one state, shared by the nodes of a cell that read the state (made afresh by
+    every forward of the cell).
 
     Forward: computed once (`value`), kept only until the cell's forward ends (`release`). Backward: the DARTS
     cell's structure orders the nodes' backward passes: the first node that reads the state (the *owner*) runs
@@ -119,9 +315,9 @@ class _SharedPool:
     frees everything (`backward`). The pooled tensor is recomputed once in the backward, by whichever reader
     needs it first."""
 
-    def __init__(self, module: nn.Module):
-        self.is_max = isinstance(module, nn.MaxPool2d)
-        self.args = (module.kernel_size, module.stride, module.padding)
+    def __init__(self, is_max: bool, args: Tuple):
+        self.is_max = is_max
+        self.args = args
         self._value: Optional[Tensor] = None
         self._grad: Optional[Tensor] = None
 
@@ -139,246 +335,197 @@ class _SharedPool:
     def backward(self, grad: Tensor, h: Tensor) -> Tensor:
         if self._grad is not None:
             grad = grad + self._grad
-        out = pool2d_backward(grad.to(h.dtype), h, self.value(h), self.is_max, *self.args)
+        out = pool2d_backward(_as(grad, h.dtype), h, self.value(h), self.is_max, *self.args)
         self._value = self._grad = None
         return out
 
 
-@dataclass
-class _NodeSpec:
-    terms: List[_Term]
-
-
-_index_cache: Dict[Tuple, Tensor] = {}
-
-
-def _device_index(values: Tuple[int, ...], device: torch.device) -> Tensor:
-    """A cached int64 tensor of `values` on `device`: the cell structure is fixed, so after the first step no
-    host-to-device copy happens (which also keeps the step capturable in a CUDA graph)."""
-    key = ("index", values, str(device))
-    t = _index_cache.get(key)
-    if t is None:
-        t = _index_cache[key] = torch.tensor(values, dtype=torch.int64, device=device)
-    return t
-
-
-def _device_mask(true_at: Tuple[int, ...], size: int, device: torch.device) -> Tensor:
-    key = ("mask", true_at, size, str(device))
-    t = _index_cache.get(key)
-    if t is None:
-        t = torch.zeros(size, dtype=torch.bool)
-        t[list(true_at)] = True
-        t = _index_cache[key] = t.to(device)
-    return t
-
-
-def _term_value(t: _Term, tensors: Sequence[Tensor]) -> Tensor:
-    return t.pool.value(tensors[t.src]) if t.kind == "pool" else tensors[t.src]
+def _term_values(terms: Sequence[_Term], pools: Sequence[_SharedPool], tensors: Sequence[Tensor],
+                 dtype: torch.dtype) -> List[Tensor]:
+    return [_as(pools[t.pool].value(tensors[t.src]) if t.kind == "pool" else tensors[t.src], dtype) for t in terms]
 
 
 def _common_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+    dtypes = {t.dtype for t in tensors}
+    dtype = dtypes.pop()
+    for other in dtypes:
+        dtype = torch.promote_types(dtype, other)
     return dtype
 
 
+def _node_statistics(node: _NodePlan, index: _NodeIndex, zs: Sequence[Tensor],
+                     stat_dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """Per term and channel, the mean and 1/std each term is normalised with ([K, C] each; 0 and 1 for the
+    identity terms); updates the running statistics of the batch-statistics terms."""
+    terms, C = node.terms, zs[0].shape[1]
+    mu = zs[0].new_zeros((len(terms), C), dtype=stat_dtype)
+    rstd = zs[0].new_ones((len(terms), C), dtype=stat_dtype)
+    if index.batch:
+        mean, var = channel_moments([zs[k] for k in index.batch])
+        eps = {terms[k].bn.eps for k in index.batch}
+        if len(eps) != 1:
+            raise FusedCellError("fused node: the BatchNorms of one node must share eps")
+        mu[index.batch_index] = mean
+        rstd[index.batch_index] = torch.rsqrt(var + eps.pop())
+        _update_running_stats([terms[k].bn for k in index.batch], mean, var, zs[0].numel() // C)
+    if index.fixed:
+        bns = [terms[k].bn for k in index.fixed]
+        mu[index.fixed_index] = torch.stack([_as(b.running_mean, stat_dtype) for b in bns])
+        rstd[index.fixed_index] = torch.stack([torch.rsqrt(_as(b.running_var, stat_dtype) + b.eps) for b in bns])
+    return mu, rstd
+
+
 class _MixedNode(torch.autograd.Function):
-    """node = sum over terms of weights[row, col] * normalize(z_term) (see module docstring)."""
+    """node = sum over terms of a[k] * normalize(z_k) (see module docstring); `a` holds the node's candidate
+    weights, gathered for all nodes of the cell at once (`_fused_cell`)."""
 
     @staticmethod
-    def forward(ctx, spec: _NodeSpec, weights: Tensor, *tensors: Tensor) -> Tensor:
-        terms = spec.terms
+    def forward(ctx, node: _NodePlan, index: _NodeIndex, pools: List[_SharedPool], a: Tensor,
+                *tensors: Tensor) -> Tensor:
         dtype = _common_dtype(tensors)
-        zs = [_term_value(t, tensors).to(dtype) for t in terms]
-        K, C = len(terms), zs[0].shape[1]
-        dev = zs[0].device
+        zs = _term_values(node.terms, pools, tensors, dtype)
         stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        mu = zs[0].new_zeros((K, C), dtype=stat_dtype)
-        rstd = zs[0].new_ones((K, C), dtype=stat_dtype)
-        batch = tuple(k for k, t in enumerate(terms) if t.bn is not None and _uses_batch_stats(t.bn))
-        fixed = tuple(k for k, t in enumerate(terms) if t.bn is not None and not _uses_batch_stats(t.bn))
-        if batch:
-            mean, var = channel_moments([zs[k] for k in batch])
-            eps = {terms[k].bn.eps for k in batch}
-            if len(eps) != 1:
-                raise FusedCellError("fused node: the BatchNorms of one node must share eps")
-            index = _device_index(batch, dev)
-            mu[index] = mean
-            rstd[index] = torch.rsqrt(var + eps.pop())
-            _update_running_stats([terms[k].bn for k in batch], mean, var, zs[0].numel() // C)
-        if fixed:
-            index = _device_index(fixed, dev)
-            mu[index] = torch.stack([terms[k].bn.running_mean.to(stat_dtype) for k in fixed])
-            rstd[index] = torch.stack([torch.rsqrt(terms[k].bn.running_var.to(stat_dtype) + terms[k].bn.eps)
-                                       for k in fixed])
-        rows = _device_index(tuple(t.row for t in terms), weights.device)
-        cols = _device_index(tuple(t.col for t in terms), weights.device)
-        a = weights.detach()[rows, cols].to(stat_dtype).clone()
+        mu, rstd = _node_statistics(node, index, zs, stat_dtype)
+        a = _as(a.detach(), stat_dtype).clone()  # saved: must not alias the input (torch.compile refuses that)
         scale = a[:, None] * rstd
         bias = -(scale * mu).sum(0)
         out = channel_weighted_sum(zs, scale, bias)
-
-        ctx.spec_terms = terms
-        ctx.dtype = dtype
-        ctx.weights_shape = weights.shape
-        ctx.batch_terms = batch
-        ctx.save_for_backward(a, mu, rstd, rows, cols, *tensors)
+        ctx.node, ctx.index, ctx.pools, ctx.dtype = node, index, pools, dtype
+        ctx.save_for_backward(a, mu, rstd, *tensors)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        a, mu, rstd, rows, cols, *tensors = ctx.saved_tensors
-        terms: List[_Term] = ctx.spec_terms
-        dtype = ctx.dtype
-        g = grad.to(dtype).contiguous()
-        zs = [_term_value(t, tensors).to(dtype) for t in terms]
+        a, mu, rstd, *tensors = ctx.saved_tensors
+        node, index, pools, dtype = ctx.node, ctx.index, ctx.pools, ctx.dtype
+        g = _as(grad, dtype).contiguous()
+        zs = _term_values(node.terms, pools, tensors, dtype)
         sg, sgz = channel_dot_sums(g, zs)
         count = g.numel() // g.shape[1]
         sgxhat = rstd * (sgz - mu * sg[None, :])               # <grad, normalised term> per channel
-        grad_a = sgxhat.sum(1)
-        batch = _device_mask(ctx.batch_terms, len(terms), a.device)[:, None]
         coef_g = a[:, None] * rstd
-        coef_z = torch.where(batch, -coef_g * rstd * sgxhat / count, torch.zeros_like(coef_g))
-        coef_c = torch.where(batch, -coef_g * sg[None, :] / count - coef_z * mu, torch.zeros_like(coef_g))
-
-        grads: List[Optional[Tensor]] = [None] * len(tensors)
-        needs = ctx.needs_input_grad[2:]
-
-        def add(i: int, value: Tensor) -> None:
-            grads[i] = value if grads[i] is None else grads[i] + value
-
-        # The gradients of all normalised terms in one kernel call; identity terms scale the incoming gradient.
-        direct = [k for k, t in enumerate(terms) if t.kind != "id" and needs[t.src]]
-        if direct:
-            sel = _device_index(tuple(direct), a.device)
-            dz = channel_affine_combine(g, [zs[k] for k in direct], coef_g[sel], coef_z[sel], coef_c[sel])
-            for k, d in zip(direct, dz):
-                t = terms[k]
-                if t.kind == "z":
-                    add(t.src, d)
-                elif t.owner:
-                    add(t.src, t.pool.backward(d, tensors[t.src]))
-                else:
-                    t.pool.deposit(d)
-        del zs
-        for k, t in enumerate(terms):
-            if t.kind == "id" and needs[t.src]:
-                add(t.src, g * coef_g[k].view(1, -1, 1, 1).to(dtype))
-            elif t.kind == "pool" and t.owner and not needs[t.src]:
-                t.pool.release()
-        grads = [None if d is None else d.to(x.dtype) for d, x in zip(grads, tensors)]
-
-        grad_weights = None
-        if ctx.needs_input_grad[1]:
-            grad_weights = torch.zeros(ctx.weights_shape, dtype=grad_a.dtype, device=grad_a.device)
-            grad_weights.index_put_((rows, cols), grad_a, accumulate=True)
-        return (None, grad_weights, *grads)
+        coef_z = torch.where(index.batch_mask, -coef_g * rstd * sgxhat / count, 0.0)
+        coef_c = torch.where(index.batch_mask, -coef_g * sg[None, :] / count - coef_z * mu, 0.0)
+        needs = ctx.needs_input_grad[4:]
+        grads = _input_gradients(node, index, pools, tensors, needs, g, zs, (coef_g, coef_z, coef_c), dtype)
+        grad_a = sgxhat.sum(1) if ctx.needs_input_grad[3] else None
+        return (None, None, None, grad_a, *grads)
 
 
-def _update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: Tensor, var: Tensor, count: int) -> None:
-    """The running-statistics update nn.BatchNorm2d does in training mode (unbiased variance)."""
-    tracked = [(k, b) for k, b in enumerate(bns) if b.running_mean is not None]
-    if not tracked:
-        return
-    with torch.no_grad():
-        unbiased = var * (count / max(count - 1, 1))
-        by_factor: Dict[float, List[Tuple[int, nn.BatchNorm2d]]] = {}
-        for k, b in tracked:
-            by_factor.setdefault(_count_batch(b), []).append((k, b))
-        for factor, group in by_factor.items():
-            # A cached device index: indexing with a Python list would copy it host-to-device on every call
-            # (a sync per node, and an error under CUDA-graph capture).
-            idx = _device_index(tuple(k for k, _ in group), mean.device)
-            torch._foreach_lerp_([b.running_mean for _, b in group],
-                                 [m.to(b.running_mean.dtype) for m, (_, b) in zip(mean[idx], group)], factor)
-            torch._foreach_lerp_([b.running_var for _, b in group],
-                                 [v.to(b.running_var.dtype) for v, (_, b) in zip(unbiased[idx], group)], factor)
+def _input_gradients(node: _NodePlan, index: _NodeIndex, pools: Sequence[_SharedPool], tensors: Sequence[Tensor],
+                     needs: Sequence[bool], g: Tensor, zs: List[Tensor], coefs: Tuple[Tensor, Tensor, Tensor],
+                     dtype: torch.dtype) -> List[Optional[Tensor]]:
+    """Gradients of the node's inputs: the normalised terms' in one kernel call (pooled ones through their
+    shared pooling), identity terms scale the incoming gradient."""
+    terms = node.terms
+    grads: List[Optional[Tensor]] = [None] * len(tensors)
+
+    def add(i: int, value: Tensor) -> None:
+        grads[i] = value if grads[i] is None else grads[i] + value
+
+    direct, sel = node.normalised, index.normalised_index
+    if not all(needs[terms[k].src] for k in direct):
+        direct = [k for k in direct if needs[terms[k].src]]
+        sel = index.subset(direct, g.device)
+    if direct:
+        coef_g, coef_z, coef_c = (c[sel] for c in coefs)
+        dz = channel_affine_combine(g, [zs[k] for k in direct], coef_g, coef_z, coef_c)
+        for k, d in zip(direct, dz):
+            t = terms[k]
+            if t.kind == "z":
+                add(t.src, d)
+            elif t.owner:
+                add(t.src, pools[t.pool].backward(d, tensors[t.src]))
+            else:
+                pools[t.pool].deposit(d)
+    del zs
+    for k in node.identity:
+        if needs[terms[k].src]:
+            add(terms[k].src, g * _as(coefs[0][k].view(1, -1, 1, 1), dtype))
+    for t in terms:
+        if t.kind == "pool" and t.owner and not needs[t.src]:
+            pools[t.pool].release()
+    return [None if d is None else _as(d, x.dtype) for d, x in zip(grads, tensors)]
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Convolutional branches of all edges reading one node
+# Convolutional branches of all edges reading one state
 # --------------------------------------------------------------------------------------------------------------
-def _grouped_pointwise(x: Tensor, weight: Tensor) -> Tensor:
-    """E pointwise convolutions at once: x [N, E*Ci, H, W], weight [E, Co, Ci] -> [N, E*Co, H, W]."""
+def _grouped_pointwise(x: Tensor, convs: Sequence[nn.Conv2d]) -> Tensor:
+    """E pointwise convolutions at once: x [N, E*Ci, H, W], convs[e] a 1x1 conv Ci -> Co -> [N, E*Co, H, W]."""
     N, _, H, W = x.shape
-    E, Co, Ci = weight.shape
+    Co, Ci = convs[0].weight.shape[:2]
+    E = len(convs)
+    weight = torch.stack([c.weight for c in convs]).view(E, Co, Ci)
     y = torch.matmul(weight, x.reshape(N, E, Ci, H * W))
     return y.reshape(N, E * Co, H, W)
 
 
-def _stack_pointwise(convs: Sequence[nn.Conv2d]) -> Tensor:
-    return torch.stack([c.weight.reshape(c.weight.shape[0], c.weight.shape[1]) for c in convs])
+def _grouped_depthwise(x: Tensor, convs: Sequence[nn.Conv2d], stride: int) -> Tensor:
+    """E depthwise convolutions of the same x (one per edge), their outputs as E channel blocks."""
+    weight = torch.cat([c.weight for c in convs]) if len(convs) > 1 else convs[0].weight
+    return dw_conv2d(x, weight, stride, convs[0].padding, convs[0].dilation)
 
 
-def _conv_branches(r: Tensor, edges: Sequence[nn.Module], stride: int) -> List[Dict[str, Tuple[Tensor, nn.Module]]]:
-    """Pre-BN outputs of the 4 convolutional candidates (and the strided skip) of every edge in `edges`, all
-    reading `r` = relu(node). Returns, per edge, {primitive: (pre-BN tensor, its final BatchNorm)}."""
-    E = len(edges)
-    out: List[Dict[str, Tuple[Tensor, nn.Module]]] = [dict() for _ in range(E)]
+def _conv_branches(r: Tensor, readers: _StateReaders) -> List[List[Tensor]]:
+    """Pre-BN outputs of the 4 convolutional candidates (and the strided skip) of every edge reading the state,
+    all from `r` = relu(state): per edge, in the order sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5
+    (, skip_connect)."""
+    E = len(readers.edges)
+    out: List[List[Tensor]] = [[] for _ in range(E)]
     for prim in _CONV_PRIMITIVES:
-        mods = [e._ops[_COL[prim]].op for e in edges]
-        dw = mods[0][1]
-        w = torch.cat([m[1].weight for m in mods]) if E > 1 else mods[0][1].weight
-        y = dw_conv2d(r, w, stride, dw.padding, dw.dilation)
-        y = _grouped_pointwise(y, _stack_pointwise([m[2] for m in mods]))
+        mods = readers.convs[prim]
+        y = _grouped_pointwise(_grouped_depthwise(r, [m[1] for m in mods], readers.stride), [m[2] for m in mods])
         if prim.startswith("sep"):
             y = F.relu(_batch_norm_group(y, [m[3] for m in mods]), inplace=True)
-            dw2 = mods[0][5]
-            w2 = torch.cat([m[5].weight for m in mods]) if E > 1 else mods[0][5].weight
-            y = dw_conv2d(y, w2, 1, dw2.padding, dw2.dilation)
-            y = _grouped_pointwise(y, _stack_pointwise([m[6] for m in mods]))
-            final_bn = [m[7] for m in mods]
-        else:
-            final_bn = [m[3] for m in mods]
+            y = _grouped_pointwise(_grouped_depthwise(y, [m[5] for m in mods], 1), [m[6] for m in mods])
         for e, part in enumerate(y.split(y.shape[1] // E, dim=1)):
-            out[e][prim] = (part, final_bn[e])
-    skips = [e._ops[_COL["skip_connect"]] for e in edges]
-    if isinstance(skips[0], FactorizedReduce):
-        # conv_1 reads r[2h, 2w], conv_2 reads r[2h+1, 2w+1]: together one 2x2 stride-2 conv whose kernel has
-        # conv_1's weights at tap (0, 0) and conv_2's at tap (1, 1); odd sizes are zero-padded at the end like
-        # the reference's shifted branch.
-        kernels = []
-        for s in skips:
-            kernels.append(F.pad(s.conv_1.weight, (0, 1, 0, 1)))
-            kernels.append(F.pad(s.conv_2.weight, (1, 0, 1, 0)))
-        H, W = r.shape[2], r.shape[3]
-        rp = F.pad(r, (0, W % 2, 0, H % 2)) if (H % 2 or W % 2) else r
-        y = F.conv2d(rp, torch.cat(kernels), stride=2)
-        for e, part in enumerate(y.split(y.shape[1] // E, dim=1)):
-            out[e]["skip_connect"] = (part, skips[e].bn)
+            out[e].append(part)
+    if readers.skips:
+        for e, part in enumerate(_factorized_reduce_group(r, readers.skips)):
+            out[e].append(part)
     return out
+
+
+def _factorized_reduce_group(r: Tensor, skips: Sequence[FactorizedReduce]) -> Tuple[Tensor, ...]:
+    """The strided skips of all edges (pre-BN). conv_1 reads r[2h, 2w], conv_2 reads r[2h+1, 2w+1]: together one
+    2x2 stride-2 conv whose kernel has conv_1's weights at tap (0, 0) and conv_2's at tap (1, 1); odd sizes are
+    zero-padded at the end like the reference's shifted branch."""
+    kernels = []
+    for s in skips:
+        kernels.append(F.pad(s.conv_1.weight, (0, 1, 0, 1)))
+        kernels.append(F.pad(s.conv_2.weight, (1, 0, 1, 0)))
+    H, W = r.shape[2], r.shape[3]
+    rp = F.pad(r, (0, W % 2, 0, H % 2)) if (H % 2 or W % 2) else r
+    y = F.conv2d(rp, torch.cat(kernels), stride=2)
+    return y.split(y.shape[1] // len(skips), dim=1)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Cells
 # --------------------------------------------------------------------------------------------------------------
-_checked_cells: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
-
-
 def _check_cell(cell: nn.Module) -> None:
-    if cell in _checked_cells:
-        return
     for e, mixed in enumerate(cell._ops):
         ops = getattr(mixed, "_ops", None)
         if ops is None or len(ops) != len(PRIMITIVES):
             raise FusedCellError(f"fused cell: edge {e} is not a mixed op over the {len(PRIMITIVES)} PRIMITIVES")
         for prim, op in zip(PRIMITIVES, ops):
-            if not isinstance(op, _EXPECTED[prim]):
-                raise FusedCellError(f"fused cell: edge {e} candidate {prim} is a {type(op).__name__}, expected "
-                                     f"{' or '.join(t.__name__ for t in _EXPECTED[prim])}")
-            if prim in _POOL_PRIMITIVES and not (len(op) == 2 and isinstance(op[1], nn.BatchNorm2d)
-                                                 and isinstance(op[0], (nn.MaxPool2d, nn.AvgPool2d))):
-                raise FusedCellError(f"fused cell: edge {e} candidate {prim} must be Sequential(pool, BatchNorm2d)")
-            if prim in _POOL_PRIMITIVES and not _darts_pool(op[0]):
-                raise FusedCellError(f"fused cell: edge {e} candidate {prim} is {op[0]}; the fused cell implements "
-                                     "floor-mode, undilated pooling (average without the padding in the divisor)")
-            if prim in _CONV_PRIMITIVES:
-                bns = [m for m in op.modules() if isinstance(m, nn.BatchNorm2d)]
-                if any(b.affine for b in bns):
-                    raise FusedCellError(f"fused cell: edge {e} candidate {prim} uses affine BatchNorm; the "
-                                         "search cells' candidates are affine-free")
-    _checked_cells.add(cell)
+            _check_candidate(e, prim, op)
+
+
+def _check_candidate(e: int, prim: str, op: nn.Module) -> None:
+    if not isinstance(op, _EXPECTED[prim]):
+        raise FusedCellError(f"fused cell: edge {e} candidate {prim} is a {type(op).__name__}, expected "
+                             f"{' or '.join(t.__name__ for t in _EXPECTED[prim])}")
+    if prim in _POOL_PRIMITIVES and not (len(op) == 2 and isinstance(op[1], nn.BatchNorm2d)
+                                         and isinstance(op[0], (nn.MaxPool2d, nn.AvgPool2d))):
+        raise FusedCellError(f"fused cell: edge {e} candidate {prim} must be Sequential(pool, BatchNorm2d)")
+    if prim in _POOL_PRIMITIVES and not _darts_pool(op[0]):
+        raise FusedCellError(f"fused cell: edge {e} candidate {prim} is {op[0]}; the fused cell implements "
+                             "floor-mode, undilated pooling (average without the padding in the divisor)")
+    if prim in _CONV_PRIMITIVES and any(b.affine for b in op.modules() if isinstance(b, nn.BatchNorm2d)):
+        raise FusedCellError(f"fused cell: edge {e} candidate {prim} uses affine BatchNorm; the search cells' "
+                             "candidates are affine-free")
 
 
 def _darts_pool(module: nn.Module) -> bool:
@@ -389,104 +536,63 @@ def _darts_pool(module: nn.Module) -> bool:
     return not module.count_include_pad and module.divisor_override is None
 
 
-def _edge_index(steps: int) -> List[List[int]]:
-    """edge_of[i][j]: the edge index feeding node i from state j."""
-    edge_of, offset = [], 0
-    for i in range(steps):
-        edge_of.append([offset + j for j in range(2 + i)])
-        offset += 2 + i
-    return edge_of
-
-
 def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor,
                 edge_weights: Optional[Tensor] = None) -> Tensor:
-    _check_cell(cell)
-    steps, multiplier = cell._steps, cell._multiplier
-    if weights.shape[0] != len(cell._ops):
-        raise ValueError(f"fused cell: weights has {weights.shape[0]} rows, the cell has {len(cell._ops)} edges")
-    partial = edge_weights is not None
-    k_pc = cell._ops[0].k if partial else 1
-    if partial:
+    plan = cell_plan(cell)
+    if weights.shape[0] != plan.num_edges:
+        raise ValueError(f"fused cell: weights has {weights.shape[0]} rows, the cell has {plan.num_edges} edges")
+    if edge_weights is not None:
         # PC-DARTS: the mixed op of an edge sees the first C/k channels; its candidate weights are scaled by
-        # the edge's normalised beta, and the bypassed channels are summed separately (see pc_cell_forward).
+        # the edge's normalised beta, and the bypassed channels are summed separately (see _pc_combine).
         weights = weights * edge_weights[:, None]
+    flat, indexes = plan.indexes(weights.device)
+    a = weights.reshape(-1).index_select(0, flat)          # every node's candidate weights, in term order
+    pools = [_SharedPool(is_max, args) for is_max, args in plan.pools]
     states = [cell.preprocess0(s0).contiguous(), cell.preprocess1(s1).contiguous()]
-    edge_of = _edge_index(steps)
-    branches: Dict[int, Dict[str, Tuple[Tensor, nn.Module]]] = {}
-    pools: Dict[Tuple, _SharedPool] = {}
-
-    def pool(j: int, prim: str, module: nn.Module) -> Tuple[_SharedPool, bool]:
-        """The shared pooling of state j for this candidate, and whether the calling node is its owner (the
-        first node that reads state j)."""
-        key = (j, prim, module.stride)
-        if key not in pools:
-            pools[key] = _SharedPool(module)
-            return pools[key], True
-        return pools[key], False
-
-    def expand(j: int) -> None:
-        """Convolutional branches of every edge reading state j."""
-        readers = [edge_of[i][j] for i in range(steps) if j < 2 + i]
-        if not readers:
-            return
-        h = _active(states[j])
-        r = F.relu(h)
-        stride = cell._ops[readers[0]].stride
-        for e, b in zip(readers, _conv_branches(r, [cell._ops[e] for e in readers], stride)):
-            branches[e] = b
-
-    def _active(h: Tensor) -> Tensor:
-        return h[:, : h.shape[1] // k_pc] if partial else h
-
-    expand(0)
-    expand(1)
-    for i in range(steps):
-        tensors: List[Tensor] = []
-        slot: Dict[int, int] = {}
-
-        def slot_of(t: Tensor) -> int:
-            if id(t) not in slot:
-                slot[id(t)] = len(tensors)
-                tensors.append(t)
-            return slot[id(t)]
-
-        terms: List[_Term] = []
-        for j, e in enumerate(edge_of[i]):
-            mixed = cell._ops[e]
-            h = _active(states[j])
-            for prim in _POOL_PRIMITIVES:
-                seq = mixed._ops[_COL[prim]]
-                shared, owner = pool(j, prim, seq[0])
-                terms.append(_Term("pool", slot_of(h), e, _COL[prim], bn=seq[1], pool=shared, owner=owner))
-            for prim, (z, bn) in branches.pop(e).items():
-                terms.append(_Term("z", slot_of(z), e, _COL[prim], bn=bn))
-            if isinstance(mixed._ops[_COL["skip_connect"]], Identity):
-                terms.append(_Term("id", slot_of(h), e, _COL["skip_connect"]))
-        node = _MixedNode.apply(_NodeSpec(terms), weights, *tensors)
-        if partial:
-            node = _pc_combine(cell, node, [states[j] for j in range(2 + i)], edge_of[i], edge_weights, k_pc)
-        states.append(node)
-        if i + 1 < steps:
-            expand(2 + i)
-    for shared in pools.values():  # pooled tensors are recomputed in the backward, not kept
+    branches: Dict[int, List[Tensor]] = {}
+    _expand(plan, states, 0, branches)
+    _expand(plan, states, 1, branches)
+    for i, (node, a_node) in enumerate(zip(plan.nodes, a.split(plan.term_counts))):
+        tensors = [_active(states[s], plan.pc_k) if k < 0 else branches[s][k] for s, k in node.sources]
+        for e in node.edges:
+            del branches[e]
+        h = _MixedNode.apply(node, indexes[i], pools, a_node, *tensors)
+        if edge_weights is not None:
+            h = _pc_combine(plan, h, states, node.edges, edge_weights)
+        states.append(h)
+        _expand(plan, states, 2 + i, branches)
+    for shared in pools:  # pooled tensors are recomputed in the backward, not kept
         shared.release()
-    return torch.cat(states[-multiplier:], dim=1)
+    return torch.cat(states[-plan.multiplier:], dim=1)
 
 
-def _pc_combine(cell, mixed_sum: Tensor, inputs: Sequence[Tensor], edges: Sequence[int], edge_weights: Tensor,
-                k: int) -> Tensor:
+def _active(h: Tensor, k: int) -> Tensor:
+    """The channels the mixed ops see (PC-DARTS: the first C/k). A fresh view for every use, as the reference
+    path makes them, so autograd sums the state's gradient in the same order."""
+    return h[:, : h.shape[1] // k] if k > 1 else h
+
+
+def _expand(plan: _CellPlan, states: Sequence[Tensor], j: int, branches: Dict[int, List[Tensor]]) -> None:
+    """Convolutional branches of every edge reading state j."""
+    readers = plan.readers[j]
+    if readers.edges:
+        branches.update(zip(readers.edges, _conv_branches(F.relu(_active(states[j], plan.pc_k)), readers)))
+
+
+def _pc_combine(plan: _CellPlan, mixed_sum: Tensor, inputs: Sequence[Tensor], edges: Sequence[int],
+                edge_weights: Tensor) -> Tensor:
     """PC-DARTS node from the (beta-weighted) sum of the mixed parts: add the beta-weighted bypassed channels
     (max-pooled 2x2 on strided edges), then shuffle channels like each edge's output (a linear permutation,
     so shuffling the sum equals summing the shuffled edges)."""
+    k, pooled = plan.pc_k, dict(plan.strided)
     bypass = None
     for h, e in zip(inputs, edges):
-        mixed = cell._ops[e]
         part = h[:, h.shape[1] // k:]
-        if mixed.stride != 1:
-            part = mixed.mp(part)
+        if e in pooled:
+            part = pooled[e](part)
         term = edge_weights[e] * part
         bypass = term if bypass is None else bypass + term
-    return channel_shuffle(torch.cat([mixed_sum, bypass.to(mixed_sum.dtype)], dim=1), k)
+    return channel_shuffle(torch.cat([mixed_sum, _as(bypass, mixed_sum.dtype)], dim=1), k)
 
 
 def cell_forward(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
