@@ -119,6 +119,14 @@ def test_default_backend_resolution(monkeypatch):
     assert Network(4, 10, 3, None).backend == "fused"
 
 
+def test_backend_names_are_the_models():
+    """config.BACKENDS repeats the models' backend names (so that --help needs no torch): the same names."""
+    from proxynas_fast.darts import BACKENDS as MODEL_BACKENDS
+    from proxynas_fast.search.config import BACKENDS
+
+    assert tuple(BACKENDS) == tuple(MODEL_BACKENDS)
+
+
 @pytest.mark.parametrize("cuda_kernels", [False, True])
 def test_default_backend_follows_the_run_device(monkeypatch, tmp_path, cuda_kernels):
     """Issue 16 item 6: a run on a GPU without the CUDA kernels gets the reference cells (the fused cell would

@@ -20,6 +20,8 @@ from .errors import SearchError
 from .strategies import get_strategy, list_strategies
 
 DATASET_NAMES = ("cifar10", "cifar100", "svhn", "imagenet")
+# The cell implementations of `proxynas_fast.darts.model_search.BACKENDS`, named here so that parsing and checking a
+# configuration (--help, mistakes) answers without importing torch; tests/test_search_config.py checks they agree.
 BACKENDS = ("reference", "fused")
 
 # The proxy-data paper's search settings (those of DARTS, Liu et al. 2019, CIFAR-10).
@@ -39,6 +41,10 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
         "pcdarts": dict(arch_begin_epoch=1),
     },
 }
+
+
+def _bad(flag: str, why: str) -> None:
+    raise SearchError(f"--{flag.replace('_', '-')}: {why}")
 
 
 @dataclass
@@ -110,14 +116,21 @@ class SearchConfig:
 
     # ----- checks that need no data -----
     def validate(self) -> "SearchConfig":
-        def bad(flag, why):
-            raise SearchError(f"--{flag.replace('_', '-')}: {why}")
+        """SearchError naming the flag for the first option that cannot run (in the order of --help)."""
+        self._validate_names()
+        self._validate_selection()
+        self._validate_schedule()
+        self._validate_run()
+        return self
 
+    def _validate_names(self) -> None:
         if self.dataset not in DATASET_NAMES:
-            bad("dataset", f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
+            _bad("dataset", f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
         get_strategy(self.strategy)
         if self.preset not in PRESETS:
-            bad("preset", f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+            _bad("preset", f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+
+    def _validate_selection(self) -> None:
         if self.entropy_file and self.scorer_checkpoint:
             raise SearchError("give either --entropy-file or --scorer-checkpoint, not both")
         if self.proxy is not None:
@@ -133,48 +146,51 @@ class SearchConfig:
         if self.proxy is None and self.portion is None and self.count is None:
             raise SearchError("give --portion (0 < p <= 1) or --count (number of proxy examples)")
         if self.portion is not None and not (math.isfinite(self.portion) and 0 < self.portion <= 1):
-            bad("portion", f"must be in (0, 1], got {self.portion}")
+            _bad("portion", f"must be in (0, 1], got {self.portion}")
         if self.count is not None and self.count < 2:
-            bad("count", f"must be at least 2 (one example per half), got {self.count}")
+            _bad("count", f"must be at least 2 (one example per half), got {self.count}")
         if not 0 < self.weight_fraction < 1:
-            bad("weight_fraction", f"must be strictly between 0 and 1, got {self.weight_fraction}")
+            _bad("weight_fraction", f"must be strictly between 0 and 1, got {self.weight_fraction}")
+
+    def _validate_schedule(self) -> None:
         for name in ("epochs", "batch_size", "layers", "init_channels", "log_every"):
             if int(getattr(self, name)) < 1:
-                bad(name, f"must be at least 1, got {getattr(self, name)}")
+                _bad(name, f"must be at least 1, got {getattr(self, name)}")
         if self.init_channels % 2:
-            bad("init_channels", f"must be even (factorized reductions halve it), got {self.init_channels}")
+            _bad("init_channels", f"must be even (factorized reductions halve it), got {self.init_channels}")
         if self.arch_begin_epoch < 0:
-            bad("arch_begin_epoch", f"must be >= 0, got {self.arch_begin_epoch}")
+            _bad("arch_begin_epoch", f"must be >= 0, got {self.arch_begin_epoch}")
         if not self.learning_rate > 0:
-            bad("learning_rate", f"must be > 0, got {self.learning_rate}")
+            _bad("learning_rate", f"must be > 0, got {self.learning_rate}")
         if not 0 <= self.learning_rate_min <= self.learning_rate:
-            bad("learning_rate_min", f"must be in [0, learning rate {self.learning_rate}], "
-                                     f"got {self.learning_rate_min}")
+            _bad("learning_rate_min", f"must be in [0, learning rate {self.learning_rate}], "
+                                      f"got {self.learning_rate_min}")
         if not self.arch_learning_rate > 0:
-            bad("arch_learning_rate", f"must be > 0, got {self.arch_learning_rate}")
+            _bad("arch_learning_rate", f"must be > 0, got {self.arch_learning_rate}")
         if len(self.arch_betas) != 2 or not all(0 <= b < 1 for b in self.arch_betas):
-            bad("arch_betas", f"must be two numbers in [0, 1), got {self.arch_betas}")
+            _bad("arch_betas", f"must be two numbers in [0, 1), got {self.arch_betas}")
         for name in ("momentum", "weight_decay", "arch_weight_decay", "cutout"):
             if getattr(self, name) < 0:
-                bad(name, f"must be >= 0, got {getattr(self, name)}")
+                _bad(name, f"must be >= 0, got {getattr(self, name)}")
         if not self.grad_clip > 0:
-            bad("grad_clip", f"must be > 0, got {self.grad_clip}")
+            _bad("grad_clip", f"must be > 0, got {self.grad_clip}")
+
+    def _validate_run(self) -> None:
         if self.image_size is not None:
             if self.dataset != "imagenet":
-                bad("image_size", f"only ImageNet images are resized; {self.dataset} is searched at its "
-                                  "native 32x32")
+                _bad("image_size", f"only ImageNet images are resized; {self.dataset} is searched at its "
+                                   "native 32x32")
             if self.image_size < 16:
-                bad("image_size", f"must be at least 16 (the ImageNet stem downsamples 8x), got {self.image_size}")
+                _bad("image_size", f"must be at least 16 (the ImageNet stem downsamples 8x), got {self.image_size}")
         if self.backend is not None and self.backend not in BACKENDS:
-            bad("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+            _bad("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            bad("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            _bad("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.cuda_graphs:
             if get_strategy(self.strategy).unrolled:
-                bad("cuda_graphs", f"captures first-order steps; strategy {self.strategy} is second order")
+                _bad("cuda_graphs", f"captures first-order steps; strategy {self.strategy} is second order")
             if self.device == "cpu":
-                bad("cuda_graphs", "CUDA graphs need a CUDA device, not --device cpu")
-        return self
+                _bad("cuda_graphs", "CUDA graphs need a CUDA device, not --device cpu")
 
     def _validate_proxy(self) -> None:
         """--proxy brings its selection and its weight/architecture split: nothing may select again."""
