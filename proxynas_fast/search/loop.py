@@ -87,6 +87,20 @@ def steps_per_epoch(weight_loader, arch_loader, ctx: DistContext, device) -> int
     return steps
 
 
+def _report_step(done: int, steps: int, running: _Running, bar, on_step, log_every: int) -> None:
+    """Advance the bar (its loss/accuracy every 10 steps) and call `on_step` every `log_every` steps and after
+    the last; the running values are read from the device only then."""
+    report = done % log_every == 0 or done == steps
+    if bar is not None:
+        bar.update(1)
+        if report or done % 10 == 0:
+            loss_sum, correct, count = running.local()
+            bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{100.0 * correct / count:.1f}")
+    if report and on_step is not None:
+        loss_sum, correct, count = running.local()
+        on_step(done, steps, loss_sum / count, 100.0 * correct / count)
+
+
 def train_epoch(*, model, forward_model, architect, optimizer, criterion, weight_loader, arch_loader,
                 lr: float, grad_clip: float, update_arch: bool, unrolled: bool, ctx: DistContext, device,
                 progress: bool = False, description: str = "",
@@ -117,16 +131,7 @@ def train_epoch(*, model, forward_model, architect, optimizer, criterion, weight
                 arch_step(architect, x, y, x_arch, y_arch, lr, optimizer, unrolled, ctx)
             logits, loss = weight_step(model, forward_model, optimizer, criterion, x, y, grad_clip)
         running.add(loss, logits, y)
-        done = step + 1
-        report = done % log_every == 0 or done == steps
-        if bar is not None:
-            bar.update(1)
-            if report or done % 10 == 0:
-                loss_sum, correct, count = running.local()
-                bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{100.0 * correct / count:.1f}")
-        if report and on_step is not None:
-            loss_sum, correct, count = running.local()
-            on_step(done, steps, loss_sum / count, 100.0 * correct / count)
+        _report_step(step + 1, steps, running, bar, on_step, log_every)
     if bar is not None:
         bar.close()
     return running.reduce(ctx, time.perf_counter() - start)
