@@ -20,7 +20,8 @@ from proxynas_fast.darts import (
     NetworkImageNetSearch,
     get_genotype,
 )
-from proxynas_fast.darts import fused
+from proxynas_fast import extension
+from proxynas_fast.darts import BACKENDS, CELL_BACKENDS, default_backend, fused
 from reference_darts_functional import random_state_dict, reference_forward, reference_layout
 
 # Tiny shapes: one intra-op thread (a parallel region costs more than the work; see conftest).
@@ -258,6 +259,26 @@ def test_backend_value_is_checked():
     model = Network(4, 10, 3, None)
     with pytest.raises(ValueError, match="backend"):
         model.backend = "fast"
+
+
+def test_backend_rule_picks_the_fast_path_of_the_device(monkeypatch):
+    """"auto" is the fused cell exactly where the compiled kernels for the device type exist (a GPU without the
+    CUDA kernels, or any other device, gets the reference cell), and follows the network when it moves."""
+    assert BACKENDS == ("reference", "fused") == tuple(CELL_BACKENDS.names())
+    assert default_backend("cpu") == ("fused" if extension.has_cpu_kernels() else "reference")
+    assert default_backend("cuda") == ("fused" if extension.has_cuda_kernels() else "reference")
+    assert default_backend(torch.device("meta")) == "reference"
+    assert default_backend() == default_backend(torch.get_default_device())
+    with torch.device("meta"):
+        assert Network(4, 10, 3, None).backend == "reference"
+    auto, fused_model = Network(4, 10, 3, None), Network(4, 10, 3, None, backend="Fused")
+    assert auto.backend == default_backend("cpu") and fused_model.backend == "fused"
+    monkeypatch.setattr(extension, "has_kernels_for", lambda device: False)  # as on a device without kernels
+    auto.double()  # any move chooses again
+    fused_model.double()
+    assert auto.backend == "reference" and all(c.backend == "reference" for c in auto.cells)
+    assert auto.new().backend == "reference"  # new() keeps "auto"
+    assert fused_model.backend == "fused" and fused_model.new().backend == "fused"  # chosen explicitly: kept
 
 
 def test_darts_modules_import_nothing_inside_functions():

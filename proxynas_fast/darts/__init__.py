@@ -9,7 +9,7 @@ from .genotypes import (
     get_genotype,
     list_genotypes,
 )
-from .model_search import BACKENDS, Cell, MixedOp, Network, parse_cell
+from .model_search import BACKENDS, CELL_BACKENDS, Cell, MixedOp, Network, default_backend, parse_cell
 from .model_search_imagenet import NetworkImageNetSearch, PCNetworkImageNetSearch
 from .operations import OPS
 from .pcdarts import (
@@ -28,6 +28,7 @@ __all__ = [
     "PRIMITIVES", "Genotype", "OPS", "get_genotype", "list_genotypes", "genotype_from_dict", "genotype_from_string",
     "genotype_to_dict",
     "MixedOp", "Cell", "Network", "NetworkImageNetSearch", "parse_cell", "BACKENDS",
+    "CELL_BACKENDS", "default_backend",
     "PCMixedOp", "PCCell", "PCNetwork", "PCNetworkImageNetSearch", "channel_shuffle", "edge_normalization",
     "Architect", "SearchHyperparameters", "DARTS_CIFAR_SEARCH", "PCDARTS_CIFAR_SEARCH", "PCDARTS_IMAGENET_SEARCH",
     "PCDARTS_CIFAR_K", "PCDARTS_IMAGENET_K",

@@ -11,8 +11,9 @@ arithmetic follow the reference DARTS search model exactly, so its checkpoints l
 * the search cells use BatchNorm without affine parameters (`affine=False`), and pooling candidates are followed
   by such a BatchNorm so their output scale is comparable with the convolutions'.
 
-`backend` selects how a cell is evaluated: "reference" is the plain PyTorch forward below (the ground truth);
-"fused" hands the whole cell to `proxynas_fast.darts.fused.cell_forward`.
+`backend` selects how a cell is evaluated (`CELL_BACKENDS`): "reference" is the plain PyTorch forward below (the
+ground truth); "fused" hands the whole cell to `proxynas_fast.darts.fused.cell_forward`; "auto" picks the one with
+a fast path on the network's device (`default_backend`).
 """
 from __future__ import annotations
 
@@ -23,28 +24,74 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from proxynas_fast import extension
+from proxynas_fast.registry import Registry
 
 from . import fused
 from .genotypes import PRIMITIVES, Genotype
 from .operations import OPS, FactorizedReduce, ReLUConvBN
 from .rng_replay import construction_draws, replay_construction_draws
 
-BACKENDS = ("reference", "fused")
 _NONE_INDEX = PRIMITIVES.index("none")
 
+# How a cell is evaluated, by name (`Network(backend=...)`, `--backend`): each backend evaluates a DARTS cell and
+# a PC-DARTS cell and says on which devices it runs its fast path.
+CELL_BACKENDS: Registry = Registry("backend")
 
-def default_backend() -> str:
-    """'fused' when the compiled kernels are present (the fused cell then runs them), else 'reference'."""
-    return "fused" if extension.has_cpu_kernels() else "reference"
+
+@CELL_BACKENDS.register("reference")
+class ReferenceBackend:
+    """The plain PyTorch modules (`Cell.reference_forward`): the ground truth, the same speed on every device."""
+
+    @staticmethod
+    def cell_forward(cell, s0, s1, weights):
+        return cell.reference_forward(s0, s1, weights)
+
+    @staticmethod
+    def pc_cell_forward(cell, s0, s1, weights, edge_weights):
+        return cell.reference_forward(s0, s1, weights, edge_weights)
+
+    @staticmethod
+    def fast_on(device: torch.device) -> bool:
+        return True
 
 
-def check_backend(backend: str) -> str:
-    """Validate a backend name; "auto" (or None) means `default_backend()`."""
+@CELL_BACKENDS.register("fused")
+class FusedBackend:
+    """The fused cell (`proxynas_fast.darts.fused`); fast where the compiled kernels exist for the device (on
+    other devices it runs the kernels' pure-PyTorch references: correct, not faster)."""
+
+    @staticmethod
+    def cell_forward(cell, s0, s1, weights):
+        return fused.cell_forward(cell, s0, s1, weights)
+
+    @staticmethod
+    def pc_cell_forward(cell, s0, s1, weights, edge_weights):
+        return fused.pc_cell_forward(cell, s0, s1, weights, edge_weights)
+
+    @staticmethod
+    def fast_on(device: torch.device) -> bool:
+        return extension.has_kernels_for(device)
+
+
+BACKENDS = tuple(CELL_BACKENDS.names())  # ("reference", "fused")
+
+
+def default_backend(device: Optional[torch.device] = None) -> str:
+    """The backend whose fast path exists on `device`: "fused" when the compiled kernels for that device type are
+    there (CPU kernels for cpu, CUDA kernels for cuda), else "reference". `device=None` means the current default
+    device (`torch.get_default_device()`, where a network built now is created)."""
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    return "fused" if FusedBackend.fast_on(device) else "reference"
+
+
+def check_backend(backend: Optional[str], device: Optional[torch.device] = None) -> str:
+    """A backend's registered name; "auto" (or None) means `default_backend(device)`."""
     if backend in (None, "auto"):
-        return default_backend()
-    if backend not in BACKENDS:
+        return default_backend(device)
+    name = str(backend).lower()
+    if name not in CELL_BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {backend!r}")
-    return backend
+    return name
 
 
 def load_fused_backend():
@@ -104,9 +151,7 @@ class Cell(nn.Module):
                 self._ops.append(mixed_op(C, stride))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        if self.backend == "fused":
-            return fused.cell_forward(self, s0, s1, weights)
-        return self.reference_forward(s0, s1, weights)
+        return CELL_BACKENDS.get(self.backend).cell_forward(self, s0, s1, weights)
 
     def reference_forward(self, s0, s1, weights):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
@@ -152,8 +197,8 @@ class Network(nn.Module):
         layers: number of cells; cells `layers // 3` and `2 * layers // 3` are reduction cells (channels doubled).
         criterion: loss used by `_loss` (default `nn.CrossEntropyLoss()`).
         steps: intermediate nodes per cell; multiplier: how many of the last nodes form the cell output.
-        backend: "reference", "fused" or "auto" (fused when the compiled kernels exist; see module docstring);
-            settable later via `model.backend`.
+        backend: "reference", "fused" or "auto" (fused when the compiled kernels for the device of the weights
+            exist, chosen again when the network moves; see `default_backend`); settable later via `model.backend`.
     """
 
     # First cell's preprocess0 halves its input when the stem already downsampled twice (ImageNet variant).
@@ -218,7 +263,7 @@ class Network(nn.Module):
         """Constructor arguments, so that `new()` rebuilds the same architecture."""
         return dict(C=self._C, num_classes=self._num_classes, layers=self._layers, criterion=self._criterion,
                     steps=self._steps, multiplier=self._multiplier, stem_multiplier=self._stem_multiplier,
-                    backend=self.backend)
+                    backend="auto" if self._backend_auto else self.backend)
 
     # ----- architecture weights -----
     def _register_arch(self, name: str, shape) -> None:
@@ -273,6 +318,8 @@ class Network(nn.Module):
                     grad = fn(tensor.grad)
                 if grad is not tensor.grad:
                     tensor.grad.data = grad
+        if self.__dict__.get("_backend_auto"):
+            self.backend = "auto"  # the fast path of the device the network is now on
         return self
 
     # ----- backend -----
@@ -282,10 +329,16 @@ class Network(nn.Module):
 
     @backend.setter
     def backend(self, value: str) -> None:
-        value = check_backend(value)
+        """A backend name, or "auto": the backend with a fast path on the device of the network's weights, chosen
+        again whenever the network moves (`.to()`, `.cuda()`)."""
+        object.__setattr__(self, "_backend_auto", value in (None, "auto"))
+        value = check_backend(value, self._device())
         object.__setattr__(self, "_backend", value)
         for cell in self.cells:
             cell.backend = value
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
 
     # ----- forward -----
     def _cell_weights(self):

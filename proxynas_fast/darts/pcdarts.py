@@ -25,8 +25,7 @@ import torch.nn.functional as F
 
 from .architect import SearchHyperparameters
 from .genotypes import PRIMITIVES
-from . import fused
-from .model_search import Cell, Network, num_edges
+from .model_search import CELL_BACKENDS, Cell, Network, num_edges
 from .operations import OPS, channel_shuffle  # channel_shuffle: re-exported (public name of this module)
 
 PCDARTS_CIFAR_K = 4
@@ -93,9 +92,7 @@ class PCCell(Cell):
                          mixed_op=functools.partial(PCMixedOp, k=k))
 
     def forward(self, s0, s1, weights, edge_weights):
-        if self.backend == "fused":
-            return fused.pc_cell_forward(self, s0, s1, weights, edge_weights)
-        return self.reference_forward(s0, s1, weights, edge_weights)
+        return CELL_BACKENDS.get(self.backend).pc_cell_forward(self, s0, s1, weights, edge_weights)
 
     def reference_forward(self, s0, s1, weights, edge_weights):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
