@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..loaders import build_imagenet_loader
 from ..ops import entropy_histogram, make_log10_edges
 
 # log10(entropy) spans at most [-46, log10(log 1000)] for float32 logits; the histogram of the scoring
@@ -102,8 +103,6 @@ def score_dataset(model: nn.Module, dataset, *, mean, std, batch_size: int = 500
     if hasattr(dataset, "images"):
         batches = _batches_from_arrays(dataset.images, mean, std, batch_size, device, lo, hi)
     else:
-        from ..loaders import build_imagenet_loader
-
         loader = build_imagenet_loader(list(dataset.files[lo:hi]), labels, batch_size, train=False,
                                        device=device, backend="auto", num_threads=num_threads,
                                        image_size=image_size)

@@ -17,11 +17,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from proxynas_fast.darts import Architect
 from proxynas_fast.darts.genotypes import genotype_to_dict
-from proxynas_fast.entropy_file import EntropyTable, read_entropy_file
+from proxynas_fast.data import dataset_info, load_dataset
+from proxynas_fast.entropy_file import EntropyTable, read_entropy_file, write_entropy_file
+from proxynas_fast.loaders import ResidentLoader, build_imagenet_loader, select_files
+from proxynas_fast.loaders.sharding import derived_seed
 from proxynas_fast.rng import capture_rng_state, restore_rng_state
 from proxynas_fast.run_folder import check_output_dir
-from proxynas_fast.selection import PROXY_FILES, write_proxy_files
+from proxynas_fast.scoring import CheckpointError, load_scorer, score_dataset
+from proxynas_fast.selection import PROXY_FILES, select, split_proxy, write_proxy_files
 
 from . import checkpoint as ckpt
 from . import outputs
@@ -120,8 +125,6 @@ def check_out_dir(config: SearchConfig) -> Optional[Dict[str, Any]]:
 
 
 def load_train_set(config: SearchConfig):
-    from proxynas_fast.data import load_dataset
-
     data_dir = config.data_dir
     if data_dir is not None and not Path(data_dir).is_dir():
         raise SearchError(f"--data-dir {data_dir} does not exist (or is not a folder)")
@@ -161,10 +164,6 @@ def check_entropy_matches(table: EntropyTable, dataset, dataset_name: str) -> En
 def score_training_set(config: SearchConfig, dataset, out_dir: Path, ctx: DistContext) -> Path:
     """Entropy file for --scorer-checkpoint: every rank scores a shard of the training set (gathered in index
     order), rank 0 writes --out/entropy.txt; a resumed or repeated run reuses that file."""
-    from proxynas_fast.data import dataset_info
-    from proxynas_fast.entropy_file import write_entropy_file
-    from proxynas_fast.scoring import CheckpointError, load_scorer, score_dataset
-
     path = out_dir / SCORED_ENTROPY_NAME
     if broadcast_object(path.is_file(), ctx):  # rank 0's view, taken before anyone writes it
         return path
@@ -190,8 +189,6 @@ def score_training_set(config: SearchConfig, dataset, out_dir: Path, ctx: DistCo
 def select_proxy(config: SearchConfig, dataset, entropy_path: Optional[Path]) -> tuple:
     """(ProxySplit, table): the selected data-set indices and their halves; `table` has one row per example
     (entropy NaN when selecting at random without an entropy file)."""
-    from proxynas_fast.selection import select, split_proxy
-
     n = len(dataset)
     labels = np.asarray(dataset.labels, dtype=np.int64)
     if entropy_path is not None:
@@ -237,15 +234,11 @@ def build_loaders(config: SearchConfig, dataset, split: ProxySplit, *, rank: int
                   device: torch.device) -> Dict[str, Any]:
     """{"weights", "arch"}: augmented, shuffled training batches of each half (incomplete batches dropped);
     {"eval"}: the architecture half without augmentation, for the per-epoch validation."""
-    from proxynas_fast.loaders.sharding import derived_seed
-
     common = dict(device=device, rank=rank, world_size=world_size)
     seeds = {"weights": derived_seed(config.seed, 1), "arch": derived_seed(config.seed, 2), "eval": 0}
     parts = {"weights": split.weights, "arch": split.arch, "eval": split.arch}
     loaders = {}
     if config.dataset == "imagenet":
-        from proxynas_fast.loaders import build_imagenet_loader, select_files
-
         for key, part in parts.items():
             files, labels = select_files(dataset.files, dataset.labels, part)
             train = key != "eval"
@@ -253,8 +246,6 @@ def build_loaders(config: SearchConfig, dataset, split: ProxySplit, *, rank: int
                 files, labels, config.batch_size, train=train, backend=config.loader_backend,
                 seed=seeds[key], image_size=config.image_size or 224, drop_last=train, **common)
     else:
-        from proxynas_fast.loaders import ResidentLoader
-
         for key, part in parts.items():
             train = key != "eval"
             loaders[key] = ResidentLoader(
@@ -267,8 +258,6 @@ def build_loaders(config: SearchConfig, dataset, split: ProxySplit, *, rank: int
 # ----------------------------------------------------------------------------------------------- model
 def build_components(config: SearchConfig, num_classes: int, device: torch.device, ctx: DistContext,
                      backend: str) -> SearchComponents:
-    from proxynas_fast.darts import Architect
-
     strategy = get_strategy(config.strategy)
     criterion = nn.CrossEntropyLoss().to(device)
     model = strategy.build_model(dataset=config.dataset, C=config.init_channels, num_classes=num_classes,
