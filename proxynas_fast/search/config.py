@@ -247,14 +247,12 @@ def resolve_config(overrides: Mapping[str, Any]) -> SearchConfig:
 def default_backend(device=None) -> str:
     """The cell implementation a run on `device` uses when --backend is not given: 'fused' when the compiled
     kernels for that device type exist, else 'reference' (on a GPU without CUDA kernels the fused cell would run
-    its pure-PyTorch references). `device=None`: the rule of `proxynas_fast.darts.model_search`."""
+    its pure-PyTorch references). One rule for the CLI and the models: `proxynas_fast.darts.default_backend`
+    (`device=None`: torch's current default device)."""
     # Deferred: torch loads only when a run starts, so --help stays fast.
-    from proxynas_fast import extension
-    from proxynas_fast.darts.model_search import default_backend as model_default
+    from proxynas_fast.darts import default_backend as model_default
 
-    if device is None:
-        return model_default()
-    return "fused" if extension.has_kernels_for(device) else "reference"
+    return model_default(device)
 
 
 # ----- command line -----
