@@ -255,17 +255,31 @@ def cell_layout(edges: Sequence, concat: Sequence[int]) -> Dict[str, Any]:
     return {"positions": pos, "arrows": arrows, "labels": labels, "crossings": crossings}
 
 
+def _draw_nodes(ax, positions: Dict[str, tuple]) -> None:
+    """A rounded box per node, coloured by kind (cell inputs, intermediate nodes, the output), with its name."""
+    from matplotlib.patches import FancyBboxPatch  # deferred like cell_figure's: matplotlib only when drawing
+
+    colours = {"in": "#b7e4a8", "mid": "#a8c8f0", "out": "#f5e08a"}
+    for name, (x, y) in positions.items():
+        kind = "in" if name.startswith("c_{k-") else ("out" if name == "c_{k}" else "mid")
+        ax.add_patch(FancyBboxPatch((x - NODE_HALF_W, y - NODE_HALF_H), 2 * NODE_HALF_W, 2 * NODE_HALF_H,
+                                    boxstyle=f"round,pad={_BOX_PAD}", fc=colours[kind], ec="#333333", lw=1.0,
+                                    zorder=3))
+        ax.text(x, y, f"${name}$" if name.startswith("c_") else name, ha="center", va="center", fontsize=10,
+                zorder=4)
+
+
 def cell_figure(edges: Sequence, concat: Sequence[int], title: str = ""):
     """The matplotlib Figure of a discrete cell: input nodes c_{k-2}, c_{k-1}, intermediate nodes 0..n-1, output
     c_{k}; every edge an arrow with its operation; the concatenated nodes feed c_{k} (dashed, with a legend)."""
+    # Deferred: matplotlib loads only when a cell is drawn.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+    from matplotlib.patches import FancyArrowPatch
 
     layout = cell_layout(edges, concat)
     pos = layout["positions"]
-    colours = {"in": "#b7e4a8", "mid": "#a8c8f0", "out": "#f5e08a"}
     ys = [p[1] for p in pos.values()]
     fig = Figure(figsize=(7.0, 1.6 + 0.75 * (max(ys) - min(ys))), dpi=110)
     FigureCanvasAgg(fig)
@@ -283,13 +297,7 @@ def cell_figure(edges: Sequence, concat: Sequence[int], title: str = ""):
         x, y = label["box"][:2]
         ax.text(x, y, label["text"], ha="center", va="center", fontsize=7, zorder=5,
                 bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="#bbbbbb", lw=0.5, alpha=0.95))
-    for name, (x, y) in pos.items():
-        kind = "in" if name.startswith("c_{k-") else ("out" if name == "c_{k}" else "mid")
-        ax.add_patch(FancyBboxPatch((x - NODE_HALF_W, y - NODE_HALF_H), 2 * NODE_HALF_W, 2 * NODE_HALF_H,
-                                    boxstyle=f"round,pad={_BOX_PAD}", fc=colours[kind], ec="#333333", lw=1.0,
-                                    zorder=3))
-        ax.text(x, y, f"${name}$" if name.startswith("c_") else name, ha="center", va="center", fontsize=10,
-                zorder=4)
+    _draw_nodes(ax, pos)
     ax.legend(handles=[Line2D([], [], color="#444444", lw=1.1, label="edge: the operation applied to its input"),
                        Line2D([], [], color="#444444", lw=1.1, ls="--",
                               label="node concatenated into the output $c_{k}$")],
