@@ -22,6 +22,7 @@ from proxynas_fast.search import SearchError, SearchStrategy, get_strategy, list
 from proxynas_fast.search.strategies import STRATEGIES
 from proxynas_fast.selection import get_selector, list_selectors, register_selector, select
 from proxynas_fast.selection.registry import SELECTORS
+from proxynas_fast.train.config import make_config as make_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 BUILT_IN = {
@@ -145,6 +146,10 @@ def test_a_new_data_set_is_found_by_name(restore_registries, cifar10_jpeg_dir):
     assert np.array_equal(ds.images[:10], full.images[full.labels == 0][:10])
     with pytest.raises(DatasetError, match="unknown split 'dev'"):
         load_dataset(name, cifar10_jpeg_dir.parent, "dev")
+    # The search and training configurations accept it too (they asked a fixed tuple of four names before).
+    search = resolve_config({"dataset": name, "out": "runs/x", "selection": "random"})
+    assert search.dataset == name
+    assert make_train_config("paper", "DARTS_V2", name, "runs/y").dataset == name
 
 
 def test_a_name_cannot_be_registered_twice(restore_registries):

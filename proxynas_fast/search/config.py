@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from proxynas_fast.data import list_datasets  # numpy only: --help still answers without torch
+
 from .errors import SearchError
 from .strategies import get_strategy, list_strategies
 
-DATASET_NAMES = ("cifar10", "cifar100", "svhn", "imagenet")
+# The data sets registered when this module loaded (a later `@register_dataset` class is accepted too: the
+# checks ask `list_datasets()` at the time they run).
+DATASET_NAMES = tuple(list_datasets())
 # The cell implementations of `proxynas_fast.darts.model_search.BACKENDS`, named here so that parsing and checking a
 # configuration (--help, mistakes) answers without importing torch; tests/test_search_config.py checks they agree.
 BACKENDS = ("reference", "fused")
@@ -124,8 +128,8 @@ class SearchConfig:
         return self
 
     def _validate_names(self) -> None:
-        if self.dataset not in DATASET_NAMES:
-            _bad("dataset", f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
+        if self.dataset not in list_datasets():
+            _bad("dataset", f"unknown data set {self.dataset!r}; choose one of {', '.join(list_datasets())}")
         get_strategy(self.strategy)
         if self.preset not in PRESETS:
             _bad("preset", f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -286,7 +290,7 @@ def _parse_option(text: str) -> Tuple[str, Any]:
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", help=f"one of {', '.join(DATASET_NAMES)}")
+    g.add_argument("--dataset", help=f"one of {', '.join(list_datasets())}")
     g.add_argument("--data-dir", help="data folder (default: $PROXYNAS_DATA, else ./data)")
     g.add_argument("--no-download", dest="download", action="store_false",
                    help="never download a missing data set")

@@ -18,7 +18,8 @@ from typing import List, Optional
 from proxynas_fast.cli_errors import resume_command, run_cli
 from proxynas_fast.run_folder import check_output_dir, hold_output
 from proxynas_fast.threads import configure_threads
-from proxynas_fast.train.config import AMP_MODES, DATASET_NAMES, LR_SCHEDULES, PRESETS, describe_preset, make_config
+from proxynas_fast.data import list_datasets
+from proxynas_fast.train.config import AMP_MODES, LR_SCHEDULES, PRESETS, describe_preset, make_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a registered genotype name (see --list-archs) or a genotype.json written by a search "
                         "(required)")
     p.add_argument("--list-archs", action="store_true", help="list the registered genotype names and exit")
-    p.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES)
+    p.add_argument("--dataset", default="cifar10", choices=list_datasets())
     p.add_argument("--data-dir", default=None, help="data folder (default: $PROXYNAS_DATA, else ./data)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<arch>)")
     p.add_argument("--preset", default="paper", choices=PRESETS,

@@ -9,7 +9,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-DATASET_NAMES = ("cifar10", "cifar100", "svhn", "imagenet")
+from proxynas_fast.data import list_datasets
+
+# The data sets registered when this module loaded; the checks ask `list_datasets()` when they run.
+DATASET_NAMES = tuple(list_datasets())
 AMP_MODES = ("none", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "step")
 
@@ -59,8 +62,8 @@ class TrainConfig:
         def bad(name, why):
             raise ValueError(f"--{name.replace('_', '-')}: {why}")
 
-        if self.dataset not in DATASET_NAMES:
-            bad("dataset", f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
+        if self.dataset not in list_datasets():
+            bad("dataset", f"unknown data set {self.dataset!r}; choose one of {', '.join(list_datasets())}")
         if self.amp not in AMP_MODES:
             bad("amp", f"must be one of {AMP_MODES}, got {self.amp!r}")
         if self.lr_schedule not in LR_SCHEDULES:
