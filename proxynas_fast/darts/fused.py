@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from proxynas_fast.ops._args import inputs_needing_grad
 from proxynas_fast.ops.dw_conv2d import dw_conv2d
 from proxynas_fast.ops.mixed_node import (channel_affine_combine, channel_dot_sums, channel_moments,
                                           channel_weighted_sum)
@@ -380,8 +381,8 @@ class _MixedNode(torch.autograd.Function):
     weights, gathered for all nodes of the cell at once (`_fused_cell`)."""
 
     @staticmethod
-    def forward(ctx, node: _NodePlan, index: _NodeIndex, pools: List[_SharedPool], a: Tensor,
-                *tensors: Tensor) -> Tensor:
+    def forward(ctx, a: Tensor, *args) -> Tensor:
+        *tensors, (node, index, pools) = args  # tensors first: see inputs_needing_grad
         dtype = _common_dtype(tensors)
         zs = _term_values(node.terms, pools, tensors, dtype)
         stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -406,10 +407,10 @@ class _MixedNode(torch.autograd.Function):
         coef_g = a[:, None] * rstd
         coef_z = torch.where(index.batch_mask, -coef_g * rstd * sgxhat / count, 0.0)
         coef_c = torch.where(index.batch_mask, -coef_g * sg[None, :] / count - coef_z * mu, 0.0)
-        needs = ctx.needs_input_grad[4:]
+        needs = inputs_needing_grad(ctx, 1, 1 + len(tensors))  # e.g. the first cell's, in the architecture step
         grads = _input_gradients(node, index, pools, tensors, needs, g, zs, (coef_g, coef_z, coef_c), dtype)
-        grad_a = sgxhat.sum(1) if ctx.needs_input_grad[3] else None
-        return (None, None, None, grad_a, *grads)
+        grad_a = sgxhat.sum(1) if ctx.needs_input_grad[0] else None
+        return (grad_a, *grads, None)
 
 
 def _input_gradients(node: _NodePlan, index: _NodeIndex, pools: Sequence[_SharedPool], tensors: Sequence[Tensor],
@@ -556,7 +557,7 @@ def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor,
         tensors = [_active(states[s], plan.pc_k) if k < 0 else branches[s][k] for s, k in node.sources]
         for e in node.edges:
             del branches[e]
-        h = _MixedNode.apply(node, indexes[i], pools, a_node, *tensors)
+        h = _MixedNode.apply(a_node, *tensors, (node, indexes[i], pools))
         if edge_weights is not None:
             h = _pc_combine(plan, h, states, node.edges, edge_weights)
         states.append(h)

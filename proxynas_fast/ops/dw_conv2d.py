@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import extension
-from ._args import IntPair, int_pair
+from ._args import IntPair, inputs_needing_grad, int_pair
 from ._layout import empty_in_layout_of
 
 Tensor = torch.Tensor
@@ -88,7 +88,7 @@ if extension.has_cpu_kernels():
 
     def _backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
+        mask = inputs_needing_grad(ctx)[:2]  # the architecture step skips the weight gradient
         grad_input, grad_weight = torch.ops.proxynas_fast.dw_conv2d_backward(
             grad_output, input, weight, *ctx.conv_args, mask)
         return grad_input, grad_weight, None, None, None
