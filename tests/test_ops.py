@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch._prims_common import suggest_memory_format
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from devices import DEVICES, require_kernels
 from proxynas_fast.ops import mixed_node as mn
@@ -110,6 +111,31 @@ def test_dw_conv2d_opcheck(device, layout):
     g = make_tensor((2, 6, 7, 8), torch.float32, device, layout, seed=2)
     torch.library.opcheck(ops.dw_conv2d_backward, (g, x.detach(), w.detach(), [1, 1], [1, 1], [1, 1],
                                                    [True, True]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dw_conv2d_backward_computes_only_the_gradients_the_pass_uses(device):
+    """autograd.grad with respect to the input (what the DARTS architecture step asks of the convolutions below
+    its alphas) runs the backward kernel without the weight gradient; .backward() asks for both; gradients equal."""
+    require_kernels(device)
+    x = make_tensor((2, 3, 7, 8), torch.float32, device, "contiguous").requires_grad_()
+    w = make_tensor((3, 1, 3, 3), torch.float32, device, "contiguous", seed=1).requires_grad_()
+    masks = []
+
+    class RecordMasks(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is ops.dw_conv2d_backward:
+                masks.append(list(args[-1]))
+            return func(*args, **(kwargs or {}))
+
+    for weight in (w, torch.cat([w, w])):  # a leaf weight, and a stacked one (as the fused cell passes)
+        masks.clear()
+        with RecordMasks():
+            (gx,) = torch.autograd.grad(dw_conv2d(x * 1.0, weight, 1, 1, 1).square().sum(), [x])
+            x.grad = None
+            dw_conv2d(x * 1.0, weight, 1, 1, 1).square().sum().backward()
+        assert masks == [[True, weight is w], [True, True]]
+        torch.testing.assert_close(gx, x.grad, rtol=0, atol=0)
 
 
 # ======================================================================================================
