@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Iterable, Optional, Tuple
 
 from .base import DatasetError, FileDataset
-from .image_cache import entry_path, load_entry, store_entry
-from .readers import (cache_key, decode_images, list_image_folder, read_cifar_pickle, read_order_file,
-                      read_svhn_mat)
+from .lazy import LazyImageDataset, materialize
+from .readers import list_image_folder, read_cifar_pickle, read_order_file, read_svhn_mat
 from .registry import DATASET_SOURCES, IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, DatasetSource
 
 log = logging.getLogger(__name__)
@@ -87,6 +86,11 @@ class CIFAR10(DatasetSource):
 
     @classmethod
     def load(cls, root: Path, split: str, download: bool):
+        return materialize(cls.load_lazy(root, split, download))
+
+    @classmethod
+    def load_lazy(cls, root: Path, split: str, download: bool):
+        """The pickles in memory, or the image-folder layout as a `LazyImageDataset` (nothing decoded yet)."""
         pickles = cls.pickle_folder(root)
         if pickles is not None:
             images, labels, classes = read_cifar_pickle(pickles, "train" if split == "train" else "test",
@@ -94,10 +98,10 @@ class CIFAR10(DatasetSource):
             return cls.arrays(split, images, labels, classes, pickles)
         split_dir = _first([root / split, root / f"{cls.name}-jpeg" / split, root / cls.name / split], Path.is_dir)
         if split_dir is not None:
-            return cls.load_image_folder(split_dir.parent, split)
+            return cls.image_folder(split_dir.parent, split)
         fetched, reason = _fetch(cls.name, root, download)
         if fetched is not None:
-            return cls.load(root, split, download=False)
+            return cls.load_lazy(root, split, download=False)
         raise _missing(cls.name, root, f"{cls.pickle_dir}/ (torchvision layout) or {split}/<class>/*.jpg", reason)
 
     @classmethod
@@ -109,8 +113,13 @@ class CIFAR10(DatasetSource):
 
     @classmethod
     def load_image_folder(cls, root: Path, split: str):
-        """<split>/<class>/*.jpg under root, in the order of <split>_order.txt when present; the decoded
-        images are cached (see image_cache)."""
+        """<split>/<class>/*.jpg under root, in the order of <split>_order.txt when present, all decoded (the
+        decoded images are cached, see image_cache)."""
+        return cls.image_folder(root, split).decoded()
+
+    @classmethod
+    def image_folder(cls, root: Path, split: str) -> LazyImageDataset:
+        """<split>/<class>/*.jpg under root, in the order of <split>_order.txt when present; decoded on demand."""
         split_dir, size = root / split, cls.info.image_size
         files, labels, classes = list_image_folder(split_dir)
         order_file = root / f"{split}_order.txt"
@@ -118,12 +127,8 @@ class CIFAR10(DatasetSource):
             files, labels = read_order_file(order_file, root, classes, listed=files)
         if len(classes) != cls.info.num_classes:
             raise DatasetError(f"{split_dir}: {len(classes)} class folders, {cls.name} has {cls.info.num_classes}")
-        cache = entry_path(cls.name, split, cache_key(files))
-        images = load_entry(cache, (len(files), size, size, 3))
-        if images is None:
-            images = decode_images(files, (size, size))
-            store_entry(cache, images)
-        return cls.arrays(split, images, labels, classes, split_dir)
+        return LazyImageDataset(cls.name, split, files, labels, classes, cls.info.train_mean, cls.info.train_std,
+                                (size, size), str(split_dir))
 
 
 @DATASET_SOURCES.register()

@@ -28,6 +28,7 @@ from typing import ClassVar, Iterator, List, Mapping, Tuple, Type, Union
 
 from ..registry import Registry
 from .base import ArrayDataset, DatasetError, FileDataset
+from .lazy import LazyImageDataset
 
 Norm = Tuple[float, float, float]
 
@@ -67,6 +68,12 @@ class DatasetSource:
         """The `split` ("train", "test" or "val") found under the existing folder `root`, in the original example
         order; fetch it first when absent and `download` allows; else a DatasetError saying what to put where."""
         raise NotImplementedError(f"data set {cls.__name__} defines no load()")
+
+    @classmethod
+    def load_lazy(cls, root: Path, split: str, download: bool) -> Union[ArrayDataset, FileDataset, LazyImageDataset]:
+        """Like `load`, but a layout of image files may come back as a `LazyImageDataset` that decodes only what is
+        asked for; by default (a source with no such layout) `load` itself."""
+        return cls.load(root, split, download)
 
     @classmethod
     def arrays(cls, split: str, images, labels, classes: List[str], source) -> ArrayDataset:
@@ -117,11 +124,13 @@ def resolve_data_dir(data_dir: Union[str, os.PathLike, None] = None) -> Path:
     return Path(env).expanduser() if env else Path("data")
 
 
-def load_dataset(name: str, data_dir=None, split: str = "train", download: bool = True):
+def load_dataset(name: str, data_dir=None, split: str = "train", download: bool = True, lazy: bool = False):
     """Load a data set in its original example order (`ArrayDataset`, or `FileDataset` for ImageNet).
 
     data_dir: see `resolve_data_dir`. The layouts each data set looks for under it are in its class's
     docstring (`datasets.py`); CIFAR-10/100 and SVHN are downloaded when absent and `download` is true.
+    lazy: an image-folder layout (CIFAR-10/100 JPEGs) comes back as a `LazyImageDataset` that decodes only the
+    examples asked for (`subset`, `images_of`); other layouts load as without it.
     """
     source = DATASET_SOURCES.get(name)
     if split not in SPLITS:
@@ -129,4 +138,4 @@ def load_dataset(name: str, data_dir=None, split: str = "train", download: bool 
     root = resolve_data_dir(data_dir)
     if not root.is_dir():
         raise DatasetError(f"data folder {root} does not exist (pass --data-dir or set PROXYNAS_DATA)")
-    return source.load(root, split, download)
+    return source.load_lazy(root, split, download) if lazy else source.load(root, split, download)

@@ -11,7 +11,7 @@ import platform
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from proxynas_fast.loaders.sharding import derived_seed
 from proxynas_fast.rng import capture_rng_state, restore_rng_state
 from proxynas_fast.run_folder import check_output_dir
 from proxynas_fast.scoring import CheckpointError, load_scorer, score_dataset
-from proxynas_fast.selection import PROXY_FILES, select, split_proxy, write_proxy_files
+from proxynas_fast.selection import PROXY_FILES, get_selector, select, split_proxy, write_proxy_files
 
 from . import checkpoint as ckpt
 from . import outputs
@@ -124,11 +124,24 @@ def check_out_dir(config: SearchConfig) -> Optional[Dict[str, Any]]:
     return saved
 
 
+def needs_all_images(config: SearchConfig) -> bool:
+    """Whether the run reads the pixels of every training example: to score them (--scorer-checkpoint without
+    --entropy-file or --proxy), or for a selector with per-example options (kcenter: features of a scorer pass).
+    Otherwise a JPEG folder loads lazily and only the proxy's images are decoded (`proxy_examples`)."""
+    if config.proxy:
+        return False
+    if config.scorer_checkpoint and not config.entropy_file:
+        return True
+    return bool(config.selection) and bool(get_selector(config.selection).per_example_options)
+
+
 def load_train_set(config: SearchConfig):
+    """The training set: decoded whole when `needs_all_images`, else (an image folder) decoded on demand."""
     data_dir = config.data_dir
     if data_dir is not None and not Path(data_dir).is_dir():
         raise SearchError(f"--data-dir {data_dir} does not exist (or is not a folder)")
-    return load_dataset(config.dataset, data_dir, "train", download=config.download)
+    return load_dataset(config.dataset, data_dir, "train", download=config.download,
+                        lazy=not needs_all_images(config))
 
 
 # --------------------------------------------------------------------------------------- entropy + proxy
@@ -230,10 +243,24 @@ def check_batches_fit(config: SearchConfig, split: ProxySplit, world_size: int) 
 
 
 # --------------------------------------------------------------------------------------------- loaders
+def proxy_examples(dataset, split: ProxySplit) -> Tuple[Any, ProxySplit]:
+    """(the examples of both halves, in index order; the split re-indexed into them). Of a lazily loaded image
+    folder only these are decoded (a corrupt file elsewhere is never read); the halves keep their examples and
+    their order, so the loaders draw the same batches as over the whole set."""
+    needed = np.union1d(split.weights, split.arch)
+    if np.array_equal(needed, np.arange(len(dataset))):
+        return dataset, split
+    local = ProxySplit(np.arange(len(needed)), np.searchsorted(needed, split.weights),
+                       np.searchsorted(needed, split.arch), split.entropy_source)
+    return dataset.subset(needed), local
+
+
 def build_loaders(config: SearchConfig, dataset, split: ProxySplit, *, rank: int, world_size: int,
                   device: torch.device) -> Dict[str, Any]:
     """{"weights", "arch"}: augmented, shuffled training batches of each half (incomplete batches dropped);
-    {"eval"}: the architecture half without augmentation, for the per-epoch validation."""
+    {"eval"}: the architecture half without augmentation, for the per-epoch validation. The loaders receive only
+    the proxy's examples (`proxy_examples`)."""
+    dataset, split = proxy_examples(dataset, split)
     common = dict(device=device, rank=rank, world_size=world_size)
     seeds = {"weights": derived_seed(config.seed, 1), "arch": derived_seed(config.seed, 2), "eval": 0}
     parts = {"weights": split.weights, "arch": split.arch, "eval": split.arch}
@@ -529,8 +556,10 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
     backend = _start_run(config, ctx)
     data = _load_data(config, out_dir, ctx, times)
     seed_everything(config.seed)
+    with times.phase("data", "load"):  # decodes the proxy's images when the training set loaded lazily
+        proxy_set, proxy_split = proxy_examples(data.dataset, data.split)
     with times.phase("data", "loaders"):
-        loaders = build_loaders(config, data.dataset, data.split, rank=ctx.rank, world_size=ctx.world_size,
+        loaders = build_loaders(config, proxy_set, proxy_split, rank=ctx.rank, world_size=ctx.world_size,
                                 device=ctx.device)
     with times.phase("other", "model"):
         parts = build_components(config, data.dataset.num_classes, ctx.device, ctx, backend)

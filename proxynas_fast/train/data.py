@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from proxynas_fast.data import load_dataset, materialize
 from proxynas_fast.train.config import TrainConfig
 
 # Test subsets are drawn with a fixed seed so runs with different --seed are scored on the same images.
@@ -33,16 +34,16 @@ def select_indices(n: int, limit: Optional[int] = None, portion: Optional[float]
 
 
 def _subset(ds, idx: np.ndarray):
-    return ds if len(idx) == len(ds) else ds.subset(idx)
+    """The examples `idx` of `ds`; of a lazily loaded image folder only those are decoded."""
+    return materialize(ds) if len(idx) == len(ds) else ds.subset(idx)
 
 
 def build_loaders(cfg: TrainConfig, device: torch.device) -> Tuple[Any, Any, Dict[str, Any]]:
     """(train_loader, test_loader, info) for cfg.dataset; info has num_classes and the example counts."""
     from proxynas_fast import loaders
-    from proxynas_fast.data import load_dataset
 
-    train_ds = load_dataset(cfg.dataset, cfg.data_dir, "train")
-    test_ds = load_dataset(cfg.dataset, cfg.data_dir, "test")
+    train_ds = load_dataset(cfg.dataset, cfg.data_dir, "train", lazy=True)
+    test_ds = load_dataset(cfg.dataset, cfg.data_dir, "test", lazy=True)
     train_ds = _subset(train_ds, select_indices(len(train_ds), cfg.train_limit, cfg.train_portion,
                                                 cfg.subset, cfg.seed))
     test_ds = _subset(test_ds, select_indices(len(test_ds), cfg.test_limit, None, cfg.subset, TEST_SUBSET_SEED))
