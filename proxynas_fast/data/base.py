@@ -52,8 +52,9 @@ class ArrayDataset:
 
 
 @dataclass
-class FileDataset:
-    """A data set of image files (ImageNet layout); position i is example index i."""
+class LabelledFiles:
+    """What the data sets that are lists of files share: the files and their labels, position i being example
+    index i of the original data set, and the training normalisation."""
 
     name: str
     split: str
@@ -62,12 +63,11 @@ class FileDataset:
     classes: List[str]
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
-    source: str = ""
-    class_names: List[str] = field(default_factory=list)
 
     def __post_init__(self):
         if len(self.files) != len(self.labels):
-            raise DatasetError(f"{self.source}: {len(self.files)} files but {len(self.labels)} labels")
+            raise DatasetError(f"{getattr(self, 'source', '')}: {len(self.files)} files but {len(self.labels)} "
+                               "labels")
 
     @property
     def num_classes(self) -> int:
@@ -75,6 +75,14 @@ class FileDataset:
 
     def __len__(self) -> int:
         return len(self.files)
+
+
+@dataclass
+class FileDataset(LabelledFiles):
+    """A data set of image files (ImageNet layout); position i is example index i."""
+
+    source: str = ""
+    class_names: List[str] = field(default_factory=list)
 
     def __getitem__(self, i):
         return self.files[i], int(self.labels[i])

@@ -19,35 +19,17 @@ from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
-from .base import ArrayDataset, DatasetError, FileDataset
+from .base import ArrayDataset, DatasetError, FileDataset, LabelledFiles
 from .image_cache import entry_path, load_entry, store_entry
 from .readers import cache_key, decode_images
 
 
 @dataclass
-class LazyImageDataset:
+class LazyImageDataset(LabelledFiles):
     """Image files of one size (`image_size`, H x W) and their labels; pixels are decoded on demand."""
 
-    name: str
-    split: str
-    files: List[str]
-    labels: np.ndarray
-    classes: List[str]
-    mean: Tuple[float, float, float]
-    std: Tuple[float, float, float]
     image_size: Tuple[int, int]
     source: str = ""
-
-    def __post_init__(self):
-        if len(self.files) != len(self.labels):
-            raise DatasetError(f"{self.source}: {len(self.files)} files but {len(self.labels)} labels")
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.files)
 
     def images_of(self, indices: Sequence[int]) -> np.ndarray:
         """uint8 [len(indices), H, W, 3]: the images of those examples, in that order (decoded, or read from the
