@@ -132,24 +132,26 @@ def _node_inputs(device, training):
         bn.running_var.uniform_(0.5, 2)
     T = fused._Term
     terms = [T("z", 2, 0, 4, bn=bns[0]), T("z", 3, 1, 6, bn=bns[1]),
-             T("pool", 0, 0, 1, bn=bns[2], pool=fused._SharedPool(nn.MaxPool2d(3, 1, 1)), owner=True),
-             T("pool", 1, 1, 2, bn=bns[3], pool=fused._SharedPool(nn.AvgPool2d(3, 1, 1, count_include_pad=False)),
-               owner=True),
+             T("pool", 0, 0, 1, bn=bns[2], pool=0, owner=True), T("pool", 1, 1, 2, bn=bns[3], pool=1, owner=True),
              T("id", 1, 1, 3)]
+    plan = fused._NodePlan([(0, -1), (1, -1), (0, 0), (1, 0)], terms, [0, 1]).finish()
+    index = fused._node_index(plan, [t.bn is not None and training for t in terms], torch.device(device))
+    pools = [fused._SharedPool(True, (3, 1, 1)), fused._SharedPool(False, (3, 1, 1))]  # max, avg (DARTS pooling)
     weights = torch.softmax(torch.randn(2, 8, dtype=torch.float64, device=device), -1).requires_grad_()
-    return terms, weights, h0, h1, z, bns
+    return (plan, index, pools), weights, h0, h1, z, bns
 
 @needs_kernels
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False])
 def test_mixed_node_gradcheck_and_reference(device, training):
-    terms, weights, h0, h1, z, bns = _node_inputs(device, training)
+    spec, weights, h0, h1, z, bns = _node_inputs(device, training)
+    flat = torch.tensor([t.row * 8 + t.col for t in spec[0].terms], device=device)
 
     def node(w, a, b, zz):
         z0, z1 = zz.split(3, dim=1)
-        out = fused._MixedNode.apply(fused._NodeSpec(terms), w, a, b, z0, z1)
-        for t in terms[2:4]:
-            t.pool.release()  # as the cell does after its forward
+        out = fused._MixedNode.apply(w.reshape(-1).index_select(0, flat), a, b, z0, z1, spec)
+        for pool in spec[2]:
+            pool.release()  # as the cell does after its forward
         return out
 
     assert torch.autograd.gradcheck(node, (weights, h0, h1, z))

@@ -160,8 +160,13 @@ class _NodePlan:
     sources: List[Tuple[int, int]]          # per input: (state j, -1) or (edge e, k): output k of e's branches
     terms: List[_Term]
     edges: List[int]                        # edge of each incoming state, in state order
-    identity: List[int]                     # terms of kind "id"
-    normalised: List[int]                   # the other terms (their gradient comes from one kernel call)
+    identity: List[int] = field(default_factory=list)    # terms of kind "id" (set by `finish`)
+    normalised: List[int] = field(default_factory=list)  # the others (their gradient comes from one kernel call)
+
+    def finish(self) -> "_NodePlan":
+        self.identity = [k for k, t in enumerate(self.terms) if t.kind == "id"]
+        self.normalised = [k for k, t in enumerate(self.terms) if t.kind != "id"]
+        return self
 
 
 @dataclass
@@ -214,12 +219,10 @@ class _CellPlan:
         owners: Dict[Tuple, int] = {}
         nodes = []
         for edges in _edge_index(self.steps):
-            node = _NodePlan([], [], edges, [], [])
+            node = _NodePlan([], [], edges)
             for j, e in enumerate(edges):
                 self._plan_edge(cell, node, j, e, owners)
-            node.identity = [k for k, t in enumerate(node.terms) if t.kind == "id"]
-            node.normalised = [k for k, t in enumerate(node.terms) if t.kind != "id"]
-            nodes.append(node)
+            nodes.append(node.finish())
         return nodes
 
     def _plan_edge(self, cell: nn.Module, node: _NodePlan, j: int, e: int, owners: Dict[Tuple, int]) -> None:
@@ -254,18 +257,23 @@ class _CellPlan:
         return found
 
     def _make_indexes(self, device: torch.device, modes: Iterator[bool]) -> Tuple[Tensor, List[_NodeIndex]]:
-        def index(values: Sequence[int]) -> Optional[Tensor]:
-            return torch.tensor(values, dtype=torch.int64, device=device) if values else None
-
-        flat = index([t.row * self.num_cols + t.col for n in self.nodes for t in n.terms])
-        per_node = []
-        for node in self.nodes:
-            batch_stats = [t.bn is not None and next(modes) for t in node.terms]
-            batch = tuple(k for k, b in enumerate(batch_stats) if b)
-            fixed = tuple(k for k, t in enumerate(node.terms) if t.bn is not None and not batch_stats[k])
-            mask = torch.tensor(batch_stats, dtype=torch.bool, device=device)[:, None]
-            per_node.append(_NodeIndex(batch, fixed, index(batch), index(fixed), mask, index(node.normalised)))
+        flat = _index([t.row * self.num_cols + t.col for n in self.nodes for t in n.terms], device)
+        per_node = [_node_index(node, [t.bn is not None and next(modes) for t in node.terms], device)
+                    for node in self.nodes]
         return flat, per_node
+
+
+def _index(values: Sequence[int], device: torch.device) -> Optional[Tensor]:
+    return torch.tensor(values, dtype=torch.int64, device=device) if values else None
+
+
+def _node_index(node: _NodePlan, batch_stats: Sequence[bool], device: torch.device) -> _NodeIndex:
+    """A node's index tensors on `device`, where term k uses batch statistics iff batch_stats[k]."""
+    batch = tuple(k for k, b in enumerate(batch_stats) if b)
+    fixed = tuple(k for k, t in enumerate(node.terms) if t.bn is not None and not batch_stats[k])
+    mask = torch.tensor(batch_stats, dtype=torch.bool, device=device)[:, None]
+    return _NodeIndex(batch, fixed, _index(batch, device), _index(fixed, device), mask,
+                      _index(node.normalised, device))
 
 
 def _edge_index(steps: int) -> List[List[int]]:
