@@ -1,13 +1,16 @@
 """The decoded-image cache: folders of JPEGs decoded once into `<name>-<split>-<key>.npy` files.
 
+The key names the files decoded (`readers.cache_key`: paths, sizes, modification times): the whole split, or
+each selection a `LazyImageDataset` decoded (a 1,000-image CIFAR-10 proxy is a 3 MB entry of its own).
+
 Location: `$PROXYNAS_CACHE`, default `~/.cache/proxynas_fast`. Size: at most `$PROXYNAS_CACHE_MAX_BYTES`
 (default 2 GiB; the CIFAR-10 training set is ~150 MB); after each write the least recently used entries
 (by modification time, refreshed on every hit) go first, never the one just written.
 
 An entry is written to `.partial-*.npy` beside it, held under an `fcntl.flock` while it is written, then renamed
 into place. Every exit path of the writer removes its partial file (an exception or Ctrl-C, in `finally`); what
-a kill -9 leaves is removed by the next run's sweep (reader or writer), which deletes only partial files no live process holds
-(and, from before this scheme, `tmp*.npy` files older than an hour). Failing to write the cache is a warning,
+a kill -9 leaves is removed by the next run's sweep (reader or writer), which deletes only partial files no live
+process holds (and, from before this scheme, `tmp*.npy` files older than an hour). Failing to write the cache is a warning,
 never an error: it is only a cache.
 """
 from __future__ import annotations
