@@ -10,8 +10,8 @@ Location: `$PROXYNAS_CACHE`, default `~/.cache/proxynas_fast`. Size: at most `$P
 An entry is written to `.partial-*.npy` beside it, held under an `fcntl.flock` while it is written, then renamed
 into place. Every exit path of the writer removes its partial file (an exception or Ctrl-C, in `finally`); what
 a kill -9 leaves is removed by the next run's sweep (reader or writer), which deletes only partial files no live
-process holds (and, from before this scheme, `tmp*.npy` files older than an hour). Failing to write the cache is a warning,
-never an error: it is only a cache.
+process holds (and, from before this scheme, `tmp*.npy` files older than an hour). Failing to write the cache is
+a warning, never an error: it is only a cache.
 """
 from __future__ import annotations
 
