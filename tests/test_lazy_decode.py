@@ -81,6 +81,23 @@ def test_a_corrupt_jpeg_is_named_when_selected_and_not_read_otherwise(tmp_path, 
         lazy.images_of([30])
 
 
+def test_proxy_examples_decode_the_halves_of_a_lazy_set_and_keep_their_order(tmp_path, cifar10_jpeg_dir, cache,
+                                                                             decoded):
+    root = _tiny_cifar(tmp_path / "c10", cifar10_jpeg_dir)
+    lazy = load_dataset("cifar10", root, "train", download=False, lazy=True)
+    eager = load_dataset("cifar10", root, "train", download=False)
+    split = pipeline.ProxySplit(np.array([1, 4, 8, 20]), np.array([4, 20]), np.array([1, 8]))
+    proxy, local = pipeline.proxy_examples(lazy, split)
+    assert decoded == [30, 4] and len(proxy) == 4  # the eager load, then only the four
+    for part, here in ((split.weights, local.weights), (split.arch, local.arch)):
+        np.testing.assert_array_equal(proxy.images[here], eager.images[part])
+        np.testing.assert_array_equal(proxy.labels[here], eager.labels[part])
+    everything = pipeline.ProxySplit(np.arange(30), np.arange(0, 30, 2), np.arange(1, 30, 2))
+    whole, same = pipeline.proxy_examples(lazy, everything)  # the whole set: decoded (a cache hit here)
+    assert isinstance(whole, ArrayDataset) and same is everything and decoded == [30, 4]
+    np.testing.assert_array_equal(whole.images, eager.images)
+
+
 def _search(cifar10_jpeg_dir, entropy_file, out):
     config = resolve_config(dict(
         dataset="cifar10", data_dir=str(cifar10_jpeg_dir), entropy_file=str(entropy_file), selection="p1",

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from proxynas_fast.darts import Architect
 from proxynas_fast.darts.genotypes import genotype_to_dict
-from proxynas_fast.data import dataset_info, load_dataset
+from proxynas_fast.data import dataset_info, load_dataset, materialize
 from proxynas_fast.entropy_file import EntropyTable, read_entropy_file, write_entropy_file
 from proxynas_fast.loaders import ResidentLoader, build_imagenet_loader, select_files
 from proxynas_fast.loaders.sharding import derived_seed
@@ -249,7 +249,7 @@ def proxy_examples(dataset, split: ProxySplit) -> Tuple[Any, ProxySplit]:
     their order, so the loaders draw the same batches as over the whole set."""
     needed = np.union1d(split.weights, split.arch)
     if np.array_equal(needed, np.arange(len(dataset))):
-        return dataset, split
+        return materialize(dataset), split
     local = ProxySplit(np.arange(len(needed)), np.searchsorted(needed, split.weights),
                        np.searchsorted(needed, split.arch), split.entropy_source)
     return dataset.subset(needed), local
