@@ -1,7 +1,8 @@
 """The whole search pipeline: entropies (read, or scored) -> proxy selection -> 50/50 split -> search.
 
 `run_search(config)` runs it in this process; under torchrun every process calls it and they cooperate
-(DDP). Output files are described in `outputs.py`; resuming is described in `checkpoint.py`.
+(DDP). Output files are described in `outputs.py`; resuming is described in `checkpoint.py`. Of a JPEG
+folder only the proxy's images are decoded, unless the run scores the whole training set (`needs_all_images`).
 """
 from __future__ import annotations
 
