@@ -4,7 +4,6 @@ decodes only its proxy and gives the same log, genotype and alphas as one that d
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from proxynas_fast.search import pipeline, resolve_config, run_search
 from proxynas_fast.search.outputs import read_log
 from proxynas_fast.train.config import TrainConfig
 from proxynas_fast.train.data import build_loaders as build_train_loaders
+from test_image_cache import _tiny_cifar, cache  # noqa: F401  (a fixture: a fresh cache folder)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -34,23 +34,8 @@ def decoded(monkeypatch):
     return calls
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("PROXYNAS_CACHE", str(folder))
-    return folder
-
-
-def _tiny_cifar(root, cifar10_jpeg_dir, per_class=3):
-    for c in sorted(p.name for p in (cifar10_jpeg_dir / "train").iterdir()):
-        (root / "train" / c).mkdir(parents=True)
-        for i in range(per_class):
-            shutil.copy(cifar10_jpeg_dir / "train" / c / f"{i:04d}.jpg", root / "train" / c / f"{i:04d}.jpg")
-    return root
-
-
 def test_lazy_subset_decodes_only_those_files_with_the_eager_pixels(tmp_path, cifar10_jpeg_dir, cache, decoded):
-    root = _tiny_cifar(tmp_path / "c10", cifar10_jpeg_dir)
+    root = _tiny_cifar(tmp_path / "c10", cifar10_jpeg_dir, per_class=3)
     lazy = load_dataset("cifar10", root, "train", download=False, lazy=True)
     assert isinstance(lazy, LazyImageDataset) and len(lazy) == 30 and decoded == []
     picked = [7, 2, 19, 29]
@@ -67,7 +52,7 @@ def test_lazy_subset_decodes_only_those_files_with_the_eager_pixels(tmp_path, ci
 
 
 def test_a_corrupt_jpeg_is_named_when_selected_and_not_read_otherwise(tmp_path, cifar10_jpeg_dir, cache):
-    root = _tiny_cifar(tmp_path / "c10", cifar10_jpeg_dir)
+    root = _tiny_cifar(tmp_path / "c10", cifar10_jpeg_dir, per_class=3)
     lazy = load_dataset("cifar10", root, "train", download=False, lazy=True)
     bad = 4
     with open(lazy.files[bad], "r+b") as f:
@@ -83,7 +68,7 @@ def test_a_corrupt_jpeg_is_named_when_selected_and_not_read_otherwise(tmp_path, 
 
 def test_proxy_examples_decode_the_halves_of_a_lazy_set_and_keep_their_order(tmp_path, cifar10_jpeg_dir, cache,
                                                                              decoded):
-    root = _tiny_cifar(tmp_path / "c10", cifar10_jpeg_dir)
+    root = _tiny_cifar(tmp_path / "c10", cifar10_jpeg_dir, per_class=3)
     lazy = load_dataset("cifar10", root, "train", download=False, lazy=True)
     eager = load_dataset("cifar10", root, "train", download=False)
     split = pipeline.ProxySplit(np.array([1, 4, 8, 20]), np.array([4, 20]), np.array([1, 8]))
