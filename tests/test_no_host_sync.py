@@ -29,10 +29,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    """FakeTensorMode with CUDA as the default device; the fused cell's device-index cache is isolated (it must
-    not keep fake tensors), and the compiled ops are taken to have CUDA kernels, so they dispatch to their fake
-    kernels as on a GPU (without the extension the pure-PyTorch fallbacks run, as on a GPU without it)."""
-    monkeypatch.setattr(fused, "_index_cache", {})
+    """FakeTensorMode with CUDA as the default device (the fused cells' plans, with their index tensors, live on
+    the models built inside it), and the compiled ops are taken to have CUDA kernels, so they dispatch to their
+    fake kernels as on a GPU (without the extension the pure-PyTorch fallbacks run, as on a GPU without it)."""
     if extension.has_cpu_kernels():
         monkeypatch.setattr(extension, "has_kernels_for", lambda device: torch.device(device).type in ("cpu", "cuda"))
     with FakeTensorMode(), torch.device("cuda"), patched_autograd():
@@ -74,7 +73,7 @@ def test_recorder_flags_each_kind_of_sync(fake_cuda, case):
 
 def test_recorder_passes_device_only_work_and_cpu_scalars(fake_cuda):
     x = torch.randn(4, 3, requires_grad=True)
-    index = torch.tensor([0, 2])  # built before recording: a cached device index, as the fused cell keeps them
+    index = torch.tensor([0, 2])  # built before recording: a device index made once, as the cell plan keeps them
     with HostSyncRecorder() as rec:
         y = (x[index] * 2 + torch.tensor(3.0, device="cpu")).relu().sum()  # a 0-dim CPU tensor is a kernel argument
         torch.autograd.grad(y, x)
@@ -139,7 +138,7 @@ def test_check_catches_the_list_indexed_running_stats_update(fake_cuda, monkeypa
     monkeypatch.setattr(fused, "_update_running_stats", _update_running_stats_before_the_fix)
     model, step, batch = _search_step()
     with torch.no_grad():
-        model(batch[0])  # warm-up: fills the device-index cache
+        model(batch[0])  # warm-up: builds the cell plans (their device index tensors)
     with pytest.raises(HostSyncError, match=r"_update_running_stats_before_the_fix.*mean\[idx\]"):
         with HostSyncRecorder(), torch.no_grad():
             model(batch[0])
@@ -153,7 +152,7 @@ def _unrolled_architect_step():
     """The DARTS second-order architecture step (`Architect`, unrolled=True) on a fused search network, with the
     weight optimiser's momentum buffers populated, as in a search after its first weight step."""
     model, step, batch = _search_step()
-    step(*batch)  # one eager step: momentum buffers, gradients, the device-index cache
+    step(*batch)  # one eager step: momentum buffers, gradients, the cell plans
     architect = Architect(model, ARCH_SETTINGS)
     return model, architect, step.weight_optimizer, batch
 
