@@ -270,3 +270,60 @@ def test_cuda_graph_step_follows_eager_steps_cuda():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     for a, b in zip(model.arch_parameters(), twin.arch_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ----- the plan's owner, inference mode, and the backend attribute (review of the cell plan) -----
+def test_data_parallel_replica_builds_its_own_plan():
+    """nn.DataParallel's replicas copy the cell's __dict__ (plan included) and get their own modules: a replica
+    must not run the original's plan (on another GPU it would read the original's weights and update the
+    original's BatchNorm statistics). `_replicate_for_data_parallel` is the step DataParallel takes per replica."""
+    _, fus = _pair(Network, C=4, num_classes=5, layers=3)
+    x, y = torch.randn(2, 3, 8, 8, dtype=DTYPE), torch.tensor([1, 4])
+    _outputs_and_gradients(fus, x, y)
+    cell = fus.cells[1]
+    replica = cell._replicate_for_data_parallel()
+    assert replica.__dict__["_fused_plan"] is cell.__dict__["_fused_plan"]  # what DataParallel hands over
+    plan = fused.cell_plan(replica)
+    assert plan is not cell.__dict__["_fused_plan"] and plan.owner() is replica
+    assert fused.cell_plan(cell) is cell.__dict__["_fused_plan"]  # the original keeps its own
+    fused.drop_plan(fus)
+    assert all("_fused_plan" not in c.__dict__ for c in fus.cells)
+    _outputs_and_gradients(fus, x, y)  # rebuilt on the next forward
+
+
+def test_plan_made_under_inference_mode_still_trains():
+    """A first forward under torch.inference_mode() (a quick check of a fresh model) must not leave inference
+    tensors in the plan: the next training step saves them for backward."""
+    ref, fus = _pair(Network, C=4, num_classes=5, layers=3)
+    x, y = torch.randn(2, 3, 8, 8, dtype=DTYPE), torch.tensor([1, 4])
+    with torch.inference_mode():
+        fus(x)
+        ref(x)
+    _compare(ref, fus, x, y)
+
+
+def test_refused_backend_name_keeps_auto():
+    """Setting an unknown backend raises and changes nothing: a network on "auto" stays on "auto"."""
+    model = Network(4, 5, 3, None, backend="auto")
+    before = model.backend
+    with pytest.raises(ValueError, match="bogus"):
+        model.backend = "bogus"
+    assert model.backend == before and model.__dict__["_backend_auto"] is True
+    assert model.new().__dict__["_backend_auto"] is True
+
+
+def test_network_saved_before_backend_auto_existed_still_makes_new():
+    """A whole Network pickled by an earlier version has no `_backend_auto`: `new()` (the second-order
+    Architect's copy) must still work, keeping its explicit backend."""
+    model = Network(4, 5, 3, None, backend="reference")
+    del model.__dict__["_backend_auto"]
+    assert model.new().backend == "reference"
+
+
+def test_default_backend_without_get_default_device(monkeypatch):
+    """torch < 2.3 has no torch.get_default_device: default_backend() still answers (the CPU rule here)."""
+    from proxynas_fast import extension
+    from proxynas_fast.darts.model_search import default_backend
+
+    monkeypatch.delattr(torch, "get_default_device", raising=False)
+    assert default_backend() == ("fused" if extension.has_kernels_for(torch.device("cpu")) else "reference")

@@ -276,6 +276,19 @@ def test_auto_backend_and_argument_errors(imagenet, proxy, monkeypatch):
             build_imagenet_loader(files, labels, 2, device="cuda")
 
 
+def test_a_loader_backend_registered_later_is_accepted(imagenet, proxy, monkeypatch):
+    """Like every registry: a backend added to LOADER_BACKENDS after import is found by name (the check asked a
+    tuple frozen at import before)."""
+    from proxynas_fast.loaders import imagenet as factory
+
+    monkeypatch.setitem(factory.LOADER_BACKENDS._items, "pil_copy", factory.PilImageNetLoader)
+    files, labels = select_files(imagenet.files, imagenet.labels, proxy[:4])
+    assert isinstance(build_imagenet_loader(files, labels, 2, backend="pil_copy", check_files="none"),
+                      factory.PilImageNetLoader)
+    with pytest.raises(ValueError, match="pil_copy"):  # the error lists it too
+        build_imagenet_loader(files, labels, 2, backend="opencv")
+
+
 def test_missing_file_is_named(imagenet, tmp_path):
     files = [imagenet.files[0], str(tmp_path / "n0000_missing.JPEG")]
     with pytest.raises(ImageFileError, match="n0000_missing.JPEG"):

@@ -56,3 +56,18 @@ def test_cli_trains_a_scorer_that_the_score_cli_reads(cifar10_jpeg_dir, tmp_path
     assert score.main(["--dataset", "cifar10", "--data-dir", str(cifar10_jpeg_dir), "--checkpoint", str(out),
                        "--out", str(tmp_path / "e.txt"), "--limit", "100", "--device", "cpu", "--no-progress"]) == 0
     assert len(read_entropy_file(tmp_path / "e.txt")) == 100
+
+
+def test_former_module_name_still_imports_with_a_warning():
+    """`proxynas_fast.scoring.train` (the module's name before it became scorer_training) keeps its names."""
+    import importlib
+    import sys
+
+    from proxynas_fast.scoring import scorer_training
+
+    sys.modules.pop("proxynas_fast.scoring.train", None)
+    with pytest.warns(DeprecationWarning, match="scorer_training"):
+        old = importlib.import_module("proxynas_fast.scoring.train")
+    for name in ("ScorerRecipe", "train_scorer", "evaluate", "load_progress", "progress_path_for", "check_recipe",
+                 "PROGRESS_KEYS"):
+        assert getattr(old, name) is getattr(scorer_training, name)

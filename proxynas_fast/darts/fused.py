@@ -25,6 +25,7 @@ follows the reference's dtypes (convolutions in bfloat16, statistics and sums ac
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 
@@ -185,7 +186,8 @@ class _NodeIndex:
         """An index of some of the terms (when some inputs need no gradient), made once per subset."""
         key = tuple(terms)
         if key and key not in self.subsets:
-            self.subsets[key] = torch.tensor(key, dtype=torch.int64, device=device)
+            with torch.inference_mode(False):
+                self.subsets[key] = torch.tensor(key, dtype=torch.int64, device=device)
         return self.subsets.get(key)
 
 
@@ -197,6 +199,7 @@ class _CellPlan:
 
     def __init__(self, cell: nn.Module):
         _check_cell(cell)
+        self.owner = weakref.ref(cell)  # a replica that copied the cell's __dict__ (nn.DataParallel) is not it
         self.steps, self.multiplier = cell._steps, cell._multiplier
         self.num_edges, self.num_cols = len(cell._ops), len(PRIMITIVES)
         self.pc_k = getattr(cell._ops[0], "k", 1)
@@ -253,7 +256,8 @@ class _CellPlan:
         key = (device, modes)
         found = self._indexes.get(key)
         if found is None:
-            found = self._indexes[key] = self._make_indexes(device, iter(modes))
+            with torch.inference_mode(False):  # kept across steps: never inference tensors, even if made in one
+                found = self._indexes[key] = self._make_indexes(device, iter(modes))
         return found
 
     def _make_indexes(self, device: torch.device, modes: Iterator[bool]) -> Tuple[Tensor, List[_NodeIndex]]:
@@ -302,12 +306,20 @@ def _final_bn(mixed: nn.Module, prim: str) -> nn.BatchNorm2d:
 
 
 def cell_plan(cell: nn.Module) -> _CellPlan:
-    """The cell's plan, built on first use (see `_CellPlan`)."""
+    """The cell's plan, built on first use (see `_CellPlan`). A plan whose owner is another module (the cell's
+    __dict__ was copied, as nn.DataParallel's replicas do) is not used: the replica builds its own, over its own
+    modules. After replacing modules of a cell (e.g. `SyncBatchNorm.convert_sync_batchnorm`), call `drop_plan`."""
     plan = cell.__dict__.get("_fused_plan")
-    if plan is None:
+    if plan is None or plan.owner() is not cell:
         plan = _CellPlan(cell)
         object.__setattr__(cell, "_fused_plan", plan)
     return plan
+
+
+def drop_plan(module: nn.Module) -> None:
+    """Forget the plans of every cell in `module` (they are rebuilt on the next fused forward)."""
+    for m in module.modules():
+        m.__dict__.pop("_fused_plan", None)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -80,8 +80,14 @@ def default_backend(device: Optional[torch.device] = None) -> str:
     """The backend whose fast path exists on `device`: "fused" when the compiled kernels for that device type are
     there (CPU kernels for cpu, CUDA kernels for cuda), else "reference". `device=None` means the current default
     device (`torch.get_default_device()`, where a network built now is created)."""
-    device = torch.device(device) if device is not None else torch.get_default_device()
+    device = torch.device(device) if device is not None else _current_default_device()
     return "fused" if FusedBackend.fast_on(device) else "reference"
+
+
+def _current_default_device() -> torch.device:
+    """`torch.get_default_device()` (torch >= 2.3); on older torch, where a new tensor is created."""
+    getter = getattr(torch, "get_default_device", None)
+    return getter() if getter is not None else torch.empty(()).device
 
 
 def check_backend(backend: Optional[str], device: Optional[torch.device] = None) -> str:
@@ -263,7 +269,7 @@ class Network(nn.Module):
         """Constructor arguments, so that `new()` rebuilds the same architecture."""
         return dict(C=self._C, num_classes=self._num_classes, layers=self._layers, criterion=self._criterion,
                     steps=self._steps, multiplier=self._multiplier, stem_multiplier=self._stem_multiplier,
-                    backend="auto" if self._backend_auto else self.backend)
+                    backend="auto" if self.__dict__.get("_backend_auto", False) else self.backend)
 
     # ----- architecture weights -----
     def _register_arch(self, name: str, shape) -> None:
@@ -331,9 +337,10 @@ class Network(nn.Module):
     def backend(self, value: str) -> None:
         """A backend name, or "auto": the backend with a fast path on the device of the network's weights, chosen
         again whenever the network moves (`.to()`, `.cuda()`)."""
+        name = check_backend(value, self._device())  # validated first: a refused name changes nothing
         object.__setattr__(self, "_backend_auto", value in (None, "auto"))
-        value = check_backend(value, self._device())
-        object.__setattr__(self, "_backend", value)
+        object.__setattr__(self, "_backend", name)
+        value = name
         for cell in self.cells:
             cell.backend = value
 

@@ -79,8 +79,8 @@ def select_files(files: Sequence, labels: Sequence, indices) -> tuple[list[str],
 
 def loader_class(backend: str) -> type[ImageNetLoader]:
     """The loader class of `backend` ("auto": DALI when it is importable, else PIL)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto" and backend not in LOADER_BACKENDS:  # asked now: a backend registered later counts
+        raise ValueError(f"backend must be one of {('auto', *LOADER_BACKENDS.names())}, got {backend!r}")
     if backend == "auto":
         backend = "dali" if dali_available() else "pil"
     if backend == "dali" and not dali_available():

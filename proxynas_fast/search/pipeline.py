@@ -71,6 +71,9 @@ class SearchComponents:
 
 @dataclass
 class SearchResult:
+    """What `run_search` returns. `split` holds data-set indices; the `loaders` hold only the proxy's decoded
+    examples, so their example positions index the proxy halves, not the data set."""
+
     out_dir: Path
     genotype: Any
     epochs_done: int
