@@ -42,13 +42,17 @@ def test_a_held_out_folder_is_refused_before_any_work(tmp_path, capsys):
 
 def test_second_concurrent_search_is_refused_and_a_killed_holder_leaves_no_lock(cifar10_jpeg_dir, tmp_path):
     out = tmp_path / "run"
-    first = child(cifar10_jpeg_dir, out, epochs=50)
+    # A first epoch of 256 steps (the later --count wins): the holder must still be in it, with no checkpoint
+    # written, when it is killed (with 4 steps an epoch ended within the second's start-up once only the proxy's
+    # JPEGs were decoded, and the folder then held a checkpoint).
+    first = child(cifar10_jpeg_dir, out, "--count", "4096", epochs=50)
     try:
         wait_for(lambda: (out / "config.json").exists(), first)
         second = subprocess.run([sys.executable, "-m", "proxynas_fast.search", *args(cifar10_jpeg_dir, out)],
                                 cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=600)
         assert second.returncode == 2, second.stderr[-2000:]
         assert f"is in use by search (pid {first.pid} on " in second.stderr and "Traceback" not in second.stderr
+        assert not (out / "checkpoint.pt").exists()
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
     finally:
