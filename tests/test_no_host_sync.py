@@ -124,7 +124,7 @@ def _update_running_stats_before_the_fix(bns: Sequence[nn.BatchNorm2d], mean, va
         unbiased = var * (count / max(count - 1, 1))
         by_factor: Dict[float, List[Tuple[int, nn.BatchNorm2d]]] = {}
         for k, b in tracked:
-            by_factor.setdefault(fused._count_batch(b), []).append((k, b))
+            by_factor.setdefault(fused._count_batches([b]), []).append((k, b))
         for factor, group in by_factor.items():
             idx = [k for k, _ in group]
             torch._foreach_lerp_([b.running_mean for _, b in group],

@@ -76,11 +76,6 @@ def _count_batches(bns: Sequence[nn.BatchNorm2d]) -> float:
     return 0.0 if bns[0].momentum is None else bns[0].momentum
 
 
-def _count_batch(bn: nn.BatchNorm2d) -> float:
-    """`_count_batches` for one module."""
-    return _count_batches([bn])
-
-
 def _batch_norm_group(y: Tensor, bns: Sequence[nn.BatchNorm2d]) -> Tensor:
     """BatchNorm of [N, E*C, H, W] where channel block e belongs to bns[e] (same eps/momentum), in one call."""
     bn0 = bns[0]
