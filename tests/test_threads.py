@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from proxynas_fast.threads import apply_threads, choose_threads, threads_for_load
+from proxynas_fast.threads import apply_threads, choose_threads, threads_for_load, usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,14 +40,61 @@ def test_explicit_choices_win_in_order():
         choose_threads(0, environ={})
 
 
-def test_wait_policy_is_passive_unless_the_user_chose():
+NO_POLICY = {"OMP_NUM_THREADS", "MKL_NUM_THREADS"}  # what apply_threads exports for the default policy
+
+
+def _applied(choice):
     env = {}
-    apply_threads(choose_threads(2, environ=env), environ=env)
-    assert env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
-    env = {"OMP_WAIT_POLICY": "active"}
-    choice = choose_threads(1, environ=env)
     apply_threads(choice, environ=env)
-    assert env["OMP_WAIT_POLICY"] == "active" and "active" in choice.describe()
+    return env
+
+
+def test_one_thread_keeps_the_runtime_default_wait_policy():
+    """A single thread never waits at a barrier: nothing to choose, whatever the load."""
+    for choice in (choose_threads(1, environ={}, cores=2, load=0.0),
+                   choose_threads(None, environ={"OMP_NUM_THREADS": "1"}, cores=8, load=0.0),
+                   choose_threads(None, environ={}, cores=2, load=7.5)):  # the load leaves one core
+        assert choice.threads == 1 and choice.wait_policy == "default", choice
+        assert "OpenMP wait policy default (one thread never waits at a barrier)" in choice.describe()
+        assert set(_applied(choice)) == NO_POLICY
+
+
+def test_threads_that_fit_the_free_cores_keep_the_runtime_default_wait_policy():
+    """Passive waits cost 1.6-2.5x on a quiet machine: threads with a core each spin briefly, as the runtime does."""
+    chosen = [choose_threads(None, environ={}, cores=2, load=0.1),  # from the load itself: always fits
+              choose_threads(2, environ={}, cores=2, load=0.4),  # --threads 2, two free cores (0.4 rounds away)
+              choose_threads(None, environ={"OMP_NUM_THREADS": "4"}, cores=8, load=3.2),  # 4 of 5 free cores
+              choose_threads(None, environ={"LOCAL_WORLD_SIZE": "2"}, cores=8, load=1.0)]  # torchrun: 4 each
+    assert [c.threads for c in chosen] == [2, 2, 4, 4]
+    for choice in chosen:
+        assert choice.wait_policy == "default", choice
+        assert choice.describe().endswith("; OpenMP wait policy default (threads fit the free cores)"), choice
+        assert set(_applied(choice)) == NO_POLICY
+
+
+def test_more_threads_than_the_free_cores_wait_passively():
+    """Forced past the free cores, a waiting thread sleeps rather than spin on a core another one needs."""
+    cases = [(choose_threads(2, environ={}, cores=2, load=0.6), "passive (2 threads, 1 free core)"),
+             (choose_threads(None, environ={"OMP_NUM_THREADS": "4"}, cores=2, load=0.0),
+              "passive (4 threads, 2 free cores)"),
+             (choose_threads(5, environ={"LOCAL_WORLD_SIZE": "2"}, cores=8, load=0.0),
+              "passive (5 threads, 4 free cores per process)"),
+             (choose_threads(None, environ={"OMP_NUM_THREADS": "3"}, cores=2, load=5.0),
+              "passive (3 threads, 1 free core)")]
+    for choice, described in cases:
+        assert choice.wait_policy == "PASSIVE" and choice.describe().endswith(f"OpenMP wait policy {described}")
+        env = _applied(choice)
+        assert env == {"OMP_NUM_THREADS": str(choice.threads), "MKL_NUM_THREADS": str(choice.threads),
+                       "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def test_the_users_wait_policy_is_kept():
+    for requested, load in ((1, 0.0), (2, 0.0), (4, 1.5)):  # each branch of the rule above
+        env = {"OMP_WAIT_POLICY": "active"}
+        choice = choose_threads(requested, environ=env, cores=2, load=load)
+        apply_threads(choice, environ=env)
+        assert env["OMP_WAIT_POLICY"] == "active" and choice.wait_policy == "active"
+        assert choice.describe().endswith("OpenMP wait policy active (OMP_WAIT_POLICY set by the user)")
 
 
 def _child_env(**extra):
@@ -58,19 +105,33 @@ def _child_env(**extra):
 
 
 @pytest.mark.parametrize("module", ["proxynas_fast.search", "proxynas_fast.train"])
-def test_cli_threads_reach_torch(module, tmp_path):
-    """The CLI exports its choice before torch loads: torch's pool has the chosen size and waits passively."""
+@pytest.mark.parametrize("over_the_cores", [False, True])
+def test_cli_threads_reach_torch(module, over_the_cores, tmp_path):
+    """The CLI exports its choice before torch loads: torch's pool has the chosen size (torch caps it at the
+    cores), and a fresh process sees no wait policy for one thread (the runtime's default) and PASSIVE for more
+    threads than the machine's cores (more than any load leaves free)."""
+    threads = usable_cores() + 1 if over_the_cores else 1
     probe = (f"import runpy, sys\n"
-             f"sys.argv = ['{module}', '--threads', '1', '--dataset', 'cifar10', '--arch', 'DARTS_V2', "
+             f"sys.argv = ['{module}', '--threads', '{threads}', '--dataset', 'cifar10', '--arch', 'DARTS_V2', "
              f"'--data-dir', {str(tmp_path / 'missing')!r}, '--out', {str(tmp_path / 'out')!r}, '--device', 'cpu']\n"
              f"try:\n    runpy.run_module('{module}', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-             f"import os, torch\nprint('RESULT', torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])\n")
+             f"import os, torch\nprint('RESULT', torch.get_num_threads(), os.environ['OMP_NUM_THREADS'], "
+             f"os.environ.get('OMP_WAIT_POLICY'))\n")
     if module.endswith("search"):  # the search has no --arch
         probe = probe.replace("'--arch', 'DARTS_V2', ", "")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=_child_env(OMP_NUM_THREADS="2"),
                           capture_output=True, text=True, timeout=300)
-    assert "RESULT 1 PASSIVE" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "1 thread(s) (--threads" in proc.stdout + proc.stderr
+    result = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result, proc.stdout[-2000:] + proc.stderr[-2000:]
+    pool, exported_threads, exported_policy = result[0]
+    assert exported_threads == str(threads)
+    if over_the_cores:  # torch caps its pool at the cores it counts
+        assert min(2, usable_cores()) <= int(pool) <= threads and exported_policy == "PASSIVE", result
+        described = "passive"
+    else:
+        assert (pool, exported_policy) == ("1", "None"), result
+        described = "default"
+    assert f"{threads} thread(s) (--threads); OpenMP wait policy {described} (" in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("module", ["proxynas_fast.search", "proxynas_fast.train"])
