@@ -327,3 +327,32 @@ def test_default_backend_without_get_default_device(monkeypatch):
 
     monkeypatch.delattr(torch, "get_default_device", raising=False)
     assert default_backend() == ("fused" if extension.has_kernels_for(torch.device("cpu")) else "reference")
+
+
+def test_fused_imagenet_network_runs_its_stem_in_channels_last_and_matches_reference():
+    """The fused backend runs the ImageNet stem in channels_last on CPU (float32), the reference backend in NCHW;
+    the networks still agree (outputs, every gradient, running statistics) to float32 rounding."""
+    from proxynas_fast.darts.model_search_imagenet import PCNetworkImageNetSearch
+
+    torch.manual_seed(0)
+    ref = PCNetworkImageNetSearch(C=4, num_classes=5, layers=3, backend="reference")
+    fus = copy.deepcopy(ref)
+    fus.backend = "fused"
+    layouts = {}
+    def record(name):
+        def hook(module, args):
+            layouts[name] = args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous()
+        return hook
+
+    for name, model in (("reference", ref), ("fused", fus)):
+        model.stem0[0].register_forward_pre_hook(record(name))
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 4])
+    out_ref, out_fus = _run(ref, x, y), _run(fus, x, y)
+    assert layouts == {"reference": False, "fused": True}
+    torch.testing.assert_close(out_fus, out_ref, atol=1e-4, rtol=1e-4)
+    for (name, p_ref), p_fus in zip(ref.named_parameters(), fus.parameters()):
+        torch.testing.assert_close(p_fus.grad, p_ref.grad, atol=1e-4, rtol=1e-3, msg=f"gradient of {name}")
+    for a_ref, a_fus in zip(ref.arch_parameters(), fus.arch_parameters()):
+        torch.testing.assert_close(a_fus.grad, a_ref.grad, atol=1e-4, rtol=1e-3)
+    for (name, b_ref), b_fus in zip(ref.named_buffers(), fus.buffers()):
+        torch.testing.assert_close(b_fus, b_ref, atol=1e-4, rtol=1e-4, msg=f"buffer {name}")

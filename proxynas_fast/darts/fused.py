@@ -565,45 +565,53 @@ def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor,
     a = weights.reshape(-1).index_select(0, flat)          # every node's candidate weights, in term order
     pools = [_SharedPool(is_max, args) for is_max, args in plan.pools]
     states = [cell.preprocess0(s0).contiguous(), cell.preprocess1(s1).contiguous()]
+    parts = [_split_state(h, plan.pc_k) for h in states]
     branches: Dict[int, List[Tensor]] = {}
-    _expand(plan, states, 0, branches)
-    _expand(plan, states, 1, branches)
+    _expand(plan, parts, 0, branches)
+    _expand(plan, parts, 1, branches)
     for i, (node, a_node) in enumerate(zip(plan.nodes, a.split(plan.term_counts))):
-        tensors = [_active(states[s], plan.pc_k) if k < 0 else branches[s][k] for s, k in node.sources]
+        tensors = [parts[s][0] if k < 0 else branches[s][k] for s, k in node.sources]
         for e in node.edges:
             del branches[e]
         h = _MixedNode.apply(a_node, *tensors, (node, indexes[i], pools))
         if edge_weights is not None:
-            h = _pc_combine(plan, h, states, node.edges, edge_weights)
+            h = _pc_combine(plan, h, [p for _, p in parts], node.edges, edge_weights)
         states.append(h)
-        _expand(plan, states, 2 + i, branches)
+        parts.append(_split_state(h, plan.pc_k))
+        _expand(plan, parts, 2 + i, branches)
     for shared in pools:  # pooled tensors are recomputed in the backward, not kept
         shared.release()
     return torch.cat(states[-plan.multiplier:], dim=1)
 
 
-def _active(h: Tensor, k: int) -> Tensor:
-    """The channels the mixed ops see (PC-DARTS: the first C/k). A fresh view for every use, as the reference
-    path makes them, so autograd sums the state's gradient in the same order."""
-    return h[:, : h.shape[1] // k] if k > 1 else h
+def _split_state(h: Tensor, k: int) -> Tuple[Tensor, Optional[Tensor]]:
+    """(the channels the mixed ops see, the bypassed rest): PC-DARTS's first C/k channels and the others, as
+    the two views of one split made once per state, so that the backward accumulates each part's gradient over
+    its readers and joins the two once (per-use slices would each scatter into a zero-filled full-size
+    gradient, then add those). Without partial channels, (h, None)."""
+    if k == 1:
+        return h, None
+    active, rest = h.split([h.shape[1] // k, h.shape[1] - h.shape[1] // k], dim=1)
+    return active, rest
 
 
-def _expand(plan: _CellPlan, states: Sequence[Tensor], j: int, branches: Dict[int, List[Tensor]]) -> None:
+def _expand(plan: _CellPlan, parts: Sequence[Tuple[Tensor, Optional[Tensor]]], j: int,
+            branches: Dict[int, List[Tensor]]) -> None:
     """Convolutional branches of every edge reading state j."""
     readers = plan.readers[j]
     if readers.edges:
-        branches.update(zip(readers.edges, _conv_branches(F.relu(_active(states[j], plan.pc_k)), readers)))
+        branches.update(zip(readers.edges, _conv_branches(F.relu(parts[j][0]), readers)))
 
 
-def _pc_combine(plan: _CellPlan, mixed_sum: Tensor, inputs: Sequence[Tensor], edges: Sequence[int],
+def _pc_combine(plan: _CellPlan, mixed_sum: Tensor, bypassed: Sequence[Tensor], edges: Sequence[int],
                 edge_weights: Tensor) -> Tensor:
     """PC-DARTS node from the (beta-weighted) sum of the mixed parts: add the beta-weighted bypassed channels
-    (max-pooled 2x2 on strided edges), then shuffle channels like each edge's output (a linear permutation,
-    so shuffling the sum equals summing the shuffled edges)."""
+    (`bypassed[j]`: state j's channels after the first C/k; max-pooled 2x2 on strided edges), then shuffle
+    channels like each edge's output (a linear permutation, so shuffling the sum equals summing the shuffled
+    edges)."""
     k, pooled = plan.pc_k, dict(plan.strided)
     bypass = None
-    for h, e in zip(inputs, edges):
-        part = h[:, h.shape[1] // k:]
+    for part, e in zip(bypassed, edges):
         if e in pooled:
             part = pooled[e](part)
         term = edge_weights[e] * part
