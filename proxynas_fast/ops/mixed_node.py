@@ -117,6 +117,22 @@ def channel_affine_combine(grad: Tensor, terms: Sequence[Tensor], a: Tensor, b: 
     return channel_affine_combine_reference(grad, terms, a, b, c)
 
 
+# ----- instruction-set switch of the CPU kernels (tests, benchmarks; see ops/cpu/mixed_node_kernel.cpp) -----
+def cpu_isa_levels() -> List[str]:
+    """The instruction-set levels the CPU kernels can run on this machine, baseline first and the best (the
+    default) last; [] without the extension."""
+    if not extension.has_cpu_kernels():
+        return []
+    return list(torch.ops.proxynas_fast._cpu_isa_levels())
+
+
+def set_cpu_isa(isa: str) -> str:
+    """Makes the CPU kernels run their `isa` clone ("baseline", "avx2", "avx512", or "auto" for the best the CPU
+    has) from now on, in every thread; returns the previous level, to restore it. A level the CPU lacks raises.
+    PROXYNAS_CPU_ISA sets the starting level the same way."""
+    return torch.ops.proxynas_fast._set_cpu_isa(isa)
+
+
 if extension.has_cpu_kernels():
 
     @torch.library.register_fake("proxynas_fast::channel_moments")
