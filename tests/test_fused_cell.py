@@ -114,6 +114,30 @@ def test_fused_pcdarts_network_matches_reference(train):
     _compare(ref, fus, x, torch.tensor([1, 4]))
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_fused_pc_cell_matches_reference_for_k(k):
+    """A normal PC-DARTS cell with k=1 (no bypassed channels) and k=2: output and every gradient, betas included.
+    (k=1 crashed on the fused path once: the cell combined a bypass part that does not exist.)"""
+    from proxynas_fast.darts.pcdarts import PCCell
+
+    torch.manual_seed(3)
+    ref = PCCell(4, 4, 8, 8, 8, reduction=False, reduction_prev=False, k=k).to(DTYPE)
+    fus = copy.deepcopy(ref)
+    s0, s1 = torch.randn(2, 8, 6, 6, dtype=DTYPE), torch.randn(2, 8, 6, 6, dtype=DTYPE)
+    outs, grads = [], []
+    for cell, forward in ((ref, ref.reference_forward), (fus, lambda *a: fused.pc_cell_forward(fus, *a))):
+        w = torch.softmax(torch.randn(14, 8, dtype=DTYPE, generator=torch.Generator().manual_seed(1)), -1)
+        beta = torch.rand(14, dtype=DTYPE, generator=torch.Generator().manual_seed(2))
+        w.requires_grad_(True)
+        beta.requires_grad_(True)
+        out = forward(s0, s1, w, beta)
+        outs.append(out.detach())
+        grads.append(torch.autograd.grad(out.square().sum(), [w, beta] + list(cell.parameters())))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-10, rtol=1e-8)
+    for g_fus, g_ref in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g_fus, g_ref, atol=1e-9, rtol=1e-7)
+
+
 def _outputs_and_gradients(model, x, y):
     return [_run(model, x, y)] + [p.grad for p in model.parameters()] + [a.grad for a in model.arch_parameters()]
 
@@ -356,3 +380,19 @@ def test_fused_imagenet_network_runs_its_stem_in_channels_last_and_matches_refer
         torch.testing.assert_close(a_fus.grad, a_ref.grad, atol=1e-4, rtol=1e-3)
     for (name, b_ref), b_fus in zip(ref.named_buffers(), fus.buffers()):
         torch.testing.assert_close(b_fus, b_ref, atol=1e-4, rtol=1e-4, msg=f"buffer {name}")
+
+
+@pytest.mark.parametrize("dtype, backend, channels_last", [
+    (torch.float32, "fused", True), (torch.bfloat16, "fused", True), (torch.float64, "fused", False),
+    (torch.float32, "reference", False), (torch.bfloat16, "reference", False)])
+def test_imagenet_stem_layout_follows_backend_and_dtype(dtype, backend, channels_last):
+    """channels_last only where oneDNN computes the stem (float32, bfloat16) and only for the fused backend."""
+    from proxynas_fast.darts.model_search_imagenet import PCNetworkImageNetSearch
+
+    model = PCNetworkImageNetSearch(C=4, num_classes=5, layers=3, backend=backend).to(dtype)
+    seen = []
+    model.stem0[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()) and None)
+    with torch.no_grad():
+        s0, s1 = model._stem_forward(torch.randn(2, 3, 32, 32, dtype=dtype))
+    assert seen == [not channels_last]
+    assert s1.is_contiguous(memory_format=torch.channels_last) == channels_last

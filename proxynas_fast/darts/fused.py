@@ -574,7 +574,7 @@ def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor,
         for e in node.edges:
             del branches[e]
         h = _MixedNode.apply(a_node, *tensors, (node, indexes[i], pools))
-        if edge_weights is not None:
+        if edge_weights is not None and plan.pc_k > 1:  # k = 1: no bypassed channels, the shuffle is the identity
             h = _pc_combine(plan, h, [p for _, p in parts], node.edges, edge_weights)
         states.append(h)
         parts.append(_split_state(h, plan.pc_k))
