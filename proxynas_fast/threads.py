@@ -6,10 +6,13 @@ slower than with one. So the CLIs call `configure_threads` before they import to
 
 - `--threads N` wins; else an `OMP_NUM_THREADS` the user exported; else the cores left free by the other jobs:
   usable cores minus the 1-minute load average, rounded, at least 1, split between torchrun's processes on this
-  machine (`threads_for_load`);
+  machine (`threads_for_load`; torchrun itself exports OMP_NUM_THREADS=1 for several processes per node when
+  the user exported none, and that value then counts as the user's: the split applies under launchers that set
+  LOCAL_WORLD_SIZE but not OMP_NUM_THREADS);
 - the OpenMP wait policy follows that count, unless the user set `OMP_WAIT_POLICY` (`choose_wait_policy`):
   threads that fit the cores the other jobs leave free, or a single thread (it never waits at a barrier), keep
-  the runtime's default (libgomp spins briefly at a barrier, then sleeps); passive waits made a 2-thread step
+  the runtime's default (libgomp, which the pip wheels of torch use, spins briefly at a barrier, then sleeps;
+  Intel's OpenMP keeps a thread awake for KMP_BLOCKTIME, 200 ms by default); passive waits made a 2-thread step
   1.6-2.5x slower on a quiet machine. Only more threads than the free cores (forced by `--threads` or an
   exported `OMP_NUM_THREADS`) get `OMP_WAIT_POLICY=PASSIVE`: a thread waiting at a barrier sleeps instead of
   spinning on a core that another thread or job needs.
@@ -77,16 +80,18 @@ def _positive_int(text: str) -> Optional[int]:
     return value if value >= 1 else None
 
 
-def choose_wait_policy(user_policy: Optional[str], threads: int, free: int, processes: int = 1) -> Tuple[str, str]:
+def choose_wait_policy(user_policy: Optional[str], threads: int, free: int, processes: int = 1,
+                       load_known: bool = True) -> Tuple[str, str]:
     """(policy, why) for `threads` intra-op threads when the other jobs leave `free` cores to each of the run's
-    `processes`. Passive waits cost 1.6-2.5x on a quiet machine and help only when the threads must share cores,
-    so PASSIVE only for more threads than the free cores; the user's own policy always wins."""
+    `processes` (`load_known` False: `free` is only the cores' share, the load being unknown). Passive waits cost
+    1.6-2.5x on a quiet machine and help only when the threads must share cores, so PASSIVE only for more threads
+    than the free cores; the user's own policy always wins."""
     if user_policy:
         return user_policy, f"{WAIT_POLICY_VARIABLE} set by the user"
     if threads == 1:
         return DEFAULT_POLICY, "one thread never waits at a barrier"
     if threads <= free:
-        return DEFAULT_POLICY, "threads fit the free cores"
+        return DEFAULT_POLICY, "threads fit the free cores" if load_known else "threads fit the cores; load unknown"
     per_process = " per process" if processes > 1 else ""
     return "PASSIVE", f"{threads} threads, {free} free core{'s' if free != 1 else ''}{per_process}"
 
@@ -111,7 +116,8 @@ def choose_threads(requested: Optional[int] = None, *, environ: Optional[Mutable
         seen = "unknown load" if load is None else f"load {load:.2f}"
         shared = f", {processes} processes" if processes > 1 else ""
         threads, reason = free, f"{seen} on {cores} core(s){shared}"
-    policy, why = choose_wait_policy(env.get(WAIT_POLICY_VARIABLE), threads, free, processes)
+    policy, why = choose_wait_policy(env.get(WAIT_POLICY_VARIABLE), threads, free, processes,
+                                     load_known=load is not None and math.isfinite(load))
     return ThreadChoice(threads, reason, policy, why)
 
 
@@ -122,8 +128,8 @@ def apply_threads(choice: ThreadChoice, environ: Optional[MutableMapping[str, st
     env = os.environ if environ is None else environ
     for name in THREAD_VARIABLES:
         env[name] = str(choice.threads)
-    if choice.wait_policy != DEFAULT_POLICY:
-        env.setdefault(WAIT_POLICY_VARIABLE, choice.wait_policy)
+    if choice.wait_policy != DEFAULT_POLICY and not env.get(WAIT_POLICY_VARIABLE):  # an empty value is unset
+        env[WAIT_POLICY_VARIABLE] = choice.wait_policy
     torch = sys.modules.get("torch")
     if torch is not None and environ is None:
         torch.set_num_threads(choice.threads)
