@@ -126,4 +126,36 @@ def test_environment_variable_sets_the_starting_level():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "baseline"
     done = _run_with_env("avx3")
-    assert done.returncode != 0 and "unknown cpu isa 'avx3'" in done.stderr
+    assert done.returncode != 0 and "PROXYNAS_CPU_ISA=avx3: unknown cpu isa 'avx3'" in done.stderr
+
+
+def test_a_bad_environment_level_is_named_and_can_be_replaced():
+    code = ("import torch\nfrom proxynas_fast.ops import mixed_node as mn\nx = [torch.ones(1, 1, 2, 2)]\n"
+            "try:\n    mn.channel_moments(x)\nexcept RuntimeError as e:\n    print('REFUSED', 'PROXYNAS_CPU_ISA' in str(e))\n"
+            "print('PREVIOUS', mn.set_cpu_isa('baseline'))\nprint('MEAN', float(mn.channel_moments(x)[0]))\n")
+    env = dict(os.environ, PROXYNAS_CPU_ISA="avx3", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["REFUSED", "True", "PREVIOUS", "auto", "MEAN", "1.0"]
+
+
+def test_the_switch_really_changes_the_code_that_runs():
+    """Guards the clones themselves (not only their results): on a long float32 plane the baseline loop and the
+    best level's wider vectors (with FMA) group and round the sums differently, so the bits differ; were the switch
+    ignored, or the clones compiled to one code, they would be equal."""
+    levels = mn.cpu_isa_levels()
+    if len(levels) < 2:
+        pytest.skip("this CPU runs only the baseline clone")
+    g = torch.Generator().manual_seed(0)
+    grad = torch.randn(4, 3, 64, 64, generator=g)
+    terms = [torch.randn(4, 3, 64, 64, generator=g) for _ in range(3)]
+    results = {}
+    for isa in (levels[0], levels[-1]):
+        previous = mn.set_cpu_isa(isa)
+        try:
+            results[isa] = mn.channel_dot_sums(grad, terms)[1]
+        finally:
+            mn.set_cpu_isa(previous)
+    torch.testing.assert_close(results[levels[0]], results[levels[-1]], rtol=1e-4, atol=1e-3)
+    assert not torch.equal(results[levels[0]], results[levels[-1]])

@@ -130,6 +130,8 @@ def set_cpu_isa(isa: str) -> str:
     """Makes the CPU kernels run their `isa` clone ("baseline", "avx2", "avx512", or "auto" for the best the CPU
     has) from now on, in every thread; returns the previous level, to restore it. A level the CPU lacks raises.
     PROXYNAS_CPU_ISA sets the starting level the same way."""
+    if not extension.has_cpu_kernels():
+        raise RuntimeError("set_cpu_isa: the proxynas_fast extension is not built (no CPU kernels to switch)")
     return torch.ops.proxynas_fast._set_cpu_isa(isa)
 
 

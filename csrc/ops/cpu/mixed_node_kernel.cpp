@@ -77,17 +77,41 @@ Isa parse_isa(const std::string& name) {
   TORCH_CHECK(false, "unknown cpu isa '", name, "': expected baseline, avx2, avx512 or auto");
 }
 
-// The level the kernels run with: PROXYNAS_CPU_ISA if set (read at the first call), else the best.
-std::atomic<int>& isa_choice() {
-  static std::atomic<int> choice{[] {
-    const char* env = std::getenv("PROXYNAS_CPU_ISA");
-    return static_cast<int>(env != nullptr && *env != '\0' ? parse_isa(env) : best_isa());
-  }()};
-  return choice;
+// The level the kernels run with: PROXYNAS_CPU_ISA if set (read at the first call), else the best. A bad value
+// is an error that names the variable, at every call until _set_cpu_isa sets a level (which always succeeds for
+// a valid name, whatever the variable says).
+constexpr int kUnset = -1;
+std::atomic<int>& isa_slot() {
+  static std::atomic<int> slot{kUnset};
+  return slot;
 }
 
-// Debug switch (op _set_cpu_isa): forces a level for all later calls, returns the previous one.
-std::string set_cpu_isa(std::string name) { return kIsaNames[isa_choice().exchange(parse_isa(name))]; }
+Isa isa_from_environment() {
+  const char* env = std::getenv("PROXYNAS_CPU_ISA");
+  if (env == nullptr || *env == '\0') return best_isa();
+  try {
+    return parse_isa(env);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "PROXYNAS_CPU_ISA=", env, ": ", e.what_without_backtrace());
+  }
+}
+
+Isa current_isa() {
+  int isa = isa_slot().load(std::memory_order_relaxed);
+  if (isa == kUnset) {
+    int expected = kUnset;
+    isa_slot().compare_exchange_strong(expected, static_cast<int>(isa_from_environment()));
+    isa = isa_slot().load(std::memory_order_relaxed);
+  }
+  return static_cast<Isa>(isa);
+}
+
+// Debug switch (op _set_cpu_isa): forces a level for all later calls, returns the previous one ("auto" when no
+// kernel had run and the environment named no valid level).
+std::string set_cpu_isa(std::string name) {
+  const int previous = isa_slot().exchange(static_cast<int>(parse_isa(name)));
+  return previous == kUnset ? std::string("auto") : std::string(kIsaNames[previous]);
+}
 
 // Op _cpu_isa_levels: the levels this CPU and build run, baseline first, best last.
 std::vector<std::string> cpu_isa_levels() {
@@ -119,7 +143,7 @@ template <typename Body>
 void run_chunks(int64_t n, int64_t grain, const Body& body) {
   void (*clone)(const Body&, int64_t, int64_t) = chunks_baseline<Body>;
 #ifdef PNF_HAVE_ISA_CLONES
-  const int isa = isa_choice().load(std::memory_order_relaxed);
+  const int isa = static_cast<int>(current_isa());
   if (isa == kAvx512) clone = chunks_avx512<Body>;
   if (isa == kAvx2) clone = chunks_avx2<Body>;
 #endif
