@@ -2,8 +2,12 @@
 
 Run (the real measurement, a full epoch of each arm; the paper's loop takes ~20 min on a busy 2-core machine):
 
-    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m pytest benchmarks/bench_search_epoch.py \
+    OMP_NUM_THREADS=2 .venv/bin/python -m pytest benchmarks/bench_search_epoch.py \
         -o addopts="" --benchmark-only -s --benchmark-json benchmarks/results/cpu_search_epoch_DATE.json
+
+(The runtime's default OpenMP wait policy, what the CLIs leave when the threads fit the free cores. The runs of the
+morning of 2026-12-02 set OMP_WAIT_POLICY=PASSIVE, which slows both arms 1.6-3x on a quiet machine, the paper's
+loop of many small ops more: docs/PERFORMANCE.md.)
 
 Quick check of the code (2 training steps and 2 validation batches per arm, a few minutes on a quiet machine):
 PROXYNAS_BENCH_EPOCH_STEPS=2 OMP_NUM_THREADS=1 and the same command.
