@@ -7,9 +7,13 @@ PC-DARTS ImageNet search network: three stride-2 stem convolutions, cells at 28 
 PROXYNAS_BENCH_CIFAR_BATCH and PROXYNAS_BENCH_IMAGENET_BATCH override the batches, PROXYNAS_BENCH_ROUNDS the
 timed rounds per backend (default 3, after one warm-up step).
 
-Both backends run in the same session on the same model weights and batches; `test_*_ratio` prints and records
-(extra_info) the speed ratio of the medians and the peak-memory ratio, and checks the goals on CPU
-(>= 2x faster, <= 0.6x activation memory).
+Both backends run in the same session on the same model weights and batches. `test_*_step[backend]` time each
+backend alone (pytest-benchmark's statistics, for regressions). `test_*_ratio` measures the speed ratio itself
+interleaved: one model per backend, one step of each per round, the order reversed every other round, for
+PROXYNAS_BENCH_PAIRED_ROUNDS rounds (default 5); the ratio is the median over rounds of reference time / fused time
+(paired, so a change of the machine's load hits both sides of a round alike), with the ratio of the medians and
+the peak-memory ratio beside it in extra_info. It checks the goals on CPU (>= 2x faster, <= 0.6x activation
+memory).
 
 Peak memory: on GPU, torch.cuda.max_memory_allocated over one step (reset before). On CPU there is no allocator
 peak, so we measure the *activation memory* of a forward pass: the total size of the distinct storages that
@@ -20,6 +24,9 @@ from __future__ import annotations
 
 import copy
 import os
+import statistics
+import time
+from typing import Callable, Dict, List
 
 import pytest
 import torch
@@ -33,6 +40,7 @@ DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 CIFAR_BATCH = int(os.environ.get("PROXYNAS_BENCH_CIFAR_BATCH", "64"))
 IMAGENET_BATCH = int(os.environ.get("PROXYNAS_BENCH_IMAGENET_BATCH", "32"))
 ROUNDS = int(os.environ.get("PROXYNAS_BENCH_ROUNDS", "3"))
+PAIRED_ROUNDS = int(os.environ.get("PROXYNAS_BENCH_PAIRED_ROUNDS", "5"))
 SPEED_GOAL, MEMORY_GOAL = (4.0, None) if ON_GPU else (2.0, 0.6)
 
 SHAPES = {
@@ -40,7 +48,6 @@ SHAPES = {
     "imagenet": dict(make=lambda: PCNetworkImageNetSearch(C=16, num_classes=1000, layers=8), batch=IMAGENET_BATCH,
                      size=224, classes=1000),
 }
-_results: dict = {}
 
 
 def build(shape: str, backend: str, seed: int = 0):
@@ -104,7 +111,6 @@ def _run_backend(benchmark, shape, backend):
     benchmark.extra_info.update(backend=backend, shape=shape, batch=SHAPES[shape]["batch"], peak_bytes=mem,
                                 device=torch.cuda.get_device_name() if ON_GPU else "cpu",
                                 threads=torch.get_num_threads())
-    _results[(shape, backend)] = (benchmark.stats.stats.median, mem)
 
 
 @pytest.mark.benchmark(group="search_step_cifar")
@@ -119,16 +125,53 @@ def test_imagenet_step(benchmark, backend):
     _run_backend(benchmark, "imagenet", backend)
 
 
+def interleaved_times(steps: Dict[str, Callable[[], None]], rounds: int,
+                      clock: Callable[[], float] = time.perf_counter) -> Dict[str, List[float]]:
+    """Each step's wall times over `rounds` rounds of one call of every step, the order reversed every other
+    round (a drift of the machine's load within a round then favours neither side)."""
+    names = list(steps)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            start = clock()
+            steps[name]()
+            times[name].append(clock() - start)
+    return times
+
+
+def paired_speedup(times: Dict[str, List[float]], slow: str = "reference", fast: str = "fused") -> float:
+    """Median over rounds of slow / fast within each round."""
+    return statistics.median(a / b for a, b in zip(times[slow], times[fast]))
+
+
 def _ratio(benchmark, shape):
-    if (shape, "reference") not in _results or (shape, "fused") not in _results:
-        pytest.skip("run together with both backends' benchmarks of this shape")
-    (t_ref, m_ref), (t_fus, m_fus) = _results[(shape, "reference")], _results[(shape, "fused")]
-    speedup, memory = t_ref / t_fus, m_fus / m_ref
-    benchmark.extra_info.update(speedup=speedup, memory_ratio=memory)
+    runs = {}
+    for backend in ("reference", "fused"):
+        model, step, batch = build(shape, backend)
+        step(*batch)  # warm-up
+        _sync()
+        runs[backend] = (model, step, batch)
+
+    def timed(backend):
+        def one_step():
+            runs[backend][1](*runs[backend][2])
+            _sync()
+        return one_step
+
+    times = interleaved_times({b: timed(b) for b in runs}, PAIRED_ROUNDS)
+    speedup = paired_speedup(times)
+    t_ref, t_fus = statistics.median(times["reference"]), statistics.median(times["fused"])
+    m_ref, m_fus = (peak_memory(*runs[b]) for b in ("reference", "fused"))
+    memory = m_fus / m_ref
+    benchmark.extra_info.update(speedup=speedup, speedup_of_medians=t_ref / t_fus, memory_ratio=memory,
+                                paired_rounds=PAIRED_ROUNDS, reference_times=times["reference"],
+                                fused_times=times["fused"], threads=torch.get_num_threads(),
+                                load_after=os.getloadavg() if hasattr(os, "getloadavg") else None)
     benchmark.pedantic(lambda: None, rounds=1)
-    print(f"\n{shape} search step on {DEVICE} (batch {SHAPES[shape]['batch']}, {torch.get_num_threads()} threads): "
-          f"reference {t_ref:.2f}s {m_ref / 2**20:.0f} MiB, fused {t_fus:.2f}s {m_fus / 2**20:.0f} MiB -> "
-          f"speedup {speedup:.2f}x, memory {memory:.2f}x")
+    print(f"\n{shape} search step on {DEVICE} (batch {SHAPES[shape]['batch']}, {torch.get_num_threads()} threads, "
+          f"{PAIRED_ROUNDS} interleaved rounds): reference {t_ref:.2f}s {m_ref / 2**20:.0f} MiB, fused {t_fus:.2f}s "
+          f"{m_fus / 2**20:.0f} MiB -> speedup {speedup:.2f}x (paired; ratio of medians {t_ref / t_fus:.2f}x), "
+          f"memory {memory:.2f}x")
     return speedup, memory
 
 

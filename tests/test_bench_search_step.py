@@ -1,0 +1,38 @@
+"""The interleaved ratio of benchmarks/bench_search_step.py: rounds alternate the order of the backends and the
+speed ratio pairs the times of one round (a fake clock makes the timings exact)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+bench = pytest.importorskip("bench_search_step")
+
+
+class FakeClock:
+    """Time advances only when a step runs: step `name` takes durations[name][call index]."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_rounds_alternate_the_order_and_time_each_step_alone():
+    clock, calls = FakeClock(), []
+    durations = {"reference": [4.0, 6.0, 5.0, 9.0], "fused": [1.0, 3.0, 2.0, 3.0]}
+
+    def step(name):
+        def run():
+            clock.now += durations[name][sum(c == name for c in calls)]
+            calls.append(name)
+        return run
+
+    times = bench.interleaved_times({"reference": step("reference"), "fused": step("fused")}, 4, clock=clock)
+    assert calls == ["reference", "fused", "fused", "reference", "reference", "fused", "fused", "reference"]
+    assert times == durations
+    # per round 4, 2, 2.5, 3 -> median 2.75; the ratio of the medians (5.5 / 2.5 = 2.2) is another number
+    assert bench.paired_speedup(times) == pytest.approx(2.75)
