@@ -51,6 +51,21 @@ def test_lazy_subset_decodes_only_those_files_with_the_eager_pixels(tmp_path, ci
     assert (sub.mean, sub.std, sub.classes, sub.source) == (eager.mean, eager.std, eager.classes, eager.source)
 
 
+def test_one_cache_entry_whatever_the_spelling_of_the_data_folder(tmp_path, cifar10_jpeg_dir, cache, decoded,
+                                                                   monkeypatch):
+    """`../shared/...`, `/abs/shared/...` and a symlinked folder name the same files: one decode, one entry."""
+    root = _tiny_cifar(tmp_path / "data" / "c10", cifar10_jpeg_dir, per_class=2)
+    (tmp_path / "link").symlink_to(tmp_path / "data", target_is_directory=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    spellings = [root, "../data/c10", tmp_path / "link" / "c10", "../link/c10"]
+    images = [load_dataset("cifar10", str(r), "train", download=False, lazy=True).subset([1, 5, 8]).images
+              for r in spellings]
+    assert decoded == [3] and len(list(cache.iterdir())) == 1
+    for other in images[1:]:
+        np.testing.assert_array_equal(other, images[0])
+
+
 def test_a_corrupt_jpeg_is_named_when_selected_and_not_read_otherwise(tmp_path, cifar10_jpeg_dir, cache):
     root = _tiny_cifar(tmp_path / "c10", cifar10_jpeg_dir, per_class=3)
     lazy = load_dataset("cifar10", root, "train", download=False, lazy=True)

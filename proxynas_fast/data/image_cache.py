@@ -1,6 +1,6 @@
 """The decoded-image cache: folders of JPEGs decoded once into `<name>-<split>-<key>.npy` files.
 
-The key names the files decoded (`readers.cache_key`: paths, sizes, modification times): the whole split, or
+The key names the files decoded (`readers.cache_key`: resolved paths, sizes, modification times): the whole split, or
 each selection a `LazyImageDataset` decoded (a 1,000-image CIFAR-10 proxy is a 3 MB entry of its own).
 
 Location: `$PROXYNAS_CACHE`, default `~/.cache/proxynas_fast`. Size: at most `$PROXYNAS_CACHE_MAX_BYTES`

@@ -166,9 +166,16 @@ def read_order_file(order_file: Path, root: Path, classes: List[str],
 
 
 def cache_key(files: List[str]) -> str:
-    """Identifies a list of files by their paths, sizes and modification times."""
+    """Identifies a list of files by their paths, sizes and modification times. A path counts by where it leads
+    (its folder resolved: relative or absolute spellings, symlinked folders), so `../shared/...` and
+    `/work/shared/...` share one cache entry instead of decoding and storing the images twice."""
     h = hashlib.sha1()
+    real_dirs: dict = {}
     for p in files:
+        folder, name = os.path.split(p)
+        real = real_dirs.get(folder)
+        if real is None:
+            real = real_dirs[folder] = os.path.realpath(folder or ".")
         st = os.stat(p)
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{os.path.join(real, name)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
