@@ -203,8 +203,9 @@ class _CellPlan:
         self.nodes = self._plan_nodes(cell)
         self.term_bns = [t.bn for n in self.nodes for t in n.terms if t.bn is not None]
         self.term_counts = [len(n.terms) for n in self.nodes]
-        self.strided = [(e, cell._ops[e].mp) for e in range(self.num_edges) if cell._ops[e].stride != 1] \
-            if self.pc_k > 1 else []
+        # PC-DARTS: the 2x2 max-pool of the bypassed channels, per strided edge
+        self.bypass_pools = {e: cell._ops[e].mp for e in range(self.num_edges) if cell._ops[e].stride != 1} \
+            if self.pc_k > 1 else {}
         self._indexes: Dict[Tuple, Tuple[Tensor, List[_NodeIndex]]] = {}
 
     def __deepcopy__(self, memo):
@@ -575,7 +576,7 @@ def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor,
             del branches[e]
         h = _MixedNode.apply(a_node, *tensors, (node, indexes[i], pools))
         if edge_weights is not None and plan.pc_k > 1:  # k = 1: no bypassed channels, the shuffle is the identity
-            h = _pc_combine(plan, h, [p for _, p in parts], node.edges, edge_weights)
+            h = _pc_combine(plan, h, parts, node.edges, edge_weights)
         states.append(h)
         parts.append(_split_state(h, plan.pc_k))
         _expand(plan, parts, 2 + i, branches)
@@ -603,20 +604,19 @@ def _expand(plan: _CellPlan, parts: Sequence[Tuple[Tensor, Optional[Tensor]]], j
         branches.update(zip(readers.edges, _conv_branches(F.relu(parts[j][0]), readers)))
 
 
-def _pc_combine(plan: _CellPlan, mixed_sum: Tensor, bypassed: Sequence[Tensor], edges: Sequence[int],
-                edge_weights: Tensor) -> Tensor:
+def _pc_combine(plan: _CellPlan, mixed_sum: Tensor, parts: Sequence[Tuple[Tensor, Optional[Tensor]]],
+                edges: Sequence[int], edge_weights: Tensor) -> Tensor:
     """PC-DARTS node from the (beta-weighted) sum of the mixed parts: add the beta-weighted bypassed channels
-    (`bypassed[j]`: state j's channels after the first C/k; max-pooled 2x2 on strided edges), then shuffle
+    (`parts[j][1]`: state j's channels after the first C/k; max-pooled 2x2 on strided edges), then shuffle
     channels like each edge's output (a linear permutation, so shuffling the sum equals summing the shuffled
     edges)."""
-    k, pooled = plan.pc_k, dict(plan.strided)
     bypass = None
-    for part, e in zip(bypassed, edges):
-        if e in pooled:
-            part = pooled[e](part)
+    for (_, part), e in zip(parts, edges):
+        if e in plan.bypass_pools:
+            part = plan.bypass_pools[e](part)
         term = edge_weights[e] * part
         bypass = term if bypass is None else bypass + term
-    return channel_shuffle(torch.cat([mixed_sum, _as(bypass, mixed_sum.dtype)], dim=1), k)
+    return channel_shuffle(torch.cat([mixed_sum, _as(bypass, mixed_sum.dtype)], dim=1), plan.pc_k)
 
 
 def cell_forward(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
