@@ -97,10 +97,16 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _run_backend(benchmark, shape, backend):
+def _warmed(shape, backend):
+    """`build(shape, backend)` after one step (allocations, optimiser state, the fused cells' plans)."""
     model, step, batch = build(shape, backend)
-    step(*batch)  # warm-up (allocations, optimiser state)
+    step(*batch)
     _sync()
+    return model, step, batch
+
+
+def _run_backend(benchmark, shape, backend):
+    model, step, batch = _warmed(shape, backend)
 
     def one_step():
         step(*batch)
@@ -145,12 +151,7 @@ def paired_speedup(times: Dict[str, List[float]], slow: str = "reference", fast:
 
 
 def _ratio(benchmark, shape):
-    runs = {}
-    for backend in ("reference", "fused"):
-        model, step, batch = build(shape, backend)
-        step(*batch)  # warm-up
-        _sync()
-        runs[backend] = (model, step, batch)
+    runs = {backend: _warmed(shape, backend) for backend in ("reference", "fused")}
 
     def timed(backend):
         def one_step():
