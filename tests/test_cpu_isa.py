@@ -1,5 +1,5 @@
-"""The instruction-set clones of the CPU mixed-node kernels (baseline, AVX2+FMA, AVX-512; see
-csrc/ops/cpu/mixed_node_kernel.cpp): each level the CPU has is forced in turn (`mixed_node.set_cpu_isa`) and every
+"""The instruction-set clones of the CPU mixed-node and pointwise-convolution kernels (baseline, AVX2+FMA,
+AVX-512; see csrc/ops/cpu/cpu_isa.h): each level the CPU has is forced in turn (`mixed_node.set_cpu_isa`) and every
 op is checked against its pure-PyTorch reference, in every dtype, on plane sizes that leave every vector tail
 length (a clone that computes wrong fails here even where the default, best level is right). Also the switch
 itself: its levels, its errors and the PROXYNAS_CPU_ISA environment variable."""
@@ -159,3 +159,30 @@ def test_the_switch_really_changes_the_code_that_runs():
             mn.set_cpu_isa(previous)
     torch.testing.assert_close(results[levels[0]], results[levels[-1]], rtol=1e-4, atol=1e-3)
     assert not torch.equal(results[levels[0]], results[levels[-1]])
+
+
+# ----- the grouped pointwise convolution (csrc/ops/cpu/pw_conv2d_kernel.cpp) -----
+# (groups, Ci, Co, H, W): pixel counts 1, 15, 49, 111, 196 (every tail of 2/4/8/16-lane vectors and of the
+# 3-vector pixel tiles), channel counts with row tails (5, 7, 9) and whole tiles (8, 16).
+PW_SHAPES = [(1, 5, 7, 1, 1), (3, 9, 5, 5, 3), (2, 16, 16, 7, 7), (2, 8, 9, 37, 3), (1, 7, 8, 14, 14)]
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS, indirect=True)
+@pytest.mark.parametrize("dtype", list(TOL), ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("shape", PW_SHAPES)
+def test_pw_conv2d_every_level_matches_the_reference(level, dtype, shape):
+    from proxynas_fast.ops.pw_conv2d import pw_conv2d_reference
+
+    E, Ci, Co, H, W = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(3, E * Ci, H, W, generator=g, dtype=torch.float64).to(dtype)
+    w = torch.randn(E, Co, Ci, generator=g, dtype=torch.float64).to(dtype)
+    grad = torch.randn(3, E * Co, H, W, generator=g, dtype=torch.float64).to(dtype)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    ref = pw_conv2d_reference(x64, w64)
+    rx, rw = torch.autograd.grad(ref, (x64, w64), grad.double())
+    ops = torch.ops.proxynas_fast
+    _close(ops.pw_conv2d(x, w), ref, dtype, scale=Ci)
+    gx, gw = ops.pw_conv2d_backward(grad, x, w, [True, True])
+    _close(gx, rx, dtype, scale=Co)
+    _close(gw, rw, dtype, scale=3 * H * W)

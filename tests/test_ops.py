@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -23,6 +24,7 @@ from proxynas_fast.ops import mixed_node as mn
 from proxynas_fast.ops.dw_conv2d import dw_conv2d, dw_conv2d_reference
 from proxynas_fast.ops.entropy_histogram import entropy_histogram_reference, make_log10_edges
 from proxynas_fast.ops.pool2d import pool2d, pool2d_reference
+from proxynas_fast.ops.pw_conv2d import pw_conv2d, pw_conv2d_reference
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -179,10 +181,113 @@ def test_pool2d_opcheck(layout):
 
 
 # ======================================================================================================
+# pw_conv2d / pw_conv2d_backward (CPU kernel only: elsewhere the wrapper runs torch.matmul)
+# ======================================================================================================
+PW_CASES = {  # groups E, input channels Ci, output channels Co, plane: tiles with row and pixel tails, DARTS sizes
+    "e1_odd": (1, 5, 7, (3, 5)), "e3_odd": (3, 3, 2, (7, 7)), "e2_16": (2, 16, 16, (9, 10)),
+    "e4_8x8_c24": (4, 24, 24, (8, 8)),
+}
+
+
+@pytest.mark.parametrize("case", list(PW_CASES))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_pw_conv2d(dtype, layout, case):
+    require_kernels("cpu")
+    E, Ci, Co, (H, W) = PW_CASES[case]
+    x = make_tensor((3, E * Ci, H, W), dtype, "cpu", layout)
+    w = make_tensor((E, Co, Ci, 1), dtype, "cpu", "contiguous", seed=1)[..., 0]
+    out = ops.pw_conv2d(x, w)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=kernel_layout_of(x))
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    ref = pw_conv2d_reference(x64, w64)
+    # ... which is the grouped 1x1 convolution it stands for
+    torch.testing.assert_close(ref, F.conv2d(x64, w64.reshape(E * Co, Ci, 1, 1), groups=E))
+    tol = dict(TOL[dtype])
+    if dtype in (torch.bfloat16, torch.float16):  # sums of Ci (forward) and N*H*W (weight) products
+        tol = dict(rtol=tol["rtol"], atol=tol["atol"] * 10)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    g = make_tensor(tuple(ref.shape), dtype, "cpu", "contiguous", seed=2)
+    gx, gw = ops.pw_conv2d_backward(g, x, w, [True, True])
+    rx, rw = torch.autograd.grad(ref, (x64, w64), g.double())
+    assert gx.dtype == dtype and gx.is_contiguous(memory_format=kernel_layout_of(x))
+    torch.testing.assert_close(gx.double(), rx, **tol)
+    torch.testing.assert_close(gw.double(), rw, **tol)
+
+
+def test_pw_conv2d_gradcheck():
+    require_kernels("cpu")
+    x = make_tensor((2, 6, 5, 3), torch.float64, "cpu", "strided").requires_grad_()
+    w = make_tensor((2, 5, 3, 1), torch.float64, "cpu", "contiguous", seed=1)[..., 0].requires_grad_()
+    assert torch.autograd.gradcheck(pw_conv2d, (x, w))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pw_conv2d_opcheck(layout):
+    require_kernels("cpu")
+    x = make_tensor((2, 6, 7, 8), torch.float32, "cpu", layout).requires_grad_()
+    w = make_tensor((2, 4, 3, 1), torch.float32, "cpu", "contiguous", seed=1)[..., 0].requires_grad_()
+    torch.library.opcheck(ops.pw_conv2d, (x, w))
+    g = make_tensor((2, 8, 7, 8), torch.float32, "cpu", layout, seed=2)
+    torch.library.opcheck(ops.pw_conv2d_backward, (g, x.detach(), w.detach(), [True, True]))
+
+
+def test_pw_conv2d_backward_computes_only_the_gradients_the_pass_uses():
+    """As for dw_conv2d: the architecture step's autograd.grad w.r.t. the input skips the weight gradient of a
+    stacked weight (what the fused cell passes); .backward() computes both; equal input gradients."""
+    require_kernels("cpu")
+    x = make_tensor((2, 6, 5, 4), torch.float32, "cpu", "contiguous").requires_grad_()
+    w = make_tensor((2, 3, 3, 1), torch.float32, "cpu", "contiguous", seed=1)[..., 0].requires_grad_()
+    masks = []
+
+    class RecordMasks(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is ops.pw_conv2d_backward:
+                masks.append(list(args[-1]))
+            return func(*args, **(kwargs or {}))
+
+    weight = torch.stack([w[0], w[1]])
+    with RecordMasks():
+        (gx,) = torch.autograd.grad(pw_conv2d(x * 1.0, weight).square().sum(), [x])
+        pw_conv2d(x * 1.0, weight).square().sum().backward()
+    assert masks == [[True, False], [True, True]]
+    torch.testing.assert_close(gx, x.grad, rtol=0, atol=0)
+
+
+def test_pw_conv2d_weight_gradient_does_not_depend_on_the_thread_count():
+    """Each thread owns whole (group, row block) items and sums over the batch in a fixed order."""
+    require_kernels("cpu")
+    x = make_tensor((16, 2 * 24, 7, 7), torch.float32, "cpu", "contiguous")
+    w = make_tensor((2, 24, 24, 1), torch.float32, "cpu", "contiguous", seed=1)[..., 0]
+    g = make_tensor((16, 2 * 24, 7, 7), torch.float32, "cpu", "contiguous", seed=2)
+    before = torch.get_num_threads()
+    try:
+        grads = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            grads.append(ops.pw_conv2d_backward(g, x, w, [True, True]))
+    finally:
+        torch.set_num_threads(before)
+    for gx, gw in grads[1:]:
+        assert torch.equal(gx, grads[0][0]) and torch.equal(gw, grads[0][1])
+
+
+def test_pw_conv2d_bad_shapes_are_named():
+    require_kernels("cpu")
+    with pytest.raises(ValueError, match=r"pw_conv2d: input has 5 channels, weight \(2, 3, 3\)"):
+        pw_conv2d(torch.randn(1, 5, 2, 2), torch.randn(2, 3, 3))
+    with pytest.raises(RuntimeError, match="pw_conv2d: input has 5 channels"):
+        ops.pw_conv2d(torch.randn(1, 5, 2, 2), torch.randn(2, 3, 3))
+    with pytest.raises(ValueError, match=r"pw_conv2d: weight must be \[E, Co, Ci\]"):
+        pw_conv2d(torch.randn(1, 6, 2, 2), torch.randn(6, 3, 1, 1))
+
+
+# ======================================================================================================
 # fake kernels report the real layout (fault 7 of issue 12: dw_conv2d's said contiguous for channels_last)
 # ======================================================================================================
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("op", ["dw_conv2d", "dw_conv2d_backward", "pool2d", "pool2d_backward"])
+@pytest.mark.parametrize("op", ["dw_conv2d", "dw_conv2d_backward", "pool2d", "pool2d_backward", "pw_conv2d",
+                                "pw_conv2d_backward"])
 def test_fake_kernel_strides_equal_the_real_ones(op, layout):
     require_kernels("cpu")
     x = make_tensor((2, 3, 7, 8), torch.float32, "cpu", layout)
@@ -195,6 +300,9 @@ def test_fake_kernel_strides_equal_the_real_ones(op, layout):
                                                                [True, True])[0],
         "pool2d": lambda a: ops.pool2d(a[0], True, [3, 3], [1, 1], [1, 1]),
         "pool2d_backward": lambda a: ops.pool2d_backward(a[3], a[0], a[3], True, [3, 3], [1, 1], [1, 1]),
+        "pw_conv2d": lambda a: ops.pw_conv2d(a[0], a[1].reshape(-1)[:18].view(1, 6, 3)),
+        "pw_conv2d_backward": lambda a: ops.pw_conv2d_backward(a[2], a[0], a[1].reshape(-1)[:18].view(1, 6, 3),
+                                                               [True, True])[0],
     }
     real = calls[op]((x, w, g6, pooled))
     with FakeTensorMode() as mode:

@@ -10,7 +10,8 @@ What is fused, relative to the reference (which evaluates 8 ops on each of the 1
   reads the node (the reference applies 4-5 ReLUs per edge);
 * the depthwise convolutions of one candidate type on all E edges that read the same node run as one depthwise
   convolution with channel multiplier E (`proxynas_fast.ops.dw_conv2d`, a fast CPU kernel), the pointwise
-  convolutions as one batched matmul, the inner BatchNorm of the separable convolutions as one call;
+  convolutions as one grouped 1x1 convolution (`proxynas_fast.ops.pw_conv2d`: a CPU kernel, torch.matmul
+  elsewhere), the inner BatchNorm of the separable convolutions as one call;
 * the stride-2 FactorizedReduce skips of all edges leaving a cell input: one 2x2 stride-2 convolution;
 * per node, one autograd function (`_MixedNode`) evaluates pooling, identity, zero, every final BatchNorm
   (affine-free) and the weighted sum over candidates and incoming edges, with the `proxynas_fast.ops.mixed_node`
@@ -38,6 +39,7 @@ from proxynas_fast.ops.dw_conv2d import dw_conv2d
 from proxynas_fast.ops.mixed_node import (channel_affine_combine, channel_dot_sums, channel_moments,
                                           channel_weighted_sum)
 from proxynas_fast.ops.pool2d import pool2d, pool2d_backward
+from proxynas_fast.ops.pw_conv2d import pw_conv2d
 
 from .genotypes import PRIMITIVES
 from .operations import DilConv, FactorizedReduce, Identity, SepConv, Zero, channel_shuffle
@@ -470,12 +472,8 @@ def _input_gradients(node: _NodePlan, index: _NodeIndex, pools: Sequence[_Shared
 # --------------------------------------------------------------------------------------------------------------
 def _grouped_pointwise(x: Tensor, convs: Sequence[nn.Conv2d]) -> Tensor:
     """E pointwise convolutions at once: x [N, E*Ci, H, W], convs[e] a 1x1 conv Ci -> Co -> [N, E*Co, H, W]."""
-    N, _, H, W = x.shape
     Co, Ci = convs[0].weight.shape[:2]
-    E = len(convs)
-    weight = torch.stack([c.weight for c in convs]).view(E, Co, Ci)
-    y = torch.matmul(weight, x.reshape(N, E, Ci, H * W))
-    return y.reshape(N, E * Co, H, W)
+    return pw_conv2d(x, torch.stack([c.weight for c in convs]).view(len(convs), Co, Ci))
 
 
 def _grouped_depthwise(x: Tensor, convs: Sequence[nn.Conv2d], stride: int) -> Tensor:

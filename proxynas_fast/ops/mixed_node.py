@@ -117,7 +117,8 @@ def channel_affine_combine(grad: Tensor, terms: Sequence[Tensor], a: Tensor, b: 
     return channel_affine_combine_reference(grad, terms, a, b, c)
 
 
-# ----- instruction-set switch of the CPU kernels (tests, benchmarks; see ops/cpu/mixed_node_kernel.cpp) -----
+# ----- instruction-set switch of the CPU kernels (tests, benchmarks; see csrc/ops/cpu/cpu_isa.h) -----
+# It governs the mixed-node and pointwise-convolution kernels.
 def cpu_isa_levels() -> List[str]:
     """The instruction-set levels the CPU kernels can run on this machine, baseline first and the best (the
     default) last; [] without the extension."""

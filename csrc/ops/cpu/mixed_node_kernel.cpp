@@ -5,150 +5,24 @@
 // Reductions accumulate a plane in the compute type (float for float/bf16/half, double for double) and planes
 // in double.
 //
-// Instruction sets: the extension is compiled for baseline x86-64 (SSE2), which runs the `omp simd` plane loops
-// at a quarter of an AVX-512 machine's vector width. Each kernel's per-chunk body is therefore compiled three
-// times, for baseline, AVX2+FMA and AVX-512 (F/BW/VL/DQ, 512-bit vectors), and the best clone the CPU runs is
-// picked at run time (run_chunks), for all four dtypes. Float sums taken in another vector width (and with FMA)
-// round differently, so results may differ in the last bits between clones, never in the plane/sample order
-// of the double accumulation. GCC ends an `omp simd` reduction by adding its lanes one at a time, 16 for
-// AVX-512: on 7x7 planes that makes the AVX-512 moments/dot sums no faster than AVX2 (measured; wide planes
-// gain 2x).
-//   PROXYNAS_CPU_ISA=baseline|avx2|avx512|auto  (read once, at the first call) forces a level;
-//   torch.ops.proxynas_fast._set_cpu_isa(name) switches at run time (for tests and benchmarks), and
-//   _cpu_isa_levels() lists the levels this CPU and build can run. A level the CPU lacks is an error.
-// They govern these kernels only (dw_conv2d/pool2d pick their AVX2 clone on their own, ops/cpu/flat_plane.h).
+// Instruction sets: each kernel's per-chunk body is compiled for baseline, AVX2+FMA and AVX-512 and the level
+// chosen at run time runs (cpu_isa::run_chunks, ops/cpu/cpu_isa.h; PROXYNAS_CPU_ISA forces one), for all four
+// dtypes. GCC ends an `omp simd` reduction by adding its lanes one at a time, 16 for AVX-512: on 7x7 planes that
+// makes the AVX-512 moments/dot sums no faster than AVX2 (measured; wide planes gain 2x).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <atomic>
-#include <cstdlib>
-#include <string>
 #include <vector>
 
+#include "ops/cpu/cpu_isa.h"
 #include "ops/mixed_node.h"
 
 namespace proxynas_fast {
 namespace {
-
-// ----- instruction-set clones -----
-// Levels are nested: each one's clone may use everything below it.
-enum Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
-constexpr const char* kIsaNames[] = {"baseline", "avx2", "avx512"};
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define PNF_HAVE_ISA_CLONES 1
-#define PNF_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#if defined(__clang__)
-#define PNF_TARGET_AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")))
-#else
-// GCC's tuning for some AVX-512 cores prefers 256-bit vectors; these loops are long and unit-stride.
-#define PNF_TARGET_AVX512 \
-  __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512")))
-#endif
-#endif
-
-// The best level this CPU and build run (__builtin_cpu_supports also checks that the OS saves the registers).
-Isa best_isa() {
-#ifdef PNF_HAVE_ISA_CLONES
-  static const Isa best = [] {
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return kBaseline;
-    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    return avx512 ? kAvx512 : kAvx2;
-  }();
-  return best;
-#else
-  return kBaseline;
-#endif
-}
-
-// "auto" is the best level; naming a level the CPU lacks, or an unknown one, is an error.
-Isa parse_isa(const std::string& name) {
-  if (name == "auto") return best_isa();
-  for (int i = kBaseline; i <= kAvx512; ++i) {
-    if (name != kIsaNames[i]) continue;
-    TORCH_CHECK(i <= best_isa(), "cpu isa '", name, "' is not available on this CPU/build (best: ",
-                kIsaNames[best_isa()], ")");
-    return static_cast<Isa>(i);
-  }
-  TORCH_CHECK(false, "unknown cpu isa '", name, "': expected baseline, avx2, avx512 or auto");
-}
-
-// The level the kernels run with: PROXYNAS_CPU_ISA if set (read at the first call), else the best. A bad value
-// is an error that names the variable, at every call until _set_cpu_isa sets a level (which always succeeds for
-// a valid name, whatever the variable says).
-constexpr int kUnset = -1;
-std::atomic<int>& isa_slot() {
-  static std::atomic<int> slot{kUnset};
-  return slot;
-}
-
-Isa isa_from_environment() {
-  const char* env = std::getenv("PROXYNAS_CPU_ISA");
-  if (env == nullptr || *env == '\0') return best_isa();
-  try {
-    return parse_isa(env);
-  } catch (const c10::Error& e) {
-    TORCH_CHECK(false, "PROXYNAS_CPU_ISA=", env, ": ", e.what_without_backtrace());
-  }
-}
-
-Isa current_isa() {
-  int isa = isa_slot().load(std::memory_order_relaxed);
-  if (isa == kUnset) {
-    int expected = kUnset;
-    isa_slot().compare_exchange_strong(expected, static_cast<int>(isa_from_environment()));
-    isa = isa_slot().load(std::memory_order_relaxed);
-  }
-  return static_cast<Isa>(isa);
-}
-
-// Debug switch (op _set_cpu_isa): forces a level for all later calls, returns the previous one ("auto" when no
-// kernel had run and the environment named no valid level).
-std::string set_cpu_isa(std::string name) {
-  const int previous = isa_slot().exchange(static_cast<int>(parse_isa(name)));
-  return previous == kUnset ? std::string("auto") : std::string(kIsaNames[previous]);
-}
-
-// Op _cpu_isa_levels: the levels this CPU and build run, baseline first, best last.
-std::vector<std::string> cpu_isa_levels() {
-  std::vector<std::string> out;
-  for (int i = kBaseline; i <= best_isa(); ++i) out.push_back(kIsaNames[i]);
-  return out;
-}
-
-// A kernel's chunk body, `body(begin, end)`, is an always-inline lambda (PNF_CHUNK_BODY), so each of these
-// wrappers compiles its own copy of the plane loops for its instruction set.
-#define PNF_CHUNK_BODY __attribute__((always_inline))
-template <typename Body>
-void chunks_baseline(const Body& body, int64_t begin, int64_t end) {
-  body(begin, end);
-}
-#ifdef PNF_HAVE_ISA_CLONES
-template <typename Body>
-PNF_TARGET_AVX2 void chunks_avx2(const Body& body, int64_t begin, int64_t end) {
-  body(begin, end);
-}
-template <typename Body>
-PNF_TARGET_AVX512 void chunks_avx512(const Body& body, int64_t begin, int64_t end) {
-  body(begin, end);
-}
-#endif
-
-// at::parallel_for over [0, n) running the clone of `body` for the chosen level.
-template <typename Body>
-void run_chunks(int64_t n, int64_t grain, const Body& body) {
-  void (*clone)(const Body&, int64_t, int64_t) = chunks_baseline<Body>;
-#ifdef PNF_HAVE_ISA_CLONES
-  const int isa = static_cast<int>(current_isa());
-  if (isa == kAvx512) clone = chunks_avx512<Body>;
-  if (isa == kAvx2) clone = chunks_avx2<Body>;
-#endif
-  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) { clone(body, begin, end); });
-}
+using cpu_isa::run_chunks;
 
 // Items per thread chunk so that a chunk touches at least ~32k elements: small problems stay on one thread.
 int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item)); }
@@ -335,12 +209,6 @@ TORCH_LIBRARY_IMPL(proxynas_fast, CPU, m) {
   m.impl("channel_weighted_sum", &channel_weighted_sum_cpu);
   m.impl("channel_dot_sums", &channel_dot_sums_cpu);
   m.impl("channel_affine_combine", &channel_affine_combine_cpu);
-}
-
-// Device-independent (no tensor argument): defined here with their kernels, as catch-all ops.
-TORCH_LIBRARY_FRAGMENT(proxynas_fast, m) {
-  m.def("_set_cpu_isa(str isa) -> str", &set_cpu_isa);
-  m.def("_cpu_isa_levels() -> str[]", &cpu_isa_levels);
 }
 
 }  // namespace proxynas_fast

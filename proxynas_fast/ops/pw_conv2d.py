@@ -1,0 +1,78 @@
+"""Grouped pointwise (1x1) convolution (`proxynas_fast::pw_conv2d`), differentiable.
+
+input [N, E*Ci, H, W], weight [E, Co, Ci] -> [N, E*Co, H, W]: output channels e*Co..(e+1)*Co are the 1x1
+convolution (no bias) of input channels e*Ci..(e+1)*Ci with weight[e]. The fused DARTS cell computes the
+pointwise convolutions of all E edges that read one node this way. With E = 1 it is
+`F.conv2d(input, weight[0, :, :, None, None])`.
+
+The CPU kernel computes each (sample, group) plane as a register-tiled matrix product (ops/cpu/pw_conv2d_kernel.cpp);
+on other devices, and without the extension, the wrapper runs the reference, a broadcast `torch.matmul` (cuBLAS
+batches it well).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import extension
+from ._args import inputs_needing_grad
+from ._layout import empty_in_layout_of
+
+Tensor = torch.Tensor
+
+
+def _check(input: Tensor, weight: Tensor) -> None:
+    if input.dim() != 4:
+        raise ValueError(f"pw_conv2d: input must be [N, E*Ci, H, W], got shape {tuple(input.shape)}")
+    if weight.dim() != 3:
+        raise ValueError(f"pw_conv2d: weight must be [E, Co, Ci], got shape {tuple(weight.shape)}")
+    E, _, Ci = weight.shape
+    if input.shape[1] != E * Ci:
+        raise ValueError(f"pw_conv2d: input has {input.shape[1]} channels, weight {tuple(weight.shape)} "
+                         f"= [E, Co, Ci] needs E*Ci = {E * Ci}")
+
+
+def pw_conv2d_reference(input: Tensor, weight: Tensor) -> Tensor:
+    """Pure-PyTorch definition (ground truth of the tests, the fallback, and the path on CUDA)."""
+    _check(input, weight)
+    N, _, H, W = input.shape
+    E, Co, Ci = weight.shape
+    y = torch.matmul(weight, input.reshape(N, E, Ci, H * W))
+    return y.reshape(N, E * Co, H, W)
+
+
+def pw_conv2d(input: Tensor, weight: Tensor) -> Tensor:
+    """Grouped 1x1 convolution (see module docstring). Under torch.autocast both operands are cast to the autocast
+    dtype, like F.conv2d and torch.matmul; bfloat16/float16 are computed in float32 on CPU."""
+    _check(input, weight)
+    if input.device.type != "cpu" or not extension.has_cpu_kernels():
+        return pw_conv2d_reference(input, weight)
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        input, weight = input.to(dtype), weight.to(dtype)
+    elif weight.dtype != input.dtype:
+        raise ValueError(f"pw_conv2d: input ({input.dtype}) and weight ({weight.dtype}) dtypes differ")
+    with torch.autocast("cpu", enabled=False):
+        return torch.ops.proxynas_fast.pw_conv2d(input, weight)
+
+
+if extension.has_cpu_kernels():
+
+    @torch.library.register_fake("proxynas_fast::pw_conv2d")
+    def _pw_conv2d_fake(input, weight):
+        N, _, H, W = input.shape
+        return empty_in_layout_of(input, (N, weight.shape[0] * weight.shape[1], H, W))
+
+    @torch.library.register_fake("proxynas_fast::pw_conv2d_backward")
+    def _pw_conv2d_backward_fake(grad_output, input, weight, output_mask):
+        return (empty_in_layout_of(input, input.shape) if output_mask[0] else None,
+                weight.new_empty(weight.shape) if output_mask[1] else None)
+
+    def _setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def _backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        mask = inputs_needing_grad(ctx)[:2]  # the architecture step skips the weight gradient
+        return tuple(torch.ops.proxynas_fast.pw_conv2d_backward(grad_output, input, weight, mask))
+
+    torch.library.register_autograd("proxynas_fast::pw_conv2d", _backward, setup_context=_setup_context)
