@@ -2,14 +2,18 @@
 //
 // PyTorch's CPU depthwise backward is slow; here every (sample, channel) plane is a small independent problem,
 // computed in the "flat phase" form described at FlatGeometry: one unit-stride, register-tiled loop per tap over
-// the flattened zero-padded plane, the same for every stride, dilation and plane size. The tile loops have a
-// fixed trip count, so the compiler vectorises them; they are compiled twice (baseline and AVX2+FMA) and the AVX2
-// copy is picked at run time when the CPU has it. Planes are spread over threads with at::parallel_for.
+// the flattened zero-padded plane, the same for every stride, dilation and plane size. The weight gradient and the
+// stride-1 input gradient use the same layout but go row by row over only the rows and columns that count (see
+// there). The tile loops have a fixed trip count, so the compiler vectorises them; they are compiled twice
+// (baseline and AVX2+FMA) and the AVX2 copy is picked at run time when the CPU has it. Planes are spread over
+// threads with at::parallel_for.
 // bfloat16/half are computed in float (converted once per call); float64 serves gradcheck.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "ops/cpu/flat_plane.h"
@@ -18,21 +22,6 @@
 namespace proxynas_fast {
 namespace {
 using namespace flat;
-
-// The dot-product loop compiled for the baseline ISA and for AVX2+FMA; the AVX2 copy is picked at run time.
-template <typename T>
-T dot_base(const T* a, const T* b, int64_t n) { return dot_tiles<T>(a, b, n); }
-#ifdef PNF_HAVE_AVX2_CLONE
-template <typename T>
-__attribute__((target("avx2,fma"))) T dot_avx2(const T* a, const T* b, int64_t n) { return dot_tiles<T>(a, b, n); }
-#endif
-template <typename T>
-T dot(const T* a, const T* b, int64_t n) {
-#ifdef PNF_HAVE_AVX2_CLONE
-  if (cpu_has_avx2()) return dot_avx2<T>(a, b, n);
-#endif
-  return dot_base<T>(a, b, n);
-}
 
 bool computes_natively(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
 
@@ -82,11 +71,124 @@ at::Tensor dw_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, at::
   return channels_last ? out.contiguous(at::MemoryFormat::ChannelsLast) : out;
 }
 
-// Input gradient: phase[u] = sum_{m, k in phase} w[m, k] * G_m[u - off_k], with G_m the output-gradient grid of
-// kernel m stored after max_off zeros (so every index is non-negative), then gathered back to the input plane.
+// Input gradient for stride 1, row by row: the padded plane has one phase, and only its H x W interior is
+// needed, so instead of the whole Hq x Wq phase plane (7x7 planes with 5x5 dil 2: 15x15, a fifth of it used)
+// only the interior rows are computed, in vectors from column PW: out[r][v] = sum_t w_t * G[offs_t + u0 + r*Wq
+// + v*L], R rows x NV vectors held in registers for every tap (the tap weight broadcast once for all of them).
+// Rows past H are computed and dropped (the grid buffer has room for them).
+template <typename T, int R, int NV>
+PNF_INLINE void gin_rows(const T* grids, const int64_t* offs, const T* wts, int64_t taps, int64_t u0, int64_t Wq,
+                         T* out) {
+  using V = typename Vec<T>::type;
+  constexpr int L = 32 / sizeof(T);
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+  for (int64_t t = 0; t < taps; ++t) {
+    const T wv = wts[t];
+    const T* src = grids + offs[t] + u0;
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] += wv * *reinterpret_cast<const V*>(src + r * Wq + v * L);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) *reinterpret_cast<V*>(out + (r * NV + v) * L) = acc[r][v];
+}
+
+// Rows per block for NV vectors per row: about 8 accumulators.
+constexpr int gin_block_rows(int nv) { return nv == 1 ? 8 : nv == 2 ? 4 : 2; }
+
+// One input plane: rows [0, H) in blocks of gin_block_rows(NV) rows (narrow planes of few rows: fewer),
+// columns in chunks of up to 4 vectors.
+template <typename T>
+PNF_INLINE void gin_plane(const T* grids, const int64_t* offs, const T* wts, int64_t taps, int64_t H, int64_t W,
+                          int64_t PH, int64_t PW, int64_t Wq, T* out_buf, T* gi) {
+  constexpr int L = 32 / sizeof(T);
+  const int64_t nv = (W + L - 1) / L;
+  for (int64_t v0 = 0; v0 < nv; v0 += 4) {
+    const int NV = static_cast<int>(std::min<int64_t>(4, nv - v0));
+    const int64_t c0 = v0 * L, cols = std::min<int64_t>(W - c0, NV * L);
+    for (int64_t h0 = 0, R = 0; h0 < H; h0 += R) {
+      const int64_t u0 = (PH + h0) * Wq + PW + c0, rest = H - h0;
+      R = NV > 1 ? gin_block_rows(NV) : rest >= 5 ? 8 : rest >= 3 ? 4 : rest;
+      switch (NV * 16 + R) {
+        case 16 + 1: gin_rows<T, 1, 1>(grids, offs, wts, taps, u0, Wq, out_buf); break;
+        case 16 + 2: gin_rows<T, 2, 1>(grids, offs, wts, taps, u0, Wq, out_buf); break;
+        case 16 + 4: gin_rows<T, 4, 1>(grids, offs, wts, taps, u0, Wq, out_buf); break;
+        case 16 + 8: gin_rows<T, 8, 1>(grids, offs, wts, taps, u0, Wq, out_buf); break;
+        case 32 + gin_block_rows(2): gin_rows<T, gin_block_rows(2), 2>(grids, offs, wts, taps, u0, Wq, out_buf); break;
+        case 48 + gin_block_rows(3): gin_rows<T, gin_block_rows(3), 3>(grids, offs, wts, taps, u0, Wq, out_buf); break;
+        default: gin_rows<T, gin_block_rows(4), 4>(grids, offs, wts, taps, u0, Wq, out_buf); break;
+      }
+      for (int64_t r = 0; r < R && h0 + r < H; ++r) {
+        const T* src = out_buf + r * NV * L;
+        T* dst = gi + (h0 + r) * W + c0;
+        for (int64_t i = 0; i < cols; ++i) dst[i] = src[i];
+      }
+    }
+  }
+}
+
+template <typename T>
+void gin_plane_base(const T* grids, const int64_t* offs, const T* wts, int64_t taps, int64_t H, int64_t W,
+                    int64_t PH, int64_t PW, int64_t Wq, T* out_buf, T* gi) {
+  gin_plane<T>(grids, offs, wts, taps, H, W, PH, PW, Wq, out_buf, gi);
+}
+#ifdef PNF_HAVE_AVX2_CLONE
+template <typename T>
+__attribute__((target("avx2,fma"))) void gin_plane_avx2(const T* grids, const int64_t* offs, const T* wts,
+                                                        int64_t taps, int64_t H, int64_t W, int64_t PH,
+                                                        int64_t PW, int64_t Wq, T* out_buf, T* gi) {
+  gin_plane<T>(grids, offs, wts, taps, H, W, PH, PW, Wq, out_buf, gi);
+}
+#endif
+template <typename T>
+void gin_plane_any(const T* grids, const int64_t* offs, const T* wts, int64_t taps, int64_t H, int64_t W,
+                   int64_t PH, int64_t PW, int64_t Wq, T* out_buf, T* gi) {
+#ifdef PNF_HAVE_AVX2_CLONE
+  if (cpu_has_avx2()) return gin_plane_avx2<T>(grids, offs, wts, taps, H, W, PH, PW, Wq, out_buf, gi);
+#endif
+  gin_plane_base<T>(grids, offs, wts, taps, H, W, PH, PW, Wq, out_buf, gi);
+}
+
+template <typename T>
+void grad_input_rows(const T* go, const T* w, T* gi, const DwConvGeometry& g, const FlatGeometry& f) {
+  constexpr int L = 32 / sizeof(T);
+  const int64_t CO = g.M * g.C, in_plane = g.H * g.W, out_plane = g.Ho * g.Wo, K = g.KH * g.KW;
+  const int64_t front = f.max_off, glen = front + f.span_t;
+  // Blocks read up to 7 rows past H and up to L - 1 lanes past W; the slack keeps the last grid's reads inside.
+  const int64_t slack = 8 * f.Wq + 4 * L;
+  std::vector<int64_t> offs(g.M * K);
+  for (int64_t m = 0; m < g.M; ++m)
+    for (int64_t k = 0; k < K; ++k) offs[m * K + k] = m * glen + front - f.tap_off[k];
+  at::parallel_for(0, g.N * g.C, grain_for(g.M * out_plane * K), [&](int64_t begin, int64_t end) {
+    std::vector<T> grids(g.M * glen + slack, T(0));
+    std::vector<T> wts(g.M * K);
+    std::vector<T> out_buf(8 * L);
+    int64_t wc = -1;
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / g.C, c = p % g.C;
+      for (int64_t m = 0; m < g.M; ++m) {
+        const int64_t o = m * g.C + c;
+        to_grid(go + (n * CO + o) * out_plane, g, f, grids.data() + m * glen + front);
+      }
+      if (c != wc) {
+        for (int64_t m = 0; m < g.M; ++m)
+          for (int64_t k = 0; k < K; ++k) wts[m * K + k] = w[(m * g.C + c) * K + k];
+        wc = c;
+      }
+      gin_plane_any<T>(grids.data(), offs.data(), wts.data(), g.M * K, g.H, g.W, g.PH, g.PW, f.Wq, out_buf.data(),
+                       gi + p * in_plane);
+    }
+  });
+}
+
+// Input gradient (strides above 1; stride 1 takes grad_input_rows): phase[u] = sum_{m, k in phase} w[m, k] *
+// G_m[u - off_k], with G_m the output-gradient grid of kernel m stored after max_off zeros (so every index is
+// non-negative), then gathered back to the input plane.
 template <typename T>
 void grad_input_planes(const T* go, const T* w, T* gi, const DwConvGeometry& g, const FlatGeometry& f) {
   const int64_t CO = g.M * g.C, in_plane = g.H * g.W, out_plane = g.Ho * g.Wo, K = g.KH * g.KW;
+  if (g.SH == 1 && g.SW == 1) return grad_input_rows<T>(go, w, gi, g, f);
   const int64_t front = f.max_off, glen = front + f.span_t;
   // Taps grouped by phase; offsets into the padded grids of all M kernels (grid m starts at m * glen).
   std::vector<std::vector<int64_t>> taps_of(f.phases), offs_of(f.phases);
@@ -124,23 +226,199 @@ void grad_input_planes(const T* go, const T* w, T* gi, const DwConvGeometry& g, 
   });
 }
 
-// Weight gradient: dw[o, k] = sum_n <G_{n,o}, phase_k(x_{n,c}) shifted by off_k>; one thread owns input channel c
-// (all its M kernels) and reduces over the batch in double: no races, deterministic.
+// Weight gradient: dw[o, k] = sum_{n, ho, wo} G_{n,o}[ho, wo] * phase_k(x_{n,c})[ho*Wq + wo + off_k].
+//
+// Computed row by row, not over the flat grid: the output-gradient rows are read in place, ceil(Wo / L) vectors
+// per row with the lanes past Wo of the last one masked to zero, instead of the Wq-wide zero-padded flat rows
+// (7x7 planes with 5x5 dil 2: 7 vectors per plane and tap instead of 16). Taps are taken in blocks of up to
+// WG_MAX_TAPS with one vector accumulator per tap: each gradient vector is loaded once per block, and the
+// partial sums stay in vector lanes across rows and samples instead of one horizontal reduction per
+// (sample, kernel, tap). After about WG_FLUSH vectors per lane the float lanes are added into double lanes
+// (rows are taken in chunks of that many vectors); the lanes are summed once per (o, k) at the end. One thread
+// owns input channel c (all its M kernels) and runs over the batch in a fixed order: no races, the same result
+// for any thread count.
+constexpr int WG_MAX_TAPS = 9;
+constexpr int64_t WG_FLUSH = 64;
+
+// Integer vectors of the same width, for the lane mask of a row's last, partial vector.
 template <typename T>
-void grad_weight_planes(const T* go, const T* x, double* acc, const DwConvGeometry& g, const FlatGeometry& f) {
+struct MaskVec;
+template <>
+struct MaskVec<float> {
+  typedef int32_t type __attribute__((vector_size(32), aligned(4), may_alias));
+};
+template <>
+struct MaskVec<double> {
+  typedef int64_t type __attribute__((vector_size(32), aligned(8), may_alias));
+};
+
+// The gradient rows of one plane: row ho starts at g + ho * stride; `full` whole vectors, then, if tail, one
+// vector of which only the lanes set in `mask` are used, the others zeroed (they belong to the next row or
+// plane; reading them stays inside the buffer, see grad_weight_planes).
+template <typename T>
+struct GradRows {
+  const T* g;
+  int64_t stride, full;
+  bool tail;
+  T mask[32 / sizeof(T)];  // all bits set or clear, read as MaskVec
+};
+
+// acc[t] (L lanes each) += sum over rows [ho0, ho1) of grad row ho * tap[t][ho*Wq + lane] (lanes over the row's
+// vectors). One accumulator per tap: the gradient vector is loaded once for KB taps.
+template <typename T, int KB>
+PNF_INLINE void wgrad_taps(const GradRows<T>& gr, const T* const* tap, int64_t Wq, int64_t ho0, int64_t ho1,
+                           T* acc) {
+  using V = typename Vec<T>::type;
+  using VI = typename MaskVec<T>::type;
+  constexpr int L = 32 / sizeof(T);
+  const T* p[KB];
+  V a[KB];
+  for (int t = 0; t < KB; ++t) {
+    p[t] = tap[t] + ho0 * Wq;
+    a[t] = *reinterpret_cast<const V*>(acc + t * L);
+  }
+  const int64_t full = gr.full, stride = gr.stride, rows = ho1 - ho0;
+  const T* g = gr.g + ho0 * stride;
+  if (full == 0) {  // narrow planes (Wo < L): one masked vector per row
+    const VI mask = *reinterpret_cast<const VI*>(gr.mask);
+    for (int64_t r = 0; r < rows; ++r, g += stride) {
+      const V gv = reinterpret_cast<V>(*reinterpret_cast<const VI*>(g) & mask);
+      const int64_t base = r * Wq;
+      for (int t = 0; t < KB; ++t) a[t] += gv * *reinterpret_cast<const V*>(p[t] + base);
+    }
+  } else {
+    for (int64_t r = 0; r < rows; ++r, g += stride) {
+      const int64_t base = r * Wq;
+      for (int64_t v = 0; v < full; ++v) {
+        const V gv = *reinterpret_cast<const V*>(g + v * L);
+        for (int t = 0; t < KB; ++t) a[t] += gv * *reinterpret_cast<const V*>(p[t] + base + v * L);
+      }
+      if (gr.tail) {
+        const VI mask = *reinterpret_cast<const VI*>(gr.mask);
+        const V gv = reinterpret_cast<V>(*reinterpret_cast<const VI*>(g + full * L) & mask);
+        for (int t = 0; t < KB; ++t) a[t] += gv * *reinterpret_cast<const V*>(p[t] + base + full * L);
+      }
+    }
+  }
+  for (int t = 0; t < KB; ++t) *reinterpret_cast<V*>(acc + t * L) = a[t];
+}
+
+// One chunk of rows of one sample: all M kernels (grads[m]) against all K taps (tap[k]); acc holds M * K
+// vectors of L lanes. With flush_to, acc is then added into those double lanes and cleared.
+template <typename T>
+PNF_INLINE void wgrad_chunk(const GradRows<T>* grads, int64_t M, const T* const* tap, int64_t K, int64_t Wq,
+                            int64_t ho0, int64_t ho1, T* acc, double* flush_to) {
+  constexpr int L = 32 / sizeof(T);
+  const int64_t blocks = (K + WG_MAX_TAPS - 1) / WG_MAX_TAPS;
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t b = 0, k0 = 0; b < blocks; ++b) {
+      const int64_t kb = (K - k0) / (blocks - b);  // blocks as even as possible
+      T* a = acc + (m * K + k0) * L;
+      const T* const* tp = tap + k0;
+      switch (kb) {
+#define PNF_WG_CASE(n)                               \
+  case n:                                            \
+    wgrad_taps<T, n>(grads[m], tp, Wq, ho0, ho1, a); \
+    break;
+        PNF_WG_CASE(1) PNF_WG_CASE(2) PNF_WG_CASE(3) PNF_WG_CASE(4) PNF_WG_CASE(5)
+        PNF_WG_CASE(6) PNF_WG_CASE(7) PNF_WG_CASE(8) PNF_WG_CASE(9)
+#undef PNF_WG_CASE
+        default: break;
+      }
+      k0 += kb;
+    }
+  }
+  if (flush_to != nullptr) {
+    const int64_t n = M * K * L;
+    for (int64_t i = 0; i < n; ++i) flush_to[i] += static_cast<double>(acc[i]);
+    std::fill(acc, acc + n, T(0));
+  }
+}
+
+template <typename T>
+void wgrad_chunk_base(const GradRows<T>* g, int64_t M, const T* const* tap, int64_t K, int64_t Wq, int64_t ho0,
+                      int64_t ho1, T* acc, double* flush_to) {
+  wgrad_chunk<T>(g, M, tap, K, Wq, ho0, ho1, acc, flush_to);
+}
+#ifdef PNF_HAVE_AVX2_CLONE
+template <typename T>
+__attribute__((target("avx2,fma"))) void wgrad_chunk_avx2(const GradRows<T>* g, int64_t M, const T* const* tap,
+                                                          int64_t K, int64_t Wq, int64_t ho0, int64_t ho1, T* acc,
+                                                          double* flush_to) {
+  wgrad_chunk<T>(g, M, tap, K, Wq, ho0, ho1, acc, flush_to);
+}
+#endif
+template <typename T>
+void wgrad_chunk_any(const GradRows<T>* g, int64_t M, const T* const* tap, int64_t K, int64_t Wq, int64_t ho0,
+                     int64_t ho1, T* acc, double* flush_to) {
+#ifdef PNF_HAVE_AVX2_CLONE
+  if (cpu_has_avx2()) return wgrad_chunk_avx2<T>(g, M, tap, K, Wq, ho0, ho1, acc, flush_to);
+#endif
+  wgrad_chunk_base<T>(g, M, tap, K, Wq, ho0, ho1, acc, flush_to);
+}
+
+template <typename T>
+void grad_weight_planes(const T* go, const T* x, double* out, const DwConvGeometry& g, const FlatGeometry& f) {
+  constexpr int L = 32 / sizeof(T);
   const int64_t CO = g.M * g.C, in_plane = g.H * g.W, out_plane = g.Ho * g.Wo, K = g.KH * g.KW;
+  const int64_t Wr = round_up(g.Wo, L), nv = Wr / L;
+  const int64_t rows_per_chunk = std::max<int64_t>(1, WG_FLUSH / nv);
+  const int64_t next_chunk = std::min(rows_per_chunk, g.Ho) * nv;  // vectors per lane of a chunk, at most
+  // The gradient planes are read in place; a row's last vector reads Wr - Wo elements past the row, which for
+  // the planes at the very end of the tensor would leave it, so those few are copied into a padded buffer.
+  const int64_t total = g.N * CO * out_plane, reach = (g.Ho - 1) * g.Wo + Wr;
+  GradRows<T> proto;
+  proto.stride = g.Wo;
+  proto.full = g.Wo / L;
+  proto.tail = g.Wo % L != 0;
+  for (int l = 0; l < L; ++l) {
+    using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+    const I bits = l < g.Wo % L ? I(-1) : I(0);
+    std::memcpy(&proto.mask[l], &bits, sizeof(T));
+  }
   std::vector<int64_t> offs(K);
   for (int64_t k = 0; k < K; ++k) offs[k] = f.tap_phase[k] * f.phase_len + f.tap_off[k];
   at::parallel_for(0, g.C, grain_for(g.N * g.M * out_plane * K), [&](int64_t begin, int64_t end) {
-    std::vector<T> phases(f.phases * f.phase_len, T(0));
-    std::vector<T> grid(f.grid_t, T(0));
+    // Taps read up to Wr - Wo lanes past the last flat position; the slack keeps that inside the buffer.
+    std::vector<T> phases(f.phases * f.phase_len + Wr, T(0));
+    std::vector<T> spill(g.M * reach, T(0));
+    std::vector<T> accf(g.M * K * L);
+    std::vector<double> accd(g.M * K * L);
+    std::vector<GradRows<T>> grads(g.M, proto);
+    std::vector<const T*> tap(K);
+    for (int64_t k = 0; k < K; ++k) tap[k] = phases.data() + offs[k];
     for (int64_t c = begin; c < end; ++c) {
+      std::fill(accf.begin(), accf.end(), T(0));
+      std::fill(accd.begin(), accd.end(), 0.0);
+      int64_t since_flush = 0;  // vectors summed per float lane since the last flush
+      const int64_t last = g.N - 1;
       for (int64_t n = 0; n < g.N; ++n) {
         to_phases(x + (n * g.C + c) * in_plane, g, f, phases.data());
         for (int64_t m = 0; m < g.M; ++m) {
-          const int64_t o = m * g.C + c;
-          to_grid(go + (n * CO + o) * out_plane, g, f, grid.data());
-          for (int64_t k = 0; k < K; ++k) acc[o * K + k] += dot<T>(grid.data(), phases.data() + offs[k], f.grid_t);
+          const int64_t start = (n * CO + m * g.C + c) * out_plane;
+          if (start + reach <= total) {
+            grads[m].g = go + start;
+          } else {
+            std::copy(go + start, go + start + out_plane, spill.data() + m * reach);
+            grads[m].g = spill.data() + m * reach;
+          }
+        }
+        for (int64_t ho0 = 0; ho0 < g.Ho; ho0 += rows_per_chunk) {
+          const int64_t ho1 = std::min(g.Ho, ho0 + rows_per_chunk);
+          since_flush += (ho1 - ho0) * nv;
+          // flush before the next chunk would take a lane past WG_FLUSH vectors (or past one chunk's)
+          const bool flush = since_flush + next_chunk > WG_FLUSH || (n == last && ho1 == g.Ho);
+          if (flush) since_flush = 0;
+          wgrad_chunk_any<T>(grads.data(), g.M, tap.data(), K, f.Wq, ho0, ho1, accf.data(),
+                             flush ? accd.data() : nullptr);
+        }
+      }
+      for (int64_t m = 0; m < g.M; ++m) {
+        for (int64_t k = 0; k < K; ++k) {
+          const double* lanes = accd.data() + (m * K + k) * L;
+          double total_k = 0;
+          for (int l = 0; l < L; ++l) total_k += lanes[l];
+          out[(m * g.C + c) * K + k] = total_k;
         }
       }
     }
