@@ -19,6 +19,13 @@ DW_CASES = [
     (64, 8, 5, 2, 1, 4, "8x8 planes, C=64, 5x5 dil 2, multiplier 4"),
     (32, 32, 5, 1, 2, 2, "stride 2, 5x5, multiplier 2"),
 ]
+# (groups E, channels C, plane size, batch, label): the fused cell's grouped 1x1 convolutions [E, C, C]
+PW_CASES = [
+    (2, 16, 32, 64, "E=2, C=16, 32x32 (CIFAR cell 0-1)"),
+    (3, 64, 8, 64, "E=3, C=64, 8x8 (CIFAR cells 6-7)"),
+    (4, 8, 28, 32, "E=4, C=8, 28x28, N=32 (ImageNet, PC-DARTS k=2)"),
+    (4, 32, 7, 32, "E=4, C=32, 7x7, N=32 (ImageNet)"),
+]
 # (max or average, stride, label); 3x3 windows, padding 1, C=16, 32x32
 POOL_CASES = [
     (True, 1, "max 3x3, stride 1"),
@@ -66,6 +73,12 @@ def main() -> None:
         args = (is_max, 3, stride, 1)
         rows.append(row(f"pool: {label}", forward_backward_ms(ops.pool2d_reference, (x,), *args),
                         forward_backward_ms(ops.pool2d, (x,), *args)))
+    for groups, channels, size, batch, label in PW_CASES:
+        x = torch.randn(batch, groups * channels, size, size, requires_grad=True)
+        w = torch.randn(groups, channels, channels, requires_grad=True)
+        rows.append(row(f"pointwise (matmul vs pw_conv2d): {label}",
+                        forward_backward_ms(ops.pw_conv2d_reference, (x, w)),
+                        forward_backward_ms(ops.pw_conv2d, (x, w))))
     print("| case (N=64, C=16, 32x32 unless stated) | PyTorch fwd / bwd (ms) | proxynas_fast fwd / bwd (ms) |")
     print("| --- | --- | --- |")
     print("\n".join(rows))

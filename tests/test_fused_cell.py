@@ -138,6 +138,37 @@ def test_fused_pc_cell_matches_reference_for_k(k):
         torch.testing.assert_close(g_fus, g_ref, atol=1e-9, rtol=1e-7)
 
 
+@pytest.mark.parametrize("other_pool", [False, True], ids=["same_pools", "one_edge_avg_pool"])
+def test_fused_pc_reduction_cell_pools_each_bypassed_state_once(other_pool):
+    """A PC-DARTS reduction cell: the 2x2 max-pool of a cell input's bypassed channels runs once per input (the
+    4 nodes that read it share it), not once per strided edge (8 calls); an edge whose pool computes something
+    else (an average pool here) keeps its own. Output and every gradient equal the reference cell's."""
+    from proxynas_fast.darts.pcdarts import PCCell
+
+    torch.manual_seed(4)
+    ref = PCCell(4, 4, 8, 8, 8, reduction=True, reduction_prev=False, k=2).to(DTYPE)
+    if other_pool:
+        ref._ops[2].mp = torch.nn.AvgPool2d(2, 2)  # node 1's edge from s0
+    fus = copy.deepcopy(ref)
+    calls = []
+    for e, op in enumerate(fus._ops):
+        if op.stride != 1:
+            op.mp.register_forward_hook(lambda m, i, o, e=e: calls.append(e))
+    s0, s1 = torch.randn(2, 8, 6, 6, dtype=DTYPE), torch.randn(2, 8, 6, 6, dtype=DTYPE)
+    outs, grads = [], []
+    for cell, forward in ((ref, ref.reference_forward), (fus, lambda *a: fused.pc_cell_forward(fus, *a))):
+        w = torch.softmax(torch.randn(14, 8, dtype=DTYPE, generator=torch.Generator().manual_seed(1)), -1)
+        beta = torch.rand(14, dtype=DTYPE, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+        w.requires_grad_(True)
+        out = forward(s0, s1, w, beta)
+        outs.append(out.detach())
+        grads.append(torch.autograd.grad(out.square().sum(), [w, beta] + list(cell.parameters())))
+    assert sorted(calls) == ([0, 1, 2] if other_pool else [0, 1])  # edges 0/1 read s0/s1 for node 0
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-10, rtol=1e-8)
+    for g_fus, g_ref in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g_fus, g_ref, atol=1e-9, rtol=1e-7)
+
+
 def _outputs_and_gradients(model, x, y):
     return [_run(model, x, y)] + [p.grad for p in model.parameters()] + [a.grad for a in model.arch_parameters()]
 

@@ -205,9 +205,11 @@ class _CellPlan:
         self.nodes = self._plan_nodes(cell)
         self.term_bns = [t.bn for n in self.nodes for t in n.terms if t.bn is not None]
         self.term_counts = [len(n.terms) for n in self.nodes]
-        # PC-DARTS: the 2x2 max-pool of the bypassed channels, per strided edge
+        # PC-DARTS: the 2x2 max-pool of the bypassed channels, per strided edge, and what it computes: edges whose
+        # pools compute the same thing share one pooled tensor per state (4 nodes read each cell input)
         self.bypass_pools = {e: cell._ops[e].mp for e in range(self.num_edges) if cell._ops[e].stride != 1} \
             if self.pc_k > 1 else {}
+        self.bypass_keys = {e: _pool_key(mp) for e, mp in self.bypass_pools.items()}
         self._indexes: Dict[Tuple, Tuple[Tensor, List[_NodeIndex]]] = {}
 
     def __deepcopy__(self, memo):
@@ -543,6 +545,13 @@ def _check_candidate(e: int, prim: str, op: nn.Module) -> None:
                              "candidates are affine-free")
 
 
+def _pool_key(module: nn.Module) -> Tuple:
+    """What a pooling module computes: modules with equal keys give equal outputs for equal inputs."""
+    return (type(module),) + tuple(repr(getattr(module, a, None)) for a in
+                                   ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices",
+                                    "count_include_pad", "divisor_override"))
+
+
 def _darts_pool(module: nn.Module) -> bool:
     if module.ceil_mode:
         return False
@@ -566,6 +575,7 @@ def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor,
     states = [cell.preprocess0(s0).contiguous(), cell.preprocess1(s1).contiguous()]
     parts = [_split_state(h, plan.pc_k) for h in states]
     branches: Dict[int, List[Tensor]] = {}
+    bypass_pooled: Dict[Tuple, Tensor] = {}
     _expand(plan, parts, 0, branches)
     _expand(plan, parts, 1, branches)
     for i, (node, a_node) in enumerate(zip(plan.nodes, a.split(plan.term_counts))):
@@ -574,7 +584,7 @@ def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor,
             del branches[e]
         h = _MixedNode.apply(a_node, *tensors, (node, indexes[i], pools))
         if edge_weights is not None and plan.pc_k > 1:  # k = 1: no bypassed channels, the shuffle is the identity
-            h = _pc_combine(plan, h, parts, node.edges, edge_weights)
+            h = _pc_combine(plan, h, parts, node.edges, edge_weights, bypass_pooled)
         states.append(h)
         parts.append(_split_state(h, plan.pc_k))
         _expand(plan, parts, 2 + i, branches)
@@ -603,15 +613,18 @@ def _expand(plan: _CellPlan, parts: Sequence[Tuple[Tensor, Optional[Tensor]]], j
 
 
 def _pc_combine(plan: _CellPlan, mixed_sum: Tensor, parts: Sequence[Tuple[Tensor, Optional[Tensor]]],
-                edges: Sequence[int], edge_weights: Tensor) -> Tensor:
+                edges: Sequence[int], edge_weights: Tensor, pooled: Dict[Tuple, Tensor]) -> Tensor:
     """PC-DARTS node from the (beta-weighted) sum of the mixed parts: add the beta-weighted bypassed channels
-    (`parts[j][1]`: state j's channels after the first C/k; max-pooled 2x2 on strided edges), then shuffle
-    channels like each edge's output (a linear permutation, so shuffling the sum equals summing the shuffled
-    edges)."""
+    (`parts[j][1]`: state j's channels after the first C/k; max-pooled 2x2 on strided edges, once per state:
+    `pooled` keeps them over the cell's nodes), then shuffle channels like each edge's output (a linear
+    permutation, so shuffling the sum equals summing the shuffled edges)."""
     bypass = None
-    for (_, part), e in zip(parts, edges):
+    for j, ((_, part), e) in enumerate(zip(parts, edges)):
         if e in plan.bypass_pools:
-            part = plan.bypass_pools[e](part)
+            key = (j, plan.bypass_keys[e])
+            if key not in pooled:
+                pooled[key] = plan.bypass_pools[e](part)
+            part = pooled[key]
         term = edge_weights[e] * part
         bypass = term if bypass is None else bypass + term
     return channel_shuffle(torch.cat([mixed_sum, _as(bypass, mixed_sum.dtype)], dim=1), plan.pc_k)
