@@ -470,3 +470,41 @@ def test_grouped_inner_batch_norm_runs_on_the_kernels_and_matches_batch_norm(dty
         y = (y.detach() * 0.5).requires_grad_()
     assert "channel_moments" in seen and "channel_affine_combine" in seen
     assert not any(name.startswith("native_batch_norm") or name.startswith("_native_batch_norm") for name in seen)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("kind", ["relu_conv_bn", "factorized_reduce_even", "factorized_reduce_odd"])
+def test_fused_preprocessing_matches_the_module_and_normalises_on_the_kernels(kind, train):
+    """A cell's preprocess0/1 on the fused path (`fused._preprocess`): the output, the gradients of the input and
+    the convolution weights and the running statistics equal the module's own forward; in training mode on CPU
+    the BatchNorm runs on the mixed-node kernels, not aten's batch norm."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from proxynas_fast.darts.operations import FactorizedReduce, ReLUConvBN
+
+    torch.manual_seed(6)
+    module = (ReLUConvBN(6, 4, 1, 1, 0, affine=False) if kind == "relu_conv_bn"
+              else FactorizedReduce(6, 4, affine=False)).to(DTYPE).train(train)
+    ref = copy.deepcopy(module)
+    size = 7 if kind.endswith("odd") else 8
+    x = torch.randn(3, 6, size, size, dtype=DTYPE, requires_grad=True)
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        out = fused._preprocess(module, x)
+    want = ref(x)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(out)
+    got_g = torch.autograd.grad(out, [x] + list(module.parameters()), g)
+    want_g = torch.autograd.grad(want, [x] + list(ref.parameters()), g)
+    for a, b in zip(got_g, want_g):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    for a, b in zip(module.buffers(), ref.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-7)
+    uses_aten_bn = any("batch_norm" in name for name in seen)
+    assert uses_aten_bn == (not train)

@@ -43,7 +43,7 @@ from proxynas_fast.ops.pool2d import pool2d, pool2d_backward
 from proxynas_fast.ops.pw_conv2d import pw_conv2d
 
 from .genotypes import PRIMITIVES
-from .operations import DilConv, FactorizedReduce, Identity, SepConv, Zero, channel_shuffle
+from .operations import DilConv, FactorizedReduce, Identity, ReLUConvBN, SepConv, Zero, channel_shuffle
 
 Tensor = torch.Tensor
 
@@ -610,7 +610,7 @@ def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor,
     flat, indexes = plan.indexes(weights.device)
     a = weights.reshape(-1).index_select(0, flat)          # every node's candidate weights, in term order
     pools = [_SharedPool(is_max, args) for is_max, args in plan.pools]
-    states = [cell.preprocess0(s0).contiguous(), cell.preprocess1(s1).contiguous()]
+    states = [_preprocess(cell.preprocess0, s0).contiguous(), _preprocess(cell.preprocess1, s1).contiguous()]
     parts = [_split_state(h, plan.pc_k) for h in states]
     branches: Dict[int, List[Tensor]] = {}
     bypass_pooled: Dict[Tuple, Tensor] = {}
@@ -629,6 +629,27 @@ def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor,
     for shared in pools:  # pooled tensors are recomputed in the backward, not kept
         shared.release()
     return torch.cat(states[-plan.multiplier:], dim=1)
+
+
+def _preprocess(module: nn.Module, x: Tensor) -> Tensor:
+    """A cell's input preprocessing, `module(x)`: for the search cells' ReLUConvBN 1x1 (on `pw_conv2d`) and
+    FactorizedReduce, with affine-free BatchNorms, the BatchNorm runs through `_batch_norm_group` (on CPU, the
+    mixed-node kernels); any other module runs as it is."""
+    if isinstance(module, ReLUConvBN) and len(module.op) == 3:
+        relu, conv, bn = module.op
+        if (isinstance(relu, nn.ReLU) and _plain_1x1(conv) and isinstance(bn, nn.BatchNorm2d) and not bn.affine
+                and type(bn) is nn.BatchNorm2d):
+            y = pw_conv2d(F.relu(x), conv.weight.view(1, conv.out_channels, conv.in_channels))
+            return _batch_norm_group(y, [bn])
+    if isinstance(module, FactorizedReduce) and type(module.bn) is nn.BatchNorm2d and not module.bn.affine:
+        return _batch_norm_group(module.before_bn(x), [module.bn])
+    return module(x)
+
+
+def _plain_1x1(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None
+            and conv.padding_mode == "zeros")
 
 
 def _split_state(h: Tensor, k: int) -> Tuple[Tensor, Optional[Tensor]]:

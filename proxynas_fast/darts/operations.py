@@ -98,13 +98,16 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x):
+        return self.bn(self.before_bn(x))
+
+    def before_bn(self, x):
+        """Everything but the BatchNorm (the fused cell normalises on its own kernels)."""
         x = self.relu(x)
         shifted = x[:, :, 1:, 1:]
         if x.shape[2] % 2 == 1 or x.shape[3] % 2 == 1:
             # Odd sizes: pad so both branches produce the same grid.
             shifted = nn.functional.pad(shifted, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
-        out = torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1)
-        return self.bn(out)
+        return torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1)
 
 
 OPS = {
