@@ -25,6 +25,7 @@ def _extensions():
     sources = sorted(glob.glob(os.path.join(csrc, "*.cpp")))
     sources += sorted(glob.glob(os.path.join(csrc, "ops", "*.cpp")))
     sources += sorted(glob.glob(os.path.join(csrc, "ops", "cpu", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join(csrc, "ops", "autograd", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join(csrc, "ops", "cuda", "*.cu")))
 
     want_cuda = (torch.cuda.is_available() and CUDA_HOME is not None) or _flag("FORCE_CUDA")

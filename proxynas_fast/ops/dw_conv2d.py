@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import extension
-from ._args import IntPair, inputs_needing_grad, int_pair
+from ._args import IntPair, int_pair
 from ._layout import empty_in_layout_of
 
 Tensor = torch.Tensor
@@ -81,16 +81,4 @@ if extension.has_cpu_kernels():
         return (empty_in_layout_of(input, input.shape) if output_mask[0] else None,
                 weight.new_empty(weight.shape) if output_mask[1] else None)
 
-    def _setup_context(ctx, inputs, output):
-        input, weight, stride, padding, dilation = inputs
-        ctx.save_for_backward(input, weight)
-        ctx.conv_args = (stride, padding, dilation)
-
-    def _backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
-        mask = inputs_needing_grad(ctx)[:2]  # the architecture step skips the weight gradient
-        grad_input, grad_weight = torch.ops.proxynas_fast.dw_conv2d_backward(
-            grad_output, input, weight, *ctx.conv_args, mask)
-        return grad_input, grad_weight, None, None, None
-
-    torch.library.register_autograd("proxynas_fast::dw_conv2d", _backward, setup_context=_setup_context)
+    # Autograd: csrc/ops/autograd/dw_conv2d_autograd.cpp (C++, no Python per call; only the gradients the pass uses).

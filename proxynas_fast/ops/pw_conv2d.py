@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from .. import extension
-from ._args import inputs_needing_grad
 from ._layout import empty_in_layout_of
 
 Tensor = torch.Tensor
@@ -67,12 +66,4 @@ if extension.has_cpu_kernels():
         return (empty_in_layout_of(input, input.shape) if output_mask[0] else None,
                 weight.new_empty(weight.shape) if output_mask[1] else None)
 
-    def _setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def _backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
-        mask = inputs_needing_grad(ctx)[:2]  # the architecture step skips the weight gradient
-        return tuple(torch.ops.proxynas_fast.pw_conv2d_backward(grad_output, input, weight, mask))
-
-    torch.library.register_autograd("proxynas_fast::pw_conv2d", _backward, setup_context=_setup_context)
+    # Autograd: csrc/ops/autograd/pw_conv2d_autograd.cpp (C++, no Python per call; only the gradients the pass uses).
