@@ -1,8 +1,9 @@
 """The CPU depthwise-convolution backward (csrc/ops/cpu/dw_conv2d_kernel.cpp) on what the per-op tests of
 test_ops.py / test_fused_kernels.py do not reach: the weight gradient keeps per-tap vector partial sums across
 rows and samples and adds them into double every so many rows, reads the output-gradient rows in place with the
-last vector of each row masked (the planes at the very end of the tensor are copied), and the stride-1 input
-gradient computes only the interior rows of the padded plane in blocks of rows. So: batch sizes 1, 3 and 33 and
+last vector of each row masked (the planes at the very end of the tensor are copied), and the input gradient
+computes only the interior rows of the padded plane (per phase plane for larger strides) in blocks of rows,
+storing a row's partial last vector whole where its extra lanes fall on later rows. So: batch sizes 1, 3 and 33 and
 plane widths below, at and above a vector (and rows long enough to be cut into chunks) against the float64
 reference; a NaN in one output-gradient plane stays out of the other planes' gradients; and the result is
 bitwise the same for 1 and 2 threads."""
@@ -18,10 +19,13 @@ pytestmark = pytest.mark.skipif(not extension.has_cpu_kernels(), reason="the ext
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 # (C, H, W, M, kernel, stride, padding, dilation): W 7 (one masked vector per row), 8 and 16 (whole vectors),
-# 13 and 28 (whole vectors plus a masked tail), 300 (long rows, cut into chunks); strided and 1x1 kernels.
+# 13 and 28 (whole vectors plus a masked tail), 300 (long rows, cut into chunks); strided and 1x1 kernels (strides
+# 2 and 3; phases without taps, and a phase without input rows: H = 1 with stride 2 and padding 1).
 CASES = [(4, 7, 7, 4, 5, 1, 4, 2), (3, 8, 8, 2, 3, 1, 1, 1), (2, 14, 13, 3, 7, 1, 3, 1), (2, 28, 28, 2, 3, 1, 1, 1),
          (2, 16, 16, 1, 5, 1, 2, 1), (1, 5, 300, 2, 3, 1, 1, 1), (3, 9, 10, 3, 5, 2, 4, 2), (2, 11, 11, 2, 1, 2, 0, 1),
-         (2, 6, 6, 1, 7, 1, 9, 3)]
+         (2, 6, 6, 1, 7, 1, 9, 3), (2, 14, 14, 2, 5, 2, 4, 2), (2, 14, 14, 3, 3, 2, 1, 1), (1, 9, 300, 2, 3, 2, 1, 1),
+         (2, 13, 17, 2, 5, 3, 2, 2), (2, 1, 9, 1, 3, 2, 1, 1), (2, 28, 28, 1, 3, 2, 1, 1),
+         (2, 9, 5, 2, 3, 2, 1, 1), (2, 9, 3, 2, 3, 1, 1, 1)]
 
 
 def _backward(g, x, w, s, p, d):

@@ -2,11 +2,11 @@
 //
 // PyTorch's CPU depthwise backward is slow; here every (sample, channel) plane is a small independent problem,
 // computed in the "flat phase" form described at FlatGeometry: one unit-stride, register-tiled loop per tap over
-// the flattened zero-padded plane, the same for every stride, dilation and plane size. The weight gradient and the
-// stride-1 input gradient use the same layout but go row by row over only the rows and columns that count (see
-// there). The tile loops have a fixed trip count, so the compiler vectorises them; they are compiled twice
-// (baseline and AVX2+FMA) and the AVX2 copy is picked at run time when the CPU has it. Planes are spread over
-// threads with at::parallel_for.
+// the flattened zero-padded plane, the same for every stride, dilation and plane size. The weight gradient, the
+// stride-1 forward and input gradient, and where it pays the strided input gradient use the same layout but go
+// row by row over only the rows and columns that count (see there). The tile loops have a fixed trip count, so
+// the compiler vectorises them; they are compiled twice (baseline and AVX2+FMA) and the AVX2 copy is picked at
+// run time when the CPU has it. Planes are spread over threads with at::parallel_for.
 // bfloat16/half are computed in float (converted once per call); float64 serves gradcheck.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -25,6 +25,125 @@ using namespace flat;
 
 bool computes_natively(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
 
+// Input gradient for stride 1, row by row: the padded plane has one phase, and only its H x W interior is
+// needed, so instead of the whole Hq x Wq phase plane (7x7 planes with 5x5 dil 2: 15x15, a fifth of it used)
+// only the interior rows are computed, in vectors from column PW: out[r][v] = sum_t w_t * G[offs_t + u0 + r*Wq
+// + v*L], R rows x NV vectors held in registers for every tap (the tap weight broadcast once for all of them).
+// Rows past the plane (r >= rows) are computed and dropped (the grid buffer has room for their reads); the
+// others are stored straight into the plane (row stride ld), whole vectors as such and the lanes of a last,
+// partial vector (cols not a multiple of L) one by one. With `spill` (the row is one column chunk, rows stored
+// in order) a partial vector is stored whole where its extra lanes land on later rows of the plane, which are
+// stored after it (all rows but the last one or few); nothing is written past the plane.
+template <typename T, int R, int NV>
+PNF_INLINE void gin_rows(const T* grids, const int64_t* offs, const T* wts, int64_t taps, int64_t u0, int64_t Wq,
+                         T* dst, int64_t ld, int64_t rows, int64_t cols, bool spill) {
+  using V = typename Vec<T>::type;
+  constexpr int L = 32 / sizeof(T);
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+  for (int64_t t = 0; t < taps; ++t) {
+    const T wv = wts[t];
+    const T* src = grids + offs[t] + u0;
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] += wv * *reinterpret_cast<const V*>(src + r * Wq + v * L);
+  }
+  for (int r = 0; r < R && r < rows; ++r) {
+    T* d = dst + r * ld;
+    for (int v = 0; v < NV; ++v) {
+      const int64_t left = cols - v * L;
+      if (left >= L || (spill && left > 0 && (r + 1) * ld + L - left <= rows * ld)) {
+        *reinterpret_cast<V*>(d + v * L) = acc[r][v];
+      } else {
+        for (int64_t l = 0; l < left; ++l) d[v * L + l] = acc[r][v][l];
+      }
+    }
+  }
+}
+
+// Rows per block for NV vectors per row and `rest` rows left: about 8 accumulators; the last block of a plane
+// with fewer rows left takes fewer (one vector per row: up to 3 junk rows, rather than more passes over the taps).
+constexpr int64_t gin_block_rows(int64_t nv, int64_t rest) {
+  return nv == 1   ? (rest >= 5 ? 8 : rest >= 3 ? 4 : rest)
+         : nv == 2 ? (rest >= 4 ? 4 : rest >= 2 ? 2 : 1)
+                   : (rest >= 2 ? 2 : 1);
+}
+
+// Vectors gin_plane computes per tap for an H x W plane (the rows of its blocks times their vectors).
+inline int64_t gin_plane_vectors(int64_t H, int64_t W, int64_t L) {
+  int64_t total = 0;
+  for (int64_t v0 = 0, nv = (W + L - 1) / L; v0 < nv; v0 += 4) {
+    const int64_t NV = std::min<int64_t>(4, nv - v0);
+    for (int64_t h0 = 0, R = 0; h0 < H; h0 += R) {
+      R = gin_block_rows(NV, H - h0);
+      total += R * NV;
+    }
+  }
+  return total;
+}
+
+// One plane: out rows [0, H) x columns [0, W) (row stride W) from the grid rows PH.. and columns PW.. (row
+// stride Wq), rows in blocks of gin_block_rows, columns in chunks of up to 4 vectors.
+template <typename T>
+PNF_INLINE void gin_plane(const T* grids, const int64_t* offs, const T* wts, int64_t taps, int64_t H, int64_t W,
+                          int64_t PH, int64_t PW, int64_t Wq, T* gi) {
+  constexpr int L = 32 / sizeof(T);
+  const int64_t nv = (W + L - 1) / L;
+  for (int64_t v0 = 0; v0 < nv; v0 += 4) {
+    const int64_t NV = std::min<int64_t>(4, nv - v0);
+    const int64_t c0 = v0 * L, cols = std::min<int64_t>(W - c0, NV * L);
+    const bool spill = nv <= 4;
+    for (int64_t h0 = 0, R = 0; h0 < H; h0 += R) {
+      const int64_t u0 = (PH + h0) * Wq + PW + c0, rest = H - h0;
+      R = gin_block_rows(NV, rest);
+      T* d = gi + h0 * W + c0;
+      switch (NV * 16 + R) {
+#define PNF_GIN_CASE(nv, r)                                                      \
+  case nv * 16 + r:                                                              \
+    gin_rows<T, r, nv>(grids, offs, wts, taps, u0, Wq, d, W, rest, cols, spill); \
+    break;
+        PNF_GIN_CASE(1, 1) PNF_GIN_CASE(1, 2) PNF_GIN_CASE(1, 4) PNF_GIN_CASE(1, 8)
+        PNF_GIN_CASE(2, 1) PNF_GIN_CASE(2, 2) PNF_GIN_CASE(2, 4)
+        PNF_GIN_CASE(3, 1) PNF_GIN_CASE(3, 2) PNF_GIN_CASE(4, 1) PNF_GIN_CASE(4, 2)
+#undef PNF_GIN_CASE
+        default: break;
+      }
+    }
+  }
+}
+
+template <typename T>
+void gin_plane_base(const T* grids, const int64_t* offs, const T* wts, int64_t taps, int64_t H, int64_t W,
+                    int64_t PH, int64_t PW, int64_t Wq, T* gi) {
+  gin_plane<T>(grids, offs, wts, taps, H, W, PH, PW, Wq, gi);
+}
+#ifdef PNF_HAVE_AVX2_CLONE
+template <typename T>
+__attribute__((target("avx2,fma"))) void gin_plane_avx2(const T* grids, const int64_t* offs, const T* wts,
+                                                        int64_t taps, int64_t H, int64_t W, int64_t PH,
+                                                        int64_t PW, int64_t Wq, T* gi) {
+  gin_plane<T>(grids, offs, wts, taps, H, W, PH, PW, Wq, gi);
+}
+#endif
+template <typename T>
+void gin_plane_any(const T* grids, const int64_t* offs, const T* wts, int64_t taps, int64_t H, int64_t W,
+                   int64_t PH, int64_t PW, int64_t Wq, T* gi) {
+#ifdef PNF_HAVE_AVX2_CLONE
+  if (cpu_has_avx2()) return gin_plane_avx2<T>(grids, offs, wts, taps, H, W, PH, PW, Wq, gi);
+#endif
+  gin_plane_base<T>(grids, offs, wts, taps, H, W, PH, PW, Wq, gi);
+}
+
+// Forward. With stride 1 the padded input plane is a single phase and out[ho][wo] = sum_k w_k * P[off_k + ho*Wq
+// + wo]: the same row-by-row computation as the stride-1 input gradient (gin_plane over the padded plane P with
+// no border), which computes only the Ho x Wo outputs instead of the Wq-wide flat grid (7x7 planes with 5x5 dil
+// 2: 7 vectors per tap instead of 16). It is taken where it needs no more vectors than the flat grid; strides
+// above 1 keep the flat phase grid. The M kernels of a channel read the same padded plane.
+bool forward_by_rows(const DwConvGeometry& g, const FlatGeometry& f, int64_t L) {
+  if (g.SH != 1 || g.SW != 1) return false;
+  return gin_plane_vectors(g.Ho, g.Wo, L) <= f.grid_t / L;
+}
+
 at::Tensor forward_impl(const at::Tensor& input_, const at::Tensor& weight_, const DwConvGeometry& g) {
   at::Tensor input = input_.contiguous();
   at::Tensor weight = weight_.contiguous();
@@ -34,20 +153,28 @@ at::Tensor forward_impl(const at::Tensor& input_, const at::Tensor& weight_, con
   std::vector<int64_t> offs(K);
   for (int64_t k = 0; k < K; ++k) offs[k] = f.tap_phase[k] * f.phase_len + f.tap_off[k];
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dw_conv2d_cpu", [&] {
+    constexpr int L = 32 / sizeof(scalar_t);
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     const scalar_t* w = weight.const_data_ptr<scalar_t>();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     const int64_t CO = g.M * g.C, in_plane = g.H * g.W, out_plane = g.Ho * g.Wo;
+    const bool rows = forward_by_rows(g, f, L);
+    // Row blocks read up to 3 rows past Ho and up to L - 1 lanes past Wo; the slack keeps that in the buffer.
+    const int64_t slack = rows ? 8 * f.Wq + 4 * L : 0;
     at::parallel_for(0, g.N * g.C, grain_for(g.M * out_plane * K), [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> phases(f.phases * f.phase_len, scalar_t(0));
-      std::vector<scalar_t> grid(f.grid_t);
+      std::vector<scalar_t> phases(f.phases * f.phase_len + slack, scalar_t(0));
+      std::vector<scalar_t> grid(rows ? 0 : f.grid_t);
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / g.C, c = p % g.C;
         to_phases(x + p * in_plane, g, f, phases.data());
         for (int64_t m = 0; m < g.M; ++m) {
           const int64_t o = m * g.C + c;
-          gather<scalar_t>(phases.data(), offs.data(), w + o * K, K, grid.data(), f.grid_t, false);
           scalar_t* dst = y + (n * CO + o) * out_plane;
+          if (rows) {
+            gin_plane_any<scalar_t>(phases.data(), offs.data(), w + o * K, K, g.Ho, g.Wo, 0, 0, f.Wq, dst);
+            continue;
+          }
+          gather<scalar_t>(phases.data(), offs.data(), w + o * K, K, grid.data(), f.grid_t, false);
           for (int64_t ho = 0; ho < g.Ho; ++ho) {
             std::copy(grid.data() + ho * f.Wq, grid.data() + ho * f.Wq + g.Wo, dst + ho * g.Wo);
           }
@@ -71,91 +198,12 @@ at::Tensor dw_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, at::
   return channels_last ? out.contiguous(at::MemoryFormat::ChannelsLast) : out;
 }
 
-// Input gradient for stride 1, row by row: the padded plane has one phase, and only its H x W interior is
-// needed, so instead of the whole Hq x Wq phase plane (7x7 planes with 5x5 dil 2: 15x15, a fifth of it used)
-// only the interior rows are computed, in vectors from column PW: out[r][v] = sum_t w_t * G[offs_t + u0 + r*Wq
-// + v*L], R rows x NV vectors held in registers for every tap (the tap weight broadcast once for all of them).
-// Rows past H are computed and dropped (the grid buffer has room for them).
-template <typename T, int R, int NV>
-PNF_INLINE void gin_rows(const T* grids, const int64_t* offs, const T* wts, int64_t taps, int64_t u0, int64_t Wq,
-                         T* out) {
-  using V = typename Vec<T>::type;
-  constexpr int L = 32 / sizeof(T);
-  V acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
-  for (int64_t t = 0; t < taps; ++t) {
-    const T wv = wts[t];
-    const T* src = grids + offs[t] + u0;
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < NV; ++v) acc[r][v] += wv * *reinterpret_cast<const V*>(src + r * Wq + v * L);
-  }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) *reinterpret_cast<V*>(out + (r * NV + v) * L) = acc[r][v];
-}
-
-// Rows per block for NV vectors per row: about 8 accumulators.
-constexpr int gin_block_rows(int nv) { return nv == 1 ? 8 : nv == 2 ? 4 : 2; }
-
-// One input plane: rows [0, H) in blocks of gin_block_rows(NV) rows (narrow planes of few rows: fewer),
-// columns in chunks of up to 4 vectors.
-template <typename T>
-PNF_INLINE void gin_plane(const T* grids, const int64_t* offs, const T* wts, int64_t taps, int64_t H, int64_t W,
-                          int64_t PH, int64_t PW, int64_t Wq, T* out_buf, T* gi) {
-  constexpr int L = 32 / sizeof(T);
-  const int64_t nv = (W + L - 1) / L;
-  for (int64_t v0 = 0; v0 < nv; v0 += 4) {
-    const int NV = static_cast<int>(std::min<int64_t>(4, nv - v0));
-    const int64_t c0 = v0 * L, cols = std::min<int64_t>(W - c0, NV * L);
-    for (int64_t h0 = 0, R = 0; h0 < H; h0 += R) {
-      const int64_t u0 = (PH + h0) * Wq + PW + c0, rest = H - h0;
-      R = NV > 1 ? gin_block_rows(NV) : rest >= 5 ? 8 : rest >= 3 ? 4 : rest;
-      switch (NV * 16 + R) {
-        case 16 + 1: gin_rows<T, 1, 1>(grids, offs, wts, taps, u0, Wq, out_buf); break;
-        case 16 + 2: gin_rows<T, 2, 1>(grids, offs, wts, taps, u0, Wq, out_buf); break;
-        case 16 + 4: gin_rows<T, 4, 1>(grids, offs, wts, taps, u0, Wq, out_buf); break;
-        case 16 + 8: gin_rows<T, 8, 1>(grids, offs, wts, taps, u0, Wq, out_buf); break;
-        case 32 + gin_block_rows(2): gin_rows<T, gin_block_rows(2), 2>(grids, offs, wts, taps, u0, Wq, out_buf); break;
-        case 48 + gin_block_rows(3): gin_rows<T, gin_block_rows(3), 3>(grids, offs, wts, taps, u0, Wq, out_buf); break;
-        default: gin_rows<T, gin_block_rows(4), 4>(grids, offs, wts, taps, u0, Wq, out_buf); break;
-      }
-      for (int64_t r = 0; r < R && h0 + r < H; ++r) {
-        const T* src = out_buf + r * NV * L;
-        T* dst = gi + (h0 + r) * W + c0;
-        for (int64_t i = 0; i < cols; ++i) dst[i] = src[i];
-      }
-    }
-  }
-}
-
-template <typename T>
-void gin_plane_base(const T* grids, const int64_t* offs, const T* wts, int64_t taps, int64_t H, int64_t W,
-                    int64_t PH, int64_t PW, int64_t Wq, T* out_buf, T* gi) {
-  gin_plane<T>(grids, offs, wts, taps, H, W, PH, PW, Wq, out_buf, gi);
-}
-#ifdef PNF_HAVE_AVX2_CLONE
-template <typename T>
-__attribute__((target("avx2,fma"))) void gin_plane_avx2(const T* grids, const int64_t* offs, const T* wts,
-                                                        int64_t taps, int64_t H, int64_t W, int64_t PH,
-                                                        int64_t PW, int64_t Wq, T* out_buf, T* gi) {
-  gin_plane<T>(grids, offs, wts, taps, H, W, PH, PW, Wq, out_buf, gi);
-}
-#endif
-template <typename T>
-void gin_plane_any(const T* grids, const int64_t* offs, const T* wts, int64_t taps, int64_t H, int64_t W,
-                   int64_t PH, int64_t PW, int64_t Wq, T* out_buf, T* gi) {
-#ifdef PNF_HAVE_AVX2_CLONE
-  if (cpu_has_avx2()) return gin_plane_avx2<T>(grids, offs, wts, taps, H, W, PH, PW, Wq, out_buf, gi);
-#endif
-  gin_plane_base<T>(grids, offs, wts, taps, H, W, PH, PW, Wq, out_buf, gi);
-}
-
 template <typename T>
 void grad_input_rows(const T* go, const T* w, T* gi, const DwConvGeometry& g, const FlatGeometry& f) {
   constexpr int L = 32 / sizeof(T);
   const int64_t CO = g.M * g.C, in_plane = g.H * g.W, out_plane = g.Ho * g.Wo, K = g.KH * g.KW;
   const int64_t front = f.max_off, glen = front + f.span_t;
-  // Blocks read up to 7 rows past H and up to L - 1 lanes past W; the slack keeps the last grid's reads inside.
+  // Blocks read up to 3 rows past H and up to L - 1 lanes past W; the slack keeps the last grid's reads inside.
   const int64_t slack = 8 * f.Wq + 4 * L;
   std::vector<int64_t> offs(g.M * K);
   for (int64_t m = 0; m < g.M; ++m)
@@ -163,7 +211,6 @@ void grad_input_rows(const T* go, const T* w, T* gi, const DwConvGeometry& g, co
   at::parallel_for(0, g.N * g.C, grain_for(g.M * out_plane * K), [&](int64_t begin, int64_t end) {
     std::vector<T> grids(g.M * glen + slack, T(0));
     std::vector<T> wts(g.M * K);
-    std::vector<T> out_buf(8 * L);
     int64_t wc = -1;
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.C, c = p % g.C;
@@ -176,7 +223,7 @@ void grad_input_rows(const T* go, const T* w, T* gi, const DwConvGeometry& g, co
           for (int64_t k = 0; k < K; ++k) wts[m * K + k] = w[(m * g.C + c) * K + k];
         wc = c;
       }
-      gin_plane_any<T>(grids.data(), offs.data(), wts.data(), g.M * K, g.H, g.W, g.PH, g.PW, f.Wq, out_buf.data(),
+      gin_plane_any<T>(grids.data(), offs.data(), wts.data(), g.M * K, g.H, g.W, g.PH, g.PW, f.Wq,
                        gi + p * in_plane);
     }
   });
@@ -184,9 +231,14 @@ void grad_input_rows(const T* go, const T* w, T* gi, const DwConvGeometry& g, co
 
 // Input gradient (strides above 1; stride 1 takes grad_input_rows): phase[u] = sum_{m, k in phase} w[m, k] *
 // G_m[u - off_k], with G_m the output-gradient grid of kernel m stored after max_off zeros (so every index is
-// non-negative), then gathered back to the input plane.
+// non-negative), then gathered back to the input plane. Only the positions of a phase plane that are input
+// positions count (the rows r with r*SH + a - PH in [0, H), likewise the columns): where that takes fewer
+// vectors, those are computed row by row (gin_plane over the phase's rows and columns, into a small plane then
+// scattered to the input plane with the strides) instead of the whole Hq x Wq phase plane (7x7 planes with
+// stride 2 and 5x5 dil 2: 7 vectors per tap instead of 16).
 template <typename T>
 void grad_input_planes(const T* go, const T* w, T* gi, const DwConvGeometry& g, const FlatGeometry& f) {
+  constexpr int L = 32 / sizeof(T);
   const int64_t CO = g.M * g.C, in_plane = g.H * g.W, out_plane = g.Ho * g.Wo, K = g.KH * g.KW;
   if (g.SH == 1 && g.SW == 1) return grad_input_rows<T>(go, w, gi, g, f);
   const int64_t front = f.max_off, glen = front + f.span_t;
@@ -198,9 +250,33 @@ void grad_input_planes(const T* go, const T* w, T* gi, const DwConvGeometry& g, 
       offs_of[f.tap_phase[k]].push_back(m * glen + front - f.tap_off[k]);
     }
   }
+  // Phase (a, b) holds the input rows h0[a], h0[a] + SH, ... (nh[a] of them) from its row r0[a] on, and the
+  // columns likewise.
+  std::vector<int64_t> h0(g.SH), nh(g.SH), r0(g.SH), w0(g.SW), nw(g.SW), s0(g.SW);
+  for (int64_t a = 0; a < g.SH; ++a) {
+    h0[a] = ((a - g.PH) % g.SH + g.SH) % g.SH;
+    nh[a] = h0[a] < g.H ? (g.H - 1 - h0[a]) / g.SH + 1 : 0;
+    r0[a] = (h0[a] + g.PH) / g.SH;
+  }
+  for (int64_t b = 0; b < g.SW; ++b) {
+    w0[b] = ((b - g.PW) % g.SW + g.SW) % g.SW;
+    nw[b] = w0[b] < g.W ? (g.W - 1 - w0[b]) / g.SW + 1 : 0;
+    s0[b] = (w0[b] + g.PW) / g.SW;
+  }
+  const int64_t nh_max = *std::max_element(nh.begin(), nh.end());
+  const int64_t nw_max = *std::max_element(nw.begin(), nw.end());
+  int64_t rows_vectors = 0;
+  for (int64_t a = 0; a < g.SH; ++a)
+    for (int64_t b = 0; b < g.SW; ++b)
+      if (nh[a] > 0 && nw[b] > 0) rows_vectors += gin_plane_vectors(nh[a], nw[b], L);
+  // (the per-phase scatter and the few taps per phase cost more than a vector or two: only clearly fewer)
+  const bool rows = rows_vectors * 4 <= f.phases * (f.span_t / L) * 3;
+  // Row blocks read up to 3 rows past a phase's last row and L - 1 lanes past its last column.
+  const int64_t slack = rows ? 8 * f.Wq + 4 * L : 0;
   at::parallel_for(0, g.N * g.C, grain_for(g.M * out_plane * K), [&](int64_t begin, int64_t end) {
-    std::vector<T> grids(g.M * glen, T(0));
-    std::vector<T> phases(f.phases * f.phase_len, T(0));
+    std::vector<T> grids(g.M * glen + slack, T(0));
+    std::vector<T> phases(rows ? 0 : f.phases * f.phase_len, T(0));
+    std::vector<T> small(rows ? nh_max * nw_max : 0);
     std::vector<T> wts(g.M * K);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.C, c = p % g.C;
@@ -208,20 +284,39 @@ void grad_input_planes(const T* go, const T* w, T* gi, const DwConvGeometry& g, 
         const int64_t o = m * g.C + c;
         to_grid(go + (n * CO + o) * out_plane, g, f, grids.data() + m * glen + front);
       }
+      T* dst = gi + p * in_plane;
       for (int64_t ph = 0; ph < f.phases; ++ph) {
         const auto& taps = taps_of[ph];
+        const int64_t a = ph / g.SW, b = ph % g.SW;
+        if (rows && (nh[a] == 0 || nw[b] == 0)) continue;
         if (taps.empty()) {
-          std::fill(phases.begin() + ph * f.phase_len, phases.begin() + ph * f.phase_len + f.span_t, T(0));
+          if (rows) {
+            for (int64_t i = 0; i < nh[a]; ++i)
+              for (int64_t j = 0; j < nw[b]; ++j) dst[(h0[a] + i * g.SH) * g.W + w0[b] + j * g.SW] = T(0);
+          } else {
+            std::fill(phases.begin() + ph * f.phase_len, phases.begin() + ph * f.phase_len + f.span_t, T(0));
+          }
           continue;
         }
         for (size_t t = 0; t < taps.size(); ++t) {
           const int64_t m = taps[t] / K, k = taps[t] % K;
           wts[t] = w[(m * g.C + c) * K + k];
         }
-        gather<T>(grids.data(), offs_of[ph].data(), wts.data(), static_cast<int64_t>(taps.size()),
-                  phases.data() + ph * f.phase_len, f.span_t, false);
+        const int64_t ntaps = static_cast<int64_t>(taps.size());
+        if (rows) {
+          gin_plane_any<T>(grids.data(), offs_of[ph].data(), wts.data(), ntaps, nh[a], nw[b], r0[a], s0[b], f.Wq,
+                           small.data());
+          for (int64_t i = 0; i < nh[a]; ++i) {
+            const T* s = small.data() + i * nw[b];
+            T* d = dst + (h0[a] + i * g.SH) * g.W + w0[b];
+            for (int64_t j = 0; j < nw[b]; ++j) d[j * g.SW] = s[j];
+          }
+        } else {
+          gather<T>(grids.data(), offs_of[ph].data(), wts.data(), ntaps, phases.data() + ph * f.phase_len,
+                    f.span_t, false);
+        }
       }
-      from_phases(phases.data(), g, f, gi + p * in_plane);
+      if (!rows) from_phases(phases.data(), g, f, dst);
     }
   });
 }
