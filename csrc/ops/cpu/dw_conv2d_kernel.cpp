@@ -16,14 +16,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "ops/cpu/compute_dtype.h"
 #include "ops/cpu/flat_plane.h"
 #include "ops/dw_conv2d.h"
 
 namespace proxynas_fast {
 namespace {
 using namespace flat;
-
-bool computes_natively(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
 
 // Input gradient for stride 1, row by row: the padded plane has one phase, and only its H x W interior is
 // needed, so instead of the whole Hq x Wq phase plane (7x7 planes with 5x5 dil 2: 15x15, a fifth of it used)
@@ -188,14 +187,8 @@ at::Tensor forward_impl(const at::Tensor& input_, const at::Tensor& weight_, con
 at::Tensor dw_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                          at::IntArrayRef padding, at::IntArrayRef dilation) {
   const DwConvGeometry g = dw_conv_geometry(input, weight, stride, padding, dilation);
-  const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-  at::Tensor out;
-  if (computes_natively(input.scalar_type())) {
-    out = forward_impl(input, weight, g);
-  } else {
-    out = forward_impl(input.to(at::kFloat), weight.to(at::kFloat), g).to(input.scalar_type());
-  }
-  return channels_last ? out.contiguous(at::MemoryFormat::ChannelsLast) : out;
+  const at::ScalarType ct = compute_dtype(input.scalar_type());
+  return as_output_for(forward_impl(input.to(ct), weight.to(ct), g), input);
 }
 
 template <typename T>
@@ -335,18 +328,6 @@ void grad_input_planes(const T* go, const T* w, T* gi, const DwConvGeometry& g, 
 constexpr int WG_MAX_TAPS = 9;
 constexpr int64_t WG_FLUSH = 64;
 
-// Integer vectors of the same width, for the lane mask of a row's last, partial vector.
-template <typename T>
-struct MaskVec;
-template <>
-struct MaskVec<float> {
-  typedef int32_t type __attribute__((vector_size(32), aligned(4), may_alias));
-};
-template <>
-struct MaskVec<double> {
-  typedef int64_t type __attribute__((vector_size(32), aligned(8), may_alias));
-};
-
 // The gradient rows of one plane: row ho starts at g + ho * stride; `full` whole vectors, then, if tail, one
 // vector of which only the lanes set in `mask` are used, the others zeroed (they belong to the next row or
 // plane; reading them stays inside the buffer, see grad_weight_planes).
@@ -355,7 +336,7 @@ struct GradRows {
   const T* g;
   int64_t stride, full;
   bool tail;
-  T mask[32 / sizeof(T)];  // all bits set or clear, read as MaskVec
+  T mask[32 / sizeof(T)];  // all bits set or clear, read as MaskOf<T, 32> (ops/cpu/vec.h)
 };
 
 // acc[t] (L lanes each) += sum over rows [ho0, ho1) of grad row ho * tap[t][ho*Wq + lane] (lanes over the row's
@@ -364,7 +345,7 @@ template <typename T, int KB>
 PNF_INLINE void wgrad_taps(const GradRows<T>& gr, const T* const* tap, int64_t Wq, int64_t ho0, int64_t ho1,
                            T* acc) {
   using V = typename Vec<T>::type;
-  using VI = typename MaskVec<T>::type;
+  using VI = typename MaskOf<T, 32>::type;
   constexpr int L = 32 / sizeof(T);
   const T* p[KB];
   V a[KB];
@@ -553,20 +534,9 @@ std::tuple<at::Tensor, at::Tensor> dw_conv2d_backward_cpu(const at::Tensor& grad
                   grad_output.size(2) == g.Ho && grad_output.size(3) == g.Wo,
               "dw_conv2d_backward: grad_output has shape ", grad_output.sizes(), ", expected [", g.N, ", ",
               g.M * g.C, ", ", g.Ho, ", ", g.Wo, "]");
-  const at::ScalarType t = input.scalar_type();
-  at::Tensor gin, gw;
-  if (computes_natively(t)) {
-    std::tie(gin, gw) = backward_impl(grad_output.to(t), input, weight, g, output_mask[0], output_mask[1]);
-  } else {
-    std::tie(gin, gw) = backward_impl(grad_output.to(at::kFloat), input.to(at::kFloat), weight.to(at::kFloat), g,
-                                      output_mask[0], output_mask[1]);
-    if (gin.defined()) gin = gin.to(t);
-    if (gw.defined()) gw = gw.to(t);
-  }
-  if (gin.defined() && input.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
-    gin = gin.contiguous(at::MemoryFormat::ChannelsLast);
-  }
-  return {gin, gw};
+  const at::ScalarType ct = compute_dtype(input.scalar_type());
+  auto [gin, gw] = backward_impl(grad_output.to(ct), input.to(ct), weight.to(ct), g, output_mask[0], output_mask[1]);
+  return {as_output_for(gin, input), as_dtype_of(gw, weight)};
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "ops/cpu/vec.h"
+
 namespace proxynas_fast {
 namespace flat {
 
@@ -76,17 +78,10 @@ FlatGeometry flat_geometry(const G& g) {
   return f;
 }
 
-// 32-byte vectors through GCC/Clang vector extensions (unaligned loads and stores): plain loops over a fixed
-// tile are not reliably vectorised when the tap loop around them has a run-time trip count.
+// The flat-phase loops' vectors: 32 bytes (ops/cpu/vec.h).
 template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-  typedef float type __attribute__((vector_size(32), aligned(4), may_alias));
-};
-template <>
-struct Vec<double> {
-  typedef double type __attribute__((vector_size(32), aligned(8), may_alias));
+struct Vec {
+  typedef typename VecOf<T, 32>::type type;
 };
 
 // out[q] (+)= sum_k w[k] * base[offs[k] + q] for q in [0, len), len a multiple of TILE.

@@ -14,6 +14,7 @@
 #include <limits>
 #include <vector>
 
+#include "ops/cpu/compute_dtype.h"
 #include "ops/cpu/flat_plane.h"
 
 namespace proxynas_fast {
@@ -272,8 +273,6 @@ void max_backward_planes(const T* go, const T* x, const T* y, T* gi, const PoolG
   });
 }
 
-bool computes_natively(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
-
 at::Tensor forward_impl(const at::Tensor& input_, bool is_max, const PoolGeometry& g) {
   at::Tensor input = input_.contiguous();
   at::Tensor out = at::empty({g.N, g.C, g.Ho, g.Wo}, input.options());
@@ -304,11 +303,7 @@ at::Tensor backward_impl(const at::Tensor& grad_, const at::Tensor& input_, cons
 at::Tensor pool2d_cpu(const at::Tensor& input, bool is_max, at::IntArrayRef kernel, at::IntArrayRef stride,
                       at::IntArrayRef padding) {
   const PoolGeometry g = pool_geometry(input, kernel, stride, padding);
-  const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-  at::Tensor out = computes_natively(input.scalar_type())
-                       ? forward_impl(input, is_max, g)
-                       : forward_impl(input.to(at::kFloat), is_max, g).to(input.scalar_type());
-  return channels_last ? out.contiguous(at::MemoryFormat::ChannelsLast) : out;
+  return as_output_for(forward_impl(input.to(compute_dtype(input.scalar_type())), is_max, g), input);
 }
 
 at::Tensor pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& output,
@@ -319,14 +314,11 @@ at::Tensor pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& 
                 "pool2d_backward: grad_output and output must be [", g.N, ", ", g.C, ", ", g.Ho, ", ", g.Wo,
                 "], got ", t->sizes());
   }
-  const at::ScalarType t = input.scalar_type();
-  at::Tensor gin = computes_natively(t)
-                       ? backward_impl(grad_output.to(t), input, output.to(t), is_max, g)
-                       : backward_impl(grad_output.to(at::kFloat), is_max ? input.to(at::kFloat) : input,
-                                       is_max ? output.to(at::kFloat) : output, is_max, g).to(t);
-  return input.suggest_memory_format() == at::MemoryFormat::ChannelsLast
-             ? gin.contiguous(at::MemoryFormat::ChannelsLast)
-             : gin;
+  const at::ScalarType ct = compute_dtype(input.scalar_type());
+  // average pooling's backward reads neither input nor output: they are not converted
+  return as_output_for(backward_impl(grad_output.to(ct), is_max ? input.to(ct) : input,
+                                     is_max ? output.to(ct) : output, is_max, g),
+                       input);
 }
 
 }  // namespace

@@ -21,16 +21,13 @@
 #include <algorithm>
 #include <vector>
 
+#include "ops/cpu/compute_dtype.h"
 #include "ops/cpu/cpu_isa.h"
+#include "ops/cpu/vec.h"
 
 namespace proxynas_fast {
 namespace {
 using namespace cpu_isa;
-
-template <typename T, int B>
-struct VecOf {
-  typedef T type __attribute__((vector_size(B), aligned(sizeof(T)), may_alias));
-};
 
 // Register tiles per level: vector bytes, output rows x vectors (matrix product), rows x columns (weight grad).
 template <int L>
@@ -119,18 +116,6 @@ void grouped_product(const T* in, const T* A, T* out, int64_t N, int64_t E, int6
     }
   });
 }
-
-// Integer vector of the same width, for masking lanes by bits (exact: no 0 * Inf).
-template <typename T, int B>
-struct MaskOf;
-template <int B>
-struct MaskOf<float, B> {
-  typedef int32_t type __attribute__((vector_size(B), aligned(4), may_alias));
-};
-template <int B>
-struct MaskOf<double, B> {
-  typedef int64_t type __attribute__((vector_size(B), aligned(8), may_alias));
-};
 
 // out[i * ldo + j] += (double) sum over the samples of the chunk and pixels [0, P) of G[i][p] * X[j][p], for an
 // RB x KB block: the partial sums stay in vector registers over all the chunk's samples. G rows and X rows are P
@@ -249,8 +234,6 @@ PwGeometry pw_geometry(const at::Tensor& input, const at::Tensor& weight) {
   return g;
 }
 
-bool computes_natively(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
-
 at::Tensor forward_impl(const at::Tensor& input_, const at::Tensor& weight, const PwGeometry& g) {
   const at::Tensor input = input_.contiguous();
   const at::Tensor wt = weight.transpose(1, 2).contiguous();  // [E, Ci, Co]: the Co weights of one ci adjacent
@@ -265,11 +248,8 @@ at::Tensor forward_impl(const at::Tensor& input_, const at::Tensor& weight, cons
 
 at::Tensor pw_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight) {
   const PwGeometry g = pw_geometry(input, weight);
-  const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-  at::Tensor out = computes_natively(input.scalar_type())
-                       ? forward_impl(input, weight, g)
-                       : forward_impl(input.to(at::kFloat), weight.to(at::kFloat), g).to(input.scalar_type());
-  return channels_last ? out.contiguous(at::MemoryFormat::ChannelsLast) : out;
+  const at::ScalarType ct = compute_dtype(input.scalar_type());
+  return as_output_for(forward_impl(input.to(ct), weight.to(ct), g), input);
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_, const at::Tensor& input_,
@@ -307,20 +287,9 @@ std::tuple<at::Tensor, at::Tensor> pw_conv2d_backward_cpu(const at::Tensor& grad
                   grad_output.size(2) == g.H && grad_output.size(3) == g.W,
               "pw_conv2d_backward: grad_output has shape ", grad_output.sizes(), ", expected [", g.N, ", ",
               g.E * g.Co, ", ", g.H, ", ", g.W, "]");
-  const at::ScalarType t = input.scalar_type();
-  at::Tensor gin, gw;
-  if (computes_natively(t)) {
-    std::tie(gin, gw) = backward_impl(grad_output.to(t), input, weight, g, output_mask[0], output_mask[1]);
-  } else {
-    std::tie(gin, gw) = backward_impl(grad_output.to(at::kFloat), input.to(at::kFloat), weight.to(at::kFloat), g,
-                                      output_mask[0], output_mask[1]);
-    if (gin.defined()) gin = gin.to(t);
-    if (gw.defined()) gw = gw.to(t);
-  }
-  if (gin.defined() && input.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
-    gin = gin.contiguous(at::MemoryFormat::ChannelsLast);
-  }
-  return {gin, gw};
+  const at::ScalarType ct = compute_dtype(input.scalar_type());
+  auto [gin, gw] = backward_impl(grad_output.to(ct), input.to(ct), weight.to(ct), g, output_mask[0], output_mask[1]);
+  return {as_output_for(gin, input), as_dtype_of(gw, weight)};
 }
 
 }  // namespace
