@@ -79,6 +79,17 @@ def _count_batches(bns: Sequence[nn.BatchNorm2d]) -> float:
     return 0.0 if bns[0].momentum is None else bns[0].momentum
 
 
+def _bn_grad_coefficients(coef_g: Tensor, rstd: Tensor, mu: Tensor, sg: Tensor, sgz: Tensor,
+                          count: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """The backward of a batch-statistics BatchNorm z -> (z - mu) * rstd, scaled per channel by coef_g / rstd,
+    folded into per-channel coefficients: dL/dz = coef_g * g + coef_z * z + coef_c, from sg = sum g and
+    sgz = sum g * z. Returns (<g, normalised z>, coef_z, coef_c)."""
+    sgxhat = rstd * (sgz - mu * sg)
+    coef_z = -coef_g * rstd * sgxhat / count
+    coef_c = -coef_g * sg / count - coef_z * mu
+    return sgxhat, coef_z, coef_c
+
+
 class _BatchNormBatchStats(torch.autograd.Function):
     """Affine-free BatchNorm of y [N, C, H, W] with its batch statistics, by the mixed-node kernels: one pass for
     the statistics, one for the output; the backward one for the sums, one for the gradient. Returns (output,
@@ -101,10 +112,7 @@ class _BatchNormBatchStats(torch.autograd.Function):
         y, mu, rstd = ctx.saved_tensors
         g = _as(grad, y.dtype).contiguous()
         sg, sgz = channel_dot_sums(g, [y])
-        count = g.numel() // g.shape[1]
-        sgxhat = rstd * (sgz[0] - mu * sg)                   # <grad, normalised y> per channel
-        coef_z = -rstd * rstd * sgxhat / count
-        coef_c = -rstd * sg / count - coef_z * mu
+        _, coef_z, coef_c = _bn_grad_coefficients(rstd, rstd, mu, sg, sgz[0], g.numel() // g.shape[1])
         (dy,) = channel_affine_combine(g, [y], rstd[None], coef_z[None], coef_c[None])
         return dy, None
 
@@ -460,11 +468,10 @@ class _MixedNode(torch.autograd.Function):
         g = _as(grad, dtype).contiguous()
         zs = _term_values(node.terms, pools, tensors, dtype)
         sg, sgz = channel_dot_sums(g, zs)
-        count = g.numel() // g.shape[1]
-        sgxhat = rstd * (sgz - mu * sg[None, :])               # <grad, normalised term> per channel
         coef_g = a[:, None] * rstd
-        coef_z = torch.where(index.batch_mask, -coef_g * rstd * sgxhat / count, 0.0)
-        coef_c = torch.where(index.batch_mask, -coef_g * sg[None, :] / count - coef_z * mu, 0.0)
+        sgxhat, coef_z, coef_c = _bn_grad_coefficients(coef_g, rstd, mu, sg[None, :], sgz, g.numel() // g.shape[1])
+        coef_z = torch.where(index.batch_mask, coef_z, 0.0)   # running-statistics terms: a fixed affine map
+        coef_c = torch.where(index.batch_mask, coef_c, 0.0)
         needs = inputs_needing_grad(ctx, 1, 1 + len(tensors))  # e.g. the first cell's, in the architecture step
         grads = _input_gradients(node, index, pools, tensors, needs, g, zs, (coef_g, coef_z, coef_c), dtype)
         grad_a = sgxhat.sum(1) if ctx.needs_input_grad[0] else None
