@@ -7,6 +7,7 @@ import io
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from proxynas_fast.darts import fused
 from proxynas_fast.darts.model_search import Cell, Network
@@ -429,29 +430,33 @@ def test_imagenet_stem_layout_follows_backend_and_dtype(dtype, backend, channels
     assert s1.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
+class _OpNames(TorchDispatchMode):
+    """Records the name of every ATen / custom op that runs inside it (may be entered more than once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 def test_grouped_inner_batch_norm_runs_on_the_kernels_and_matches_batch_norm(dtype, momentum):
     """The separable convolutions' inner BatchNorms of all edges reading a node (`fused._batch_norm_group`) run
     on the mixed-node kernels on CPU (aten's batch norm is 2-6x slower there), with the output, the input
     gradient and the running statistics (and their counters) of E nn.BatchNorm2d modules."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     torch.manual_seed(5)
     E, C = 3, 4
     bns = [torch.nn.BatchNorm2d(C, affine=False, momentum=momentum) for _ in range(E)]
     refs = copy.deepcopy(bns)
     y = (torch.randn(5, E * C, 6, 7, dtype=torch.float64) * 3 + 1).to(dtype).requires_grad_()
     g = torch.randn(5, E * C, 6, 7, dtype=torch.float64).to(dtype)
-    seen = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
+    seen = _OpNames()
     for step in range(2):
-        with Record():
+        with seen:
             out = fused._batch_norm_group(y, bns)
             (gy,) = torch.autograd.grad(out, y, g)
         y64 = y.detach().double().requires_grad_()
@@ -468,8 +473,9 @@ def test_grouped_inner_batch_norm_runs_on_the_kernels_and_matches_batch_norm(dty
             torch.testing.assert_close(bn.running_mean.double(), ref.running_mean, rtol=1e-6, atol=1e-6)
             torch.testing.assert_close(bn.running_var.double(), ref.running_var, rtol=1e-6, atol=1e-6)
         y = (y.detach() * 0.5).requires_grad_()
-    assert "channel_moments" in seen and "channel_affine_combine" in seen
-    assert not any(name.startswith("native_batch_norm") or name.startswith("_native_batch_norm") for name in seen)
+    assert "channel_moments" in seen.names and "channel_affine_combine" in seen.names
+    assert not any(name.startswith("native_batch_norm") or name.startswith("_native_batch_norm")
+                   for name in seen.names)
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -478,8 +484,6 @@ def test_fused_preprocessing_matches_the_module_and_normalises_on_the_kernels(ki
     """A cell's preprocess0/1 on the fused path (`fused._preprocess`): the output, the gradients of the input and
     the convolution weights and the running statistics equal the module's own forward; in training mode on CPU
     the BatchNorm runs on the mixed-node kernels, not aten's batch norm."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from proxynas_fast.darts.operations import FactorizedReduce, ReLUConvBN
 
     torch.manual_seed(6)
@@ -488,14 +492,8 @@ def test_fused_preprocessing_matches_the_module_and_normalises_on_the_kernels(ki
     ref = copy.deepcopy(module)
     size = 7 if kind.endswith("odd") else 8
     x = torch.randn(3, 6, size, size, dtype=DTYPE, requires_grad=True)
-    seen = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
-    with Record():
+    seen = _OpNames()
+    with seen:
         out = fused._preprocess(module, x)
     want = ref(x)
     torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
@@ -506,5 +504,5 @@ def test_fused_preprocessing_matches_the_module_and_normalises_on_the_kernels(ki
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
     for a, b in zip(module.buffers(), ref.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-7)
-    uses_aten_bn = any("batch_norm" in name for name in seen)
+    uses_aten_bn = any("batch_norm" in name for name in seen.names)
     assert uses_aten_bn == (not train)

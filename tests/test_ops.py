@@ -62,6 +62,19 @@ def assert_close_to_f64(got, want64, dtype):
     torch.testing.assert_close(got.double(), want64.to(got.device), **TOL[dtype])
 
 
+class RecordMasks(TorchDispatchMode):
+    """Records the output_mask (last argument) of every call of one backward op."""
+
+    def __init__(self, backward_op):
+        super().__init__()
+        self.op, self.masks = backward_op, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is self.op:
+            self.masks.append(list(args[-1]))
+        return func(*args, **(kwargs or {}))
+
+
 # ======================================================================================================
 # dw_conv2d / dw_conv2d_backward
 # ======================================================================================================
@@ -123,21 +136,12 @@ def test_dw_conv2d_backward_computes_only_the_gradients_the_pass_uses(device):
     require_kernels(device)
     x = make_tensor((2, 3, 7, 8), torch.float32, device, "contiguous").requires_grad_()
     w = make_tensor((3, 1, 3, 3), torch.float32, device, "contiguous", seed=1).requires_grad_()
-    masks = []
-
-    class RecordMasks(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket is ops.dw_conv2d_backward:
-                masks.append(list(args[-1]))
-            return func(*args, **(kwargs or {}))
-
     for weight in (w, torch.cat([w, w])):  # a leaf weight, and a stacked one (as the fused cell passes)
-        masks.clear()
-        with RecordMasks():
+        with RecordMasks(ops.dw_conv2d_backward) as recorded:
             (gx,) = torch.autograd.grad(dw_conv2d(x * 1.0, weight, 1, 1, 1).square().sum(), [x])
             x.grad = None
             dw_conv2d(x * 1.0, weight, 1, 1, 1).square().sum().backward()
-        assert masks == [[True, False], [True, True]]  # leaf or not: the engine says which it will use
+        assert recorded.masks == [[True, False], [True, True]]  # leaf or not: the engine says which it will use
         torch.testing.assert_close(gx, x.grad, rtol=0, atol=0)
 
 
@@ -239,19 +243,11 @@ def test_pw_conv2d_backward_computes_only_the_gradients_the_pass_uses():
     require_kernels("cpu")
     x = make_tensor((2, 6, 5, 4), torch.float32, "cpu", "contiguous").requires_grad_()
     w = make_tensor((2, 3, 3, 1), torch.float32, "cpu", "contiguous", seed=1)[..., 0].requires_grad_()
-    masks = []
-
-    class RecordMasks(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket is ops.pw_conv2d_backward:
-                masks.append(list(args[-1]))
-            return func(*args, **(kwargs or {}))
-
     weight = torch.stack([w[0], w[1]])
-    with RecordMasks():
+    with RecordMasks(ops.pw_conv2d_backward) as recorded:
         (gx,) = torch.autograd.grad(pw_conv2d(x * 1.0, weight).square().sum(), [x])
         pw_conv2d(x * 1.0, weight).square().sum().backward()
-    assert masks == [[True, False], [True, True]]
+    assert recorded.masks == [[True, False], [True, True]]
     torch.testing.assert_close(gx, x.grad, rtol=0, atol=0)
 
 
