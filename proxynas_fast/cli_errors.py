@@ -4,7 +4,8 @@
 - `body()` returns normally: its return value (None -> 0) is the exit status;
 - one of `user_errors` (or an `OutputError`) is raised: `error: <message>` on one line, exit 2;
 - KeyboardInterrupt: `interrupted: <interrupted_message()>` on one line, exit 130 (no traceback). The message
-  says what was saved and the command that resumes (`resume_command` builds the latter).
+  says what was saved and the command that resumes (`resume_command` builds the latter). Exit 130 holds under
+  `python -m` too, wherever the Ctrl-C landed (see `_forget_unhandled_interrupt`).
 """
 from __future__ import annotations
 
@@ -38,11 +39,24 @@ def run_cli(
         except KeyboardInterrupt:  # a second Ctrl-C while the message is built (it may read a checkpoint)
             message = "(interrupted again while looking at what was saved)"
         print(f"interrupted: {one_line(message)}", file=sys.stderr, flush=True)
+        _forget_unhandled_interrupt()
         return EXIT_INTERRUPTED
     except (OutputError, *user_errors) as e:
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     return 0 if status is None else int(status)
+
+
+def _forget_unhandled_interrupt() -> None:
+    """Keep the exit status 130 after a Ctrl-C that was handled.
+
+    CPython (3.11, and 3.12) notes a KeyboardInterrupt that ends code run from a *string* (`exec("...")`, `eval("...")`,
+    `PyRun_String`: dataclass and namedtuple methods are made this way, so any lazy import can do it) as "unhandled",
+    even when a caller catches it. Under `python -m` the interpreter then kills itself with SIGINT at exit (status -2
+    instead of 130), so the status depended on where the signal landed. The note is cleared when the next string
+    evaluation starts; evaluating one empty string here clears it. Scripts and `-c` never read the note.
+    """
+    exec("None", {})
 
 
 def resume_command(module: str, argv: Sequence[str], add: Iterable[str] = ("--resume",)) -> str:

@@ -171,5 +171,29 @@ def test_run_cli_second_ctrl_c_while_the_message_is_built_is_still_one_line(caps
     assert capsys.readouterr().err == "interrupted: (interrupted again while looking at what was saved)\n"
 
 
+INTERRUPTED_IN_STRING_CODE = textwrap.dedent("""
+    import sys
+    from proxynas_fast.cli_errors import run_cli
+
+    def body():
+        exec("raise KeyboardInterrupt", {})  # the Ctrl-C lands in code made from a string (a dataclass __init__)
+
+    sys.exit(run_cli(body))
+""")
+
+
+def test_run_cli_interrupt_exits_130_under_python_m_wherever_it_landed(tmp_path):
+    # Under `python -m`, CPython killed itself with SIGINT at exit (status -2) when the handled KeyboardInterrupt had
+    # ended string-made code: the search's Ctrl-C test failed this way in a clean-clone CI run.
+    (tmp_path / "interrupted_cli.py").write_text(INTERRUPTED_IN_STRING_CODE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                         str(tmp_path)]))
+    for how in (["-m", "interrupted_cli"], [str(tmp_path / "interrupted_cli.py")]):
+        done = subprocess.run([sys.executable, *how], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == EXIT_INTERRUPTED, (how, done.returncode, done.stderr[-2000:])
+        assert done.stderr == "interrupted: nothing was saved\n"
+
+
 def test_resume_command_quotes_and_does_not_repeat():
     assert resume_command("m", ["--out", "a b", "--resume"]) == "python -m m --out 'a b' --resume"
