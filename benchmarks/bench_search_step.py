@@ -56,7 +56,8 @@ def build(shape: str, backend: str, seed: int = 0):
     torch.manual_seed(seed)
     model = spec["make"]().to(DEVICE)
     model.backend = backend
-    w_opt = torch.optim.SGD(model.weights_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    w_opt = torch.optim.SGD(model.weights_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4,
+                            foreach=True)  # as the search pipeline makes it
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3,
                              capturable=ON_GPU)
     g = torch.Generator().manual_seed(seed + 1)

@@ -35,10 +35,12 @@ def built_with_cuda() -> bool:
 
 
 def has_kernels_for(device: torch.device | str) -> bool:
-    device = torch.device(device)
-    if device.type == "cpu":
-        return has_cpu_kernels()
-    if device.type == "cuda":
+    """Whether the compiled kernels run on `device` (every op wrapper asks, thousands of times a search step: the
+    CPU answer costs one attribute read)."""
+    kind = device.type if isinstance(device, torch.device) else torch.device(device).type
+    if kind == "cpu":
+        return _C is not None
+    if kind == "cuda":
         return has_cuda_kernels()
     return False
 

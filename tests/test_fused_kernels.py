@@ -113,9 +113,22 @@ def test_mixed_node_kernels_match_reference(device, dtype):
         torch.testing.assert_close(got, want, **tol)
 
 
-def test_mixed_node_kernels_reject_mismatched_terms():
-    with pytest.raises(ValueError, match="term 1"):
+@pytest.mark.filterwarnings("ignore:proxynas_fast. no compiled")
+@pytest.mark.parametrize("path", ["kernel", "reference"])
+def test_mixed_node_kernels_reject_mismatched_terms(path, monkeypatch):
+    # the kernels check their arguments themselves (mixed_node.h): the same ValueErrors as the reference path's
+    if path == "reference":
+        monkeypatch.setattr(extension, "_C", None)
+    elif not extension.has_cpu_kernels():
+        pytest.skip("needs the compiled extension")
+    with pytest.raises(ValueError, match="channel_moments: term 1 has shape"):
         mn.channel_moments([torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 5)])
+    with pytest.raises(ValueError, match="channel_dot_sums: term 0 has dtype"):
+        mn.channel_dot_sums(torch.randn(2, 3, 4, 4), [torch.randn(2, 3, 4, 4, dtype=torch.float64)])
+    with pytest.raises(ValueError, match=r"channel_weighted_sum: (scale must be \[1, 3\]|bias must be \[3\])"):
+        mn.channel_weighted_sum([torch.randn(2, 3, 4, 4)], torch.ones(1, 3), torch.zeros(4))
+    with pytest.raises(ValueError, match="needs at least one term"):
+        mn.channel_moments([])
 
 
 def _node_inputs(device, training):
@@ -138,7 +151,7 @@ def _node_inputs(device, training):
     index = fused._node_index(plan, [t.bn is not None and training for t in terms], torch.device(device))
     pools = [fused._SharedPool(True, (3, 1, 1)), fused._SharedPool(False, (3, 1, 1))]  # max, avg (DARTS pooling)
     weights = torch.softmax(torch.randn(2, 8, dtype=torch.float64, device=device), -1).requires_grad_()
-    return (plan, index, pools), weights, h0, h1, z, bns
+    return (plan, index, pools, fused._RunningStats()), weights, h0, h1, z, bns
 
 @needs_kernels
 @pytest.mark.parametrize("device", DEVICES)
@@ -152,6 +165,7 @@ def test_mixed_node_gradcheck_and_reference(device, training):
         out = fused._MixedNode.apply(w.reshape(-1).index_select(0, flat), a, b, z0, z1, spec)
         for pool in spec[2]:
             pool.release()  # as the cell does after its forward
+        spec[3].apply()
         return out
 
     assert torch.autograd.gradcheck(node, (weights, h0, h1, z))

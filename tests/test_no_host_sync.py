@@ -115,22 +115,20 @@ def test_fused_search_step_never_syncs_on_cuda(fake_cuda, network):
     assert any("convolution_backward" in op or "bmm" in op for op in rec.ops)  # the backward ran
 
 
-def _update_running_stats_before_the_fix(bns: Sequence[nn.BatchNorm2d], mean, var, count: int) -> None:
-    """fused._update_running_stats as it was: indexes the device tensors with Python lists (fault 1)."""
-    tracked = [(k, b) for k, b in enumerate(bns) if b.running_mean is not None]
-    if not tracked:
-        return
+def _update_running_stats_before_the_fix(bns: Sequence[nn.BatchNorm2d], means, variances) -> None:
+    """fused._update_running_stats with its former row selection: the rows of [K, C] statistics picked by
+    indexing with Python lists (fault 1)."""
+    mean, var = torch.stack(list(means)), torch.stack(list(variances))
     with torch.no_grad():
-        unbiased = var * (count / max(count - 1, 1))
         by_factor: Dict[float, List[Tuple[int, nn.BatchNorm2d]]] = {}
-        for k, b in tracked:
+        for k, b in enumerate(bns):
             by_factor.setdefault(fused._count_batches([b]), []).append((k, b))
         for factor, group in by_factor.items():
             idx = [k for k, _ in group]
             torch._foreach_lerp_([b.running_mean for _, b in group],
                                  [m.to(b.running_mean.dtype) for m, (_, b) in zip(mean[idx], group)], factor)
             torch._foreach_lerp_([b.running_var for _, b in group],
-                                 [v.to(b.running_var.dtype) for v, (_, b) in zip(unbiased[idx], group)], factor)
+                                 [v.to(b.running_var.dtype) for v, (_, b) in zip(var[idx], group)], factor)
 
 
 def test_check_catches_the_list_indexed_running_stats_update(fake_cuda, monkeypatch):

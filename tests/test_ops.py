@@ -185,6 +185,26 @@ def test_pool2d_opcheck(layout):
     torch.library.opcheck(ops.pool2d_backward, (g, x.detach(), out, True, [3, 3], [1, 1], [1, 1]))
 
 
+@pytest.mark.parametrize("is_max", [True, False])
+def test_pool2d_autograd_is_cpp_and_the_average_keeps_no_tensor(is_max):
+    """pool2d's autograd runs in C++ (csrc/ops/autograd/pool2d_autograd.cpp; the fused cell pools ~320 times a
+    search step, each call through torch.library's Python autograd cost ~60 us): max pooling saves its input and
+    output, average pooling only one-element stand-ins; gradients equal PyTorch's."""
+    require_kernels("cpu")
+    x = make_tensor((2, 3, 9, 10), torch.float64, "cpu", "contiguous").requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.untyped_storage().nbytes()) or t,
+                                                  lambda t: t):
+        out = pool2d(x * 1.0, is_max, 3, 2, 1)
+    assert "Pool2dFunction" in out.grad_fn.name()
+    big = x.numel() * x.element_size()
+    assert sorted(saved)[-1] == (big if is_max else 8)  # the input itself, or a one-element stand-in
+    g = torch.randn_like(out)
+    (gx,) = torch.autograd.grad(out, x, g)
+    (want,) = torch.autograd.grad(pool2d_reference(x, is_max, 3, 2, 1), x, g)
+    torch.testing.assert_close(gx, want, rtol=0, atol=1e-12)
+
+
 # ======================================================================================================
 # pw_conv2d / pw_conv2d_backward (CPU kernel only: elsewhere the wrapper runs torch.matmul)
 # ======================================================================================================

@@ -1,4 +1,5 @@
-// Argument checks shared by the CPU and CUDA mixed-node kernels.
+// Argument checks shared by the CPU and CUDA mixed-node kernels: the only checks on the kernel path. They raise
+// ValueError in Python (TORCH_CHECK_VALUE), as the Python wrappers' checks on the reference path do.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -15,17 +16,19 @@ inline bool plane_contiguous(const at::Tensor& t) {
 
 // Returns the terms in the kernels' layout (copies only those that are not), checking shapes/dtypes/devices.
 inline std::vector<at::Tensor> prepare_terms(const char* op, at::TensorList terms, const at::Tensor* like = nullptr) {
-  TORCH_CHECK(!terms.empty() || like != nullptr, op, ": needs at least one term");
+  TORCH_CHECK_VALUE(!terms.empty() || like != nullptr, op, ": needs at least one term");
   const at::Tensor& ref = like != nullptr ? *like : terms[0];
-  TORCH_CHECK(ref.dim() == 4, op, ": tensors must be [N, C, H, W], got ", ref.sizes());
+  TORCH_CHECK_VALUE(ref.dim() == 4, op, ": tensors must be [N, C, H, W], got ", ref.sizes());
   std::vector<at::Tensor> out;
   out.reserve(terms.size());
   for (size_t k = 0; k < terms.size(); ++k) {
     const at::Tensor& t = terms[k];
-    TORCH_CHECK(t.sizes() == ref.sizes(), op, ": term ", k, " has shape ", t.sizes(), ", expected ", ref.sizes());
-    TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": term ", k, " has dtype ", t.scalar_type(),
+    TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), op, ": term ", k, " has shape ", t.sizes(), ", expected ",
+                      ref.sizes());
+    TORCH_CHECK_VALUE(t.scalar_type() == ref.scalar_type(), op, ": term ", k, " has dtype ", t.scalar_type(),
                 ", expected ", ref.scalar_type());
-    TORCH_CHECK(t.device() == ref.device(), op, ": term ", k, " is on ", t.device(), ", expected ", ref.device());
+    TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": term ", k, " is on ", t.device(), ", expected ",
+                      ref.device());
     out.push_back(plane_contiguous(t) ? t : t.contiguous());
   }
   return out;
@@ -35,9 +38,9 @@ inline at::ScalarType stats_dtype(at::ScalarType t) { return t == at::kDouble ? 
 
 inline void check_coeffs(const char* op, const char* name, const at::Tensor& t, int64_t K, int64_t C,
                          const at::Tensor& ref) {
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == K && t.size(1) == C, op, ": ", name, " must be [", K, ", ", C,
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == K && t.size(1) == C, op, ": ", name, " must be [", K, ", ", C,
               "], got ", t.sizes());
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), ", expected ", ref.device());
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), ", expected ", ref.device());
 }
 
 }  // namespace proxynas_fast

@@ -117,9 +117,65 @@ class _BatchNormBatchStats(torch.autograd.Function):
         return dy, None
 
 
-def _batch_norm_group(y: Tensor, bns: Sequence[nn.BatchNorm2d]) -> Tensor:
+class _RunningStats:
+    """The running-statistics updates (as nn.BatchNorm2d makes them in training mode) of the batch-statistics
+    BatchNorms of one cell's forward, collected and applied together at its end: one counter bump and two lerps
+    per momentum, instead of a set per BatchNorm group (~15 groups a cell). Nothing in the forward reads them
+    meanwhile (a BatchNorm that uses batch statistics does not read its running ones)."""
+
+    def __init__(self):
+        self.bns: List[nn.BatchNorm2d] = []
+        self.means: List[Tensor] = []
+        self.variances: List[Tensor] = []   # unbiased
+
+    def add(self, bns: Sequence[nn.BatchNorm2d], mean: Tensor, var: Tensor, count: int) -> None:
+        """Row k of mean / var (biased, over `count` values per channel) is bns[k]'s batch statistics. Rows are
+        taken as views (`unbind`), never by indexing with a host list (that would copy the list to the device:
+        a sync per node, and an error under CUDA-graph capture)."""
+        tracked = [k for k, b in enumerate(bns) if b.running_mean is not None]
+        if not tracked:
+            return
+        with torch.no_grad():
+            means, variances = mean.unbind(0), (var * (count / max(count - 1, 1))).unbind(0)
+        if len(tracked) == len(bns):
+            self.bns.extend(bns)
+            self.means.extend(means)
+            self.variances.extend(variances)
+            return
+        for k in tracked:
+            self.bns.append(bns[k])
+            self.means.append(means[k])
+            self.variances.append(variances[k])
+
+    def apply(self) -> None:
+        if self.bns:
+            _update_running_stats(self.bns, self.means, self.variances)
+        self.bns, self.means, self.variances = [], [], []
+
+
+def _update_running_stats(bns: Sequence[nn.BatchNorm2d], means: Sequence[Tensor],
+                          variances: Sequence[Tensor]) -> None:
+    """running_mean / running_var of bns[k] move towards means[k] / variances[k] (unbiased) by the momentum, or
+    by the cumulative average (momentum None, which depends on each module's own count)."""
+    by_momentum: Dict[Hashable, List[int]] = {}
+    for k, b in enumerate(bns):
+        by_momentum.setdefault(b.momentum if b.momentum is not None else id(b), []).append(k)
+    with torch.no_grad():
+        for group in by_momentum.values():
+            members = [bns[k] for k in group] if len(group) < len(bns) else list(bns)
+            factor = _count_batches(members)
+            running_means = [b.running_mean for b in members]
+            running_vars = [b.running_var for b in members]
+            torch._foreach_lerp_(running_means, [_as(means[k], r.dtype) for k, r in zip(group, running_means)],
+                                 factor)
+            torch._foreach_lerp_(running_vars, [_as(variances[k], r.dtype) for k, r in zip(group, running_vars)],
+                                 factor)
+
+
+def _batch_norm_group(y: Tensor, bns: Sequence[nn.BatchNorm2d], stats: Optional[_RunningStats] = None) -> Tensor:
     """BatchNorm of [N, E*C, H, W] where channel block e belongs to bns[e] (same eps/momentum), in one call.
-    With batch statistics on CPU it runs on the mixed-node kernels (`_BatchNormBatchStats`), else aten's."""
+    With batch statistics on CPU it runs on the mixed-node kernels (`_BatchNormBatchStats`), else aten's. The
+    running statistics are updated at once, or by `stats.apply()` when `stats` collects a cell's updates."""
     bn0 = bns[0]
     training = _uses_batch_stats(bn0)
     tracked = bn0.running_mean is not None
@@ -127,7 +183,10 @@ def _batch_norm_group(y: Tensor, bns: Sequence[nn.BatchNorm2d]) -> Tensor:
         out, mean, var = _BatchNormBatchStats.apply(y, bn0.eps)
         if tracked:
             rows = (len(bns), bn0.num_features)
-            _update_running_stats(bns, mean.view(rows), var.view(rows), y.numel() // y.shape[1])
+            pending = _RunningStats() if stats is None else stats
+            pending.add(bns, mean.view(rows), var.view(rows), y.numel() // y.shape[1])
+            if stats is None:
+                pending.apply()
         return out
     factor = 0.0
     if training and tracked:
@@ -141,27 +200,6 @@ def _batch_norm_group(y: Tensor, bns: Sequence[nn.BatchNorm2d]) -> Tensor:
             torch._foreach_copy_([b.running_mean for b in bns], list(rm.split(bn0.num_features)))
             torch._foreach_copy_([b.running_var for b in bns], list(rv.split(bn0.num_features)))
     return out
-
-
-def _update_running_stats(bns: Sequence[nn.BatchNorm2d], mean: Tensor, var: Tensor, count: int) -> None:
-    """The running-statistics update nn.BatchNorm2d does in training mode (unbiased variance); row k of
-    mean / var belongs to bns[k]. Rows are picked as views (`unbind`), never by indexing with a host list
-    (that would copy the list to the device: a sync per node, and an error under CUDA-graph capture)."""
-    tracked = [(k, b) for k, b in enumerate(bns) if b.running_mean is not None]
-    if not tracked:
-        return
-    with torch.no_grad():
-        unbiased = var * (count / max(count - 1, 1))
-        by_momentum: Dict[Hashable, List[Tuple[int, nn.BatchNorm2d]]] = {}
-        for k, b in tracked:  # cumulative averaging (momentum None) depends on each module's own count
-            by_momentum.setdefault(b.momentum if b.momentum is not None else id(b), []).append((k, b))
-        means, variances = mean.unbind(0), unbiased.unbind(0)
-        for group in by_momentum.values():
-            factor = _count_batches([b for _, b in group])
-            torch._foreach_lerp_([b.running_mean for _, b in group],
-                                 [_as(means[k], b.running_mean.dtype) for k, b in group], factor)
-            torch._foreach_lerp_([b.running_var for _, b in group],
-                                 [_as(variances[k], b.running_var.dtype) for k, b in group], factor)
 
 
 def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -192,7 +230,7 @@ class _StateReaders:
 
     edges: List[int]
     stride: int
-    convs: Dict[str, List[nn.Sequential]]   # per conv primitive, the `.op` of each edge's candidate
+    convs: Dict[str, List[List[nn.Module]]]  # per conv primitive and position i in its `.op`: op[i] of each edge
     skips: List[FactorizedReduce]           # the strided skips, empty when the skip is an identity
 
 
@@ -338,7 +376,8 @@ def _edge_index(steps: int) -> List[List[int]]:
 def _state_readers(cell: nn.Module, j: int, steps: int) -> _StateReaders:
     edges = [row[j] for row in _edge_index(steps) if j < len(row)]
     mixed = [cell._ops[e] for e in edges]
-    convs = {prim: [m._ops[_COL[prim]].op for m in mixed] for prim in _CONV_PRIMITIVES}
+    convs = {prim: [list(stage) for stage in zip(*(m._ops[_COL[prim]].op for m in mixed))]
+             for prim in _CONV_PRIMITIVES}
     skips = [m._ops[_COL["skip_connect"]] for m in mixed]
     skips = skips if skips and isinstance(skips[0], FactorizedReduce) else []
     return _StateReaders(edges, mixed[0].stride if mixed else 1, convs, skips)
@@ -420,10 +459,10 @@ def _common_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
     return dtype
 
 
-def _node_statistics(node: _NodePlan, index: _NodeIndex, zs: Sequence[Tensor],
-                     stat_dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+def _node_statistics(node: _NodePlan, index: _NodeIndex, zs: Sequence[Tensor], stat_dtype: torch.dtype,
+                     stats: _RunningStats) -> Tuple[Tensor, Tensor]:
     """Per term and channel, the mean and 1/std each term is normalised with ([K, C] each; 0 and 1 for the
-    identity terms); updates the running statistics of the batch-statistics terms."""
+    identity terms); the running-statistics updates of the batch-statistics terms go to `stats`."""
     terms, C = node.terms, zs[0].shape[1]
     mu = zs[0].new_zeros((len(terms), C), dtype=stat_dtype)
     rstd = zs[0].new_ones((len(terms), C), dtype=stat_dtype)
@@ -434,7 +473,7 @@ def _node_statistics(node: _NodePlan, index: _NodeIndex, zs: Sequence[Tensor],
             raise FusedCellError("fused node: the BatchNorms of one node must share eps")
         mu[index.batch_index] = mean
         rstd[index.batch_index] = torch.rsqrt(var + eps.pop())
-        _update_running_stats([terms[k].bn for k in index.batch], mean, var, zs[0].numel() // C)
+        stats.add([terms[k].bn for k in index.batch], mean, var, zs[0].numel() // C)
     if index.fixed:
         bns = [terms[k].bn for k in index.fixed]
         mu[index.fixed_index] = torch.stack([_as(b.running_mean, stat_dtype) for b in bns])
@@ -448,11 +487,11 @@ class _MixedNode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: Tensor, *args) -> Tensor:
-        *tensors, (node, index, pools) = args  # tensors first: see inputs_needing_grad
+        *tensors, (node, index, pools, stats) = args  # tensors first: see inputs_needing_grad
         dtype = _common_dtype(tensors)
         zs = _term_values(node.terms, pools, tensors, dtype)
         stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        mu, rstd = _node_statistics(node, index, zs, stat_dtype)
+        mu, rstd = _node_statistics(node, index, zs, stat_dtype, stats)
         a = _as(a.detach(), stat_dtype).clone()  # saved: must not alias the input (torch.compile refuses that)
         scale = a[:, None] * rstd
         bias = -(scale * mu).sum(0)
@@ -529,18 +568,18 @@ def _grouped_depthwise(x: Tensor, convs: Sequence[nn.Conv2d], stride: int) -> Te
     return dw_conv2d(x, weight, stride, convs[0].padding, convs[0].dilation)
 
 
-def _conv_branches(r: Tensor, readers: _StateReaders) -> List[List[Tensor]]:
+def _conv_branches(r: Tensor, readers: _StateReaders, stats: _RunningStats) -> List[List[Tensor]]:
     """Pre-BN outputs of the 4 convolutional candidates (and the strided skip) of every edge reading the state,
     all from `r` = relu(state): per edge, in the order sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5
     (, skip_connect)."""
     E = len(readers.edges)
     out: List[List[Tensor]] = [[] for _ in range(E)]
     for prim in _CONV_PRIMITIVES:
-        mods = readers.convs[prim]
-        y = _grouped_pointwise(_grouped_depthwise(r, [m[1] for m in mods], readers.stride), [m[2] for m in mods])
+        op = readers.convs[prim]  # op[i]: the i-th module of the candidate's `.op`, of every edge
+        y = _grouped_pointwise(_grouped_depthwise(r, op[1], readers.stride), op[2])
         if prim.startswith("sep"):
-            y = F.relu(_batch_norm_group(y, [m[3] for m in mods]), inplace=True)
-            y = _grouped_pointwise(_grouped_depthwise(y, [m[5] for m in mods], 1), [m[6] for m in mods])
+            y = F.relu(_batch_norm_group(y, op[3], stats), inplace=True)
+            y = _grouped_pointwise(_grouped_depthwise(y, op[5], 1), op[6])
         for e, part in enumerate(y.split(y.shape[1] // E, dim=1)):
             out[e].append(part)
     if readers.skips:
@@ -617,39 +656,42 @@ def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor,
     flat, indexes = plan.indexes(weights.device)
     a = weights.reshape(-1).index_select(0, flat)          # every node's candidate weights, in term order
     pools = [_SharedPool(is_max, args) for is_max, args in plan.pools]
-    states = [_preprocess(cell.preprocess0, s0).contiguous(), _preprocess(cell.preprocess1, s1).contiguous()]
+    stats = _RunningStats()
+    states = [_preprocess(cell.preprocess0, s0, stats).contiguous(),
+              _preprocess(cell.preprocess1, s1, stats).contiguous()]
     parts = [_split_state(h, plan.pc_k) for h in states]
     branches: Dict[int, List[Tensor]] = {}
     bypass_pooled: Dict[Tuple, Tensor] = {}
-    _expand(plan, parts, 0, branches)
-    _expand(plan, parts, 1, branches)
+    _expand(plan, parts, 0, branches, stats)
+    _expand(plan, parts, 1, branches, stats)
     for i, (node, a_node) in enumerate(zip(plan.nodes, a.split(plan.term_counts))):
         tensors = [parts[s][0] if k < 0 else branches[s][k] for s, k in node.sources]
         for e in node.edges:
             del branches[e]
-        h = _MixedNode.apply(a_node, *tensors, (node, indexes[i], pools))
+        h = _MixedNode.apply(a_node, *tensors, (node, indexes[i], pools, stats))
         if edge_weights is not None and plan.pc_k > 1:  # k = 1: no bypassed channels, the shuffle is the identity
             h = _pc_combine(plan, h, parts, node.edges, edge_weights, bypass_pooled)
         states.append(h)
         parts.append(_split_state(h, plan.pc_k))
-        _expand(plan, parts, 2 + i, branches)
+        _expand(plan, parts, 2 + i, branches, stats)
     for shared in pools:  # pooled tensors are recomputed in the backward, not kept
         shared.release()
+    stats.apply()
     return torch.cat(states[-plan.multiplier:], dim=1)
 
 
-def _preprocess(module: nn.Module, x: Tensor) -> Tensor:
+def _preprocess(module: nn.Module, x: Tensor, stats: Optional[_RunningStats] = None) -> Tensor:
     """A cell's input preprocessing, `module(x)`: for the search cells' ReLUConvBN 1x1 (on `pw_conv2d`) and
     FactorizedReduce, with affine-free BatchNorms, the BatchNorm runs through `_batch_norm_group` (on CPU, the
-    mixed-node kernels); any other module runs as it is."""
+    mixed-node kernels; running statistics to `stats` when given); any other module runs as it is."""
     if isinstance(module, ReLUConvBN) and len(module.op) == 3:
         relu, conv, bn = module.op
         if (isinstance(relu, nn.ReLU) and _plain_1x1(conv) and isinstance(bn, nn.BatchNorm2d) and not bn.affine
                 and type(bn) is nn.BatchNorm2d):
             y = pw_conv2d(F.relu(x), conv.weight.view(1, conv.out_channels, conv.in_channels))
-            return _batch_norm_group(y, [bn])
+            return _batch_norm_group(y, [bn], stats)
     if isinstance(module, FactorizedReduce) and type(module.bn) is nn.BatchNorm2d and not module.bn.affine:
-        return _batch_norm_group(module.before_bn(x), [module.bn])
+        return _batch_norm_group(module.before_bn(x), [module.bn], stats)
     return module(x)
 
 
@@ -671,11 +713,11 @@ def _split_state(h: Tensor, k: int) -> Tuple[Tensor, Optional[Tensor]]:
 
 
 def _expand(plan: _CellPlan, parts: Sequence[Tuple[Tensor, Optional[Tensor]]], j: int,
-            branches: Dict[int, List[Tensor]]) -> None:
+            branches: Dict[int, List[Tensor]], stats: _RunningStats) -> None:
     """Convolutional branches of every edge reading state j."""
     readers = plan.readers[j]
     if readers.edges:
-        branches.update(zip(readers.edges, _conv_branches(F.relu(parts[j][0]), readers)))
+        branches.update(zip(readers.edges, _conv_branches(F.relu(parts[j][0]), readers, stats)))
 
 
 def _pc_combine(plan: _CellPlan, mixed_sum: Tensor, parts: Sequence[Tuple[Tensor, Optional[Tensor]]],

@@ -27,16 +27,20 @@ def _stats_dtype(t: Tensor) -> torch.dtype:
 
 
 def _check_terms(op: str, terms: Sequence[Tensor], like: Tensor = None) -> None:
+    """The reference path's argument check (the kernels make the same checks, as ValueError too: mixed_node.h)."""
     if like is None:
         if len(terms) == 0:
             raise ValueError(f"{op}: needs at least one term")
         like = terms[0]
     if like.dim() != 4:
         raise ValueError(f"{op}: tensors must be [N, C, H, W], got shape {tuple(like.shape)}")
-    for k, t in enumerate(terms):
-        if t.shape != like.shape or t.dtype != like.dtype or t.device != like.device:
-            raise ValueError(f"{op}: term {k} is {tuple(t.shape)} {t.dtype} on {t.device}, expected "
-                             f"{tuple(like.shape)} {like.dtype} on {like.device}")
+    for k, t in enumerate(terms):  # the kernels' messages (mixed_node.h)
+        if t.shape != like.shape:
+            raise ValueError(f"{op}: term {k} has shape {list(t.shape)}, expected {list(like.shape)}")
+        if t.dtype != like.dtype:
+            raise ValueError(f"{op}: term {k} has dtype {t.dtype}, expected {like.dtype}")
+        if t.device != like.device:
+            raise ValueError(f"{op}: term {k} is on {t.device}, expected {like.device}")
 
 
 def _use_kernel(op: str, t: Tensor) -> bool:
@@ -80,40 +84,40 @@ def channel_affine_combine_reference(grad: Tensor, terms: Sequence[Tensor], a: T
 def channel_moments(terms: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
     """Per-channel mean and biased variance of each term: two [K, C] tensors."""
     terms = list(terms)
-    _check_terms("channel_moments", terms)
-    if _use_kernel("channel_moments", terms[0]):
+    if terms and _use_kernel("channel_moments", terms[0]):
         return torch.ops.proxynas_fast.channel_moments(terms)
+    _check_terms("channel_moments", terms)
     return channel_moments_reference(terms)
 
 
 def channel_weighted_sum(terms: Sequence[Tensor], scale: Tensor, bias: Tensor) -> Tensor:
     """bias[c] + sum_k scale[k, c] * terms[k], in the terms' dtype (accumulated in float32/float64)."""
     terms = list(terms)
+    if terms and _use_kernel("channel_weighted_sum", terms[0]):
+        return torch.ops.proxynas_fast.channel_weighted_sum(terms, scale, bias)
     _check_terms("channel_weighted_sum", terms)
     K, C = len(terms), terms[0].shape[1]
     if tuple(scale.shape) != (K, C) or tuple(bias.shape) != (C,):
         raise ValueError(f"channel_weighted_sum: scale must be [{K}, {C}] and bias [{C}], got "
                          f"{tuple(scale.shape)} and {tuple(bias.shape)}")
-    if _use_kernel("channel_weighted_sum", terms[0]):
-        return torch.ops.proxynas_fast.channel_weighted_sum(terms, scale, bias)
     return channel_weighted_sum_reference(terms, scale, bias)
 
 
 def channel_dot_sums(grad: Tensor, terms: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
     """(sum of grad per channel [C], sum of grad * terms[k] per channel [K, C])."""
     terms = list(terms)
-    _check_terms("channel_dot_sums", terms, grad)
     if _use_kernel("channel_dot_sums", grad):
         return torch.ops.proxynas_fast.channel_dot_sums(grad, terms)
+    _check_terms("channel_dot_sums", terms, grad)
     return channel_dot_sums_reference(grad, terms)
 
 
 def channel_affine_combine(grad: Tensor, terms: Sequence[Tensor], a: Tensor, b: Tensor, c: Tensor) -> List[Tensor]:
     """[a[k, c] * grad + b[k, c] * terms[k] + c[k, c] for each k], in grad's dtype."""
     terms = list(terms)
-    _check_terms("channel_affine_combine", terms, grad)
     if _use_kernel("channel_affine_combine", grad):
         return list(torch.ops.proxynas_fast.channel_affine_combine(grad, terms, a, b, c))
+    _check_terms("channel_affine_combine", terms, grad)
     return channel_affine_combine_reference(grad, terms, a, b, c)
 
 

@@ -71,17 +71,4 @@ if extension.has_cpu_kernels():
     def _pool2d_backward_fake(grad_output, input, output, is_max, kernel, stride, padding):
         return empty_in_layout_of(input, input.shape)
 
-    def _setup_context(ctx, inputs, output):
-        input, is_max, kernel, stride, padding = inputs
-        ctx.args = (is_max, kernel, stride, padding)
-        if is_max:
-            ctx.save_for_backward(input, output)
-        else:  # the average's backward needs only the shapes: keep no tensor alive for it
-            ctx.save_for_backward(input.new_empty((1, 1, 1, 1)).expand(input.shape),
-                                  output.new_empty((1, 1, 1, 1)).expand(output.shape))
-
-    def _backward(ctx, grad_output):
-        input, output = ctx.saved_tensors
-        return torch.ops.proxynas_fast.pool2d_backward(grad_output, input, output, *ctx.args), None, None, None, None
-
-    torch.library.register_autograd("proxynas_fast::pool2d", _backward, setup_context=_setup_context)
+    # The autograd is in C++ (csrc/ops/autograd/pool2d_autograd.cpp).
