@@ -45,13 +45,13 @@ def pw_conv2d(input: Tensor, weight: Tensor) -> Tensor:
     _check(input, weight)
     if input.device.type != "cpu" or not extension.has_cpu_kernels():
         return pw_conv2d_reference(input, weight)
-    if torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
-        input, weight = input.to(dtype), weight.to(dtype)
-    elif weight.dtype != input.dtype:
-        raise ValueError(f"pw_conv2d: input ({input.dtype}) and weight ({weight.dtype}) dtypes differ")
-    with torch.autocast("cpu", enabled=False):
+    if not torch.is_autocast_enabled("cpu"):
+        if weight.dtype != input.dtype:
+            raise ValueError(f"pw_conv2d: input ({input.dtype}) and weight ({weight.dtype}) dtypes differ")
         return torch.ops.proxynas_fast.pw_conv2d(input, weight)
+    dtype = torch.get_autocast_dtype("cpu")
+    with torch.autocast("cpu", enabled=False):
+        return torch.ops.proxynas_fast.pw_conv2d(input.to(dtype), weight.to(dtype))
 
 
 if extension.has_cpu_kernels():
