@@ -186,6 +186,25 @@ def test_pool2d_opcheck(layout):
 
 
 @pytest.mark.parametrize("is_max", [True, False])
+def test_pool2d_reads_a_channel_block_in_place(is_max):
+    """PC-DARTS pools the first C/k channels of every state, a channel-block view: the kernels read its planes in
+    place, forward and backward (they copied it to a contiguous tensor on every call: ~20 ms of the ImageNet
+    search step at 2 threads)."""
+    require_kernels("cpu")
+    x = make_tensor((2, 3, 9, 10), torch.float32, "cpu", "block")
+    g = make_tensor((2, 3, 5, 5), torch.float32, "cpu", "contiguous", seed=2)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = ops.pool2d(x, is_max, [3, 3], [2, 2], [1, 1])
+        gx = ops.pool2d_backward(g, x, out, is_max, [3, 3], [2, 2], [1, 1])
+    copies = [e.name for e in prof.events() if e.name in ("aten::clone", "aten::copy_", "aten::contiguous")]
+    assert copies == []
+    x64 = x.double().requires_grad_()
+    ref = pool2d_reference(x64, is_max, 3, 2, 1)
+    assert_close_to_f64(out, ref, torch.float32)
+    assert_close_to_f64(gx, torch.autograd.grad(ref, x64, g.double())[0], torch.float32)
+
+
+@pytest.mark.parametrize("is_max", [True, False])
 def test_pool2d_autograd_is_cpp_and_the_average_keeps_no_tensor(is_max):
     """pool2d's autograd runs in C++ (csrc/ops/autograd/pool2d_autograd.cpp; the fused cell pools ~320 times a
     search step, each call through torch.library's Python autograd cost ~60 us): max pooling saves its input and

@@ -16,6 +16,7 @@
 
 #include "ops/cpu/compute_dtype.h"
 #include "ops/cpu/flat_plane.h"
+#include "ops/mixed_node.h"  // plane_contiguous
 
 namespace proxynas_fast {
 namespace {
@@ -113,9 +114,17 @@ T pad_value(bool is_max) {
   return is_max ? -std::numeric_limits<T>::infinity() : T(0);
 }
 
+// The input plane p = n * C + c: planes of one sample adjacent, samples `batch_stride` apart (a channel block of a
+// bigger tensor, e.g. PC-DARTS's partial channels, is read in place).
 template <typename T>
-void forward_planes(const T* x, T* y, const PoolGeometry& g, const FlatGeometry& f, bool is_max) {
-  const int64_t K = g.KH * g.KW, in_plane = g.H * g.W, out_plane = g.Ho * g.Wo;
+const T* input_plane(const T* x, int64_t p, const PoolGeometry& g, int64_t batch_stride) {
+  return x + (p / g.C) * batch_stride + (p % g.C) * g.H * g.W;
+}
+
+template <typename T>
+void forward_planes(const T* x, int64_t x_batch_stride, T* y, const PoolGeometry& g, const FlatGeometry& f,
+                    bool is_max) {
+  const int64_t K = g.KH * g.KW, out_plane = g.Ho * g.Wo;
   std::vector<int64_t> offs(K);
   for (int64_t k = 0; k < K; ++k) offs[k] = f.tap_phase[k] * f.phase_len + f.tap_off[k];
   const std::vector<T> inv = inverse_counts<T>(g, f);
@@ -123,7 +132,7 @@ void forward_planes(const T* x, T* y, const PoolGeometry& g, const FlatGeometry&
     std::vector<T> phases(f.phases * f.phase_len, pad_value<T>(is_max));
     std::vector<T> grid(f.grid_t);
     for (int64_t p = begin; p < end; ++p) {
-      to_phases(x + p * in_plane, g, f, phases.data());
+      to_phases(input_plane(x, p, g, x_batch_stride), g, f, phases.data());
       pool<T>(phases.data(), offs.data(), K, inv.data(), grid.data(), f.grid_t, is_max);
       T* dst = y + p * out_plane;
       for (int64_t ho = 0; ho < g.Ho; ++ho) {
@@ -219,7 +228,8 @@ void max_backward_tiles(const T* p, const int64_t* o, int64_t k, const T* ok, in
 // Max: each output's gradient goes to its window's winner, found again by comparison with the output. Planes
 // with a NaN output take a scalar path (the last NaN of a window wins, like PyTorch).
 template <typename T>
-void max_backward_planes(const T* go, const T* x, const T* y, T* gi, const PoolGeometry& g, const FlatGeometry& f) {
+void max_backward_planes(const T* go, const T* x, int64_t x_batch_stride, const T* y, T* gi, const PoolGeometry& g,
+                         const FlatGeometry& f) {
   const int64_t K = g.KH * g.KW, in_plane = g.H * g.W, out_plane = g.Ho * g.Wo;
   std::vector<int64_t> offs(K);
   for (int64_t k = 0; k < K; ++k) offs[k] = f.tap_phase[k] * f.phase_len + f.tap_off[k];
@@ -242,7 +252,7 @@ void max_backward_planes(const T* go, const T* x, const T* y, T* gi, const PoolG
     std::vector<T> grads(f.phases * f.phase_len, T(0));
     std::vector<T> ygrid(f.grid_t, T(0)), ggrid(f.grid_t, T(0));
     for (int64_t p = begin; p < end; ++p) {
-      to_phases(x + p * in_plane, g, f, phases.data());
+      to_phases(input_plane(x, p, g, x_batch_stride), g, f, phases.data());
       std::fill(grads.begin(), grads.end(), T(0));
       const T* yp = y + p * out_plane;
       const T* gp = go + p * out_plane;
@@ -273,12 +283,16 @@ void max_backward_planes(const T* go, const T* x, const T* y, T* gi, const PoolG
   });
 }
 
+// The input as the kernels read it: in place when its planes are contiguous, else a contiguous copy.
+at::Tensor planes_of(const at::Tensor& t) { return plane_contiguous(t) ? t : t.contiguous(); }
+
 at::Tensor forward_impl(const at::Tensor& input_, bool is_max, const PoolGeometry& g) {
-  at::Tensor input = input_.contiguous();
+  const at::Tensor input = planes_of(input_);
   at::Tensor out = at::empty({g.N, g.C, g.Ho, g.Wo}, input.options());
   const FlatGeometry f = flat_geometry(g);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pool2d_cpu", [&] {
-    forward_planes<scalar_t>(input.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, f, is_max);
+    forward_planes<scalar_t>(input.const_data_ptr<scalar_t>(), input.stride(0), out.mutable_data_ptr<scalar_t>(), g,
+                             f, is_max);
   });
   return out;
 }
@@ -290,9 +304,10 @@ at::Tensor backward_impl(const at::Tensor& grad_, const at::Tensor& input_, cons
   const FlatGeometry f = flat_geometry(g);
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "pool2d_backward_cpu", [&] {
     if (is_max) {
-      at::Tensor input = input_.contiguous(), output = output_.contiguous();
+      const at::Tensor input = planes_of(input_), output = output_.contiguous();
       max_backward_planes<scalar_t>(grad.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-                                    output.const_data_ptr<scalar_t>(), gin.mutable_data_ptr<scalar_t>(), g, f);
+                                    input.stride(0), output.const_data_ptr<scalar_t>(),
+                                    gin.mutable_data_ptr<scalar_t>(), g, f);
     } else {
       avg_backward_planes<scalar_t>(grad.const_data_ptr<scalar_t>(), gin.mutable_data_ptr<scalar_t>(), g, f);
     }
