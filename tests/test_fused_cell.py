@@ -506,3 +506,5 @@ def test_fused_preprocessing_matches_the_module_and_normalises_on_the_kernels(ki
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-7)
     uses_aten_bn = any("batch_norm" in name for name in seen.names)
     assert uses_aten_bn == (not train)
+    if kind != "relu_conv_bn":  # FactorizedReduce: one 2x2 stride-2 convolution, the input never sliced
+        assert seen.names.count("convolution") == 1 and "slice" not in seen.names

@@ -691,12 +691,20 @@ def _preprocess(module: nn.Module, x: Tensor, stats: Optional[_RunningStats] = N
             y = pw_conv2d(F.relu(x), conv.weight.view(1, conv.out_channels, conv.in_channels))
             return _batch_norm_group(y, [bn], stats)
     if isinstance(module, FactorizedReduce) and type(module.bn) is nn.BatchNorm2d and not module.bn.affine:
-        return _batch_norm_group(module.before_bn(x), [module.bn], stats)
+        if type(module).before_bn is FactorizedReduce.before_bn and type(module.relu) is nn.ReLU \
+                and all(_plain_1x1(c, stride=2) for c in (module.conv_1, module.conv_2)):
+            # both convolutions as one 2x2 stride-2 convolution: no slice of the input, no cat of the outputs
+            # (their backward filled a zero tensor, copied the slice's gradient in and made each output gradient
+            # contiguous: ~45 ms of the ImageNet step at 2 threads)
+            (y,) = _factorized_reduce_group(F.relu(x), [module])
+        else:
+            y = module.before_bn(x)
+        return _batch_norm_group(y, [module.bn], stats)
     return module(x)
 
 
-def _plain_1x1(conv: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+def _plain_1x1(conv: nn.Module, stride: int = 1) -> bool:
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (stride, stride)
             and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None
             and conv.padding_mode == "zeros")
 
