@@ -242,3 +242,19 @@ def test_pool2d_rejects_bad_windows():
         pool2d(x, True, 3, 1, 2)
     with pytest.raises(ValueError, match="input must be"):
         pool2d(x[0], True, 3, 1, 1)
+
+
+@needs_kernels
+def test_scaled_sum_of_the_bypassed_channels_gradcheck():
+    """PC-DARTS's beta-weighted sum of the bypassed channels (`fused._ScaledSum`, on the mixed-node kernels):
+    the value and the gradients of the betas and of every term (channel-block views, as the states' parts are)."""
+    torch.manual_seed(9)
+    states = [torch.randn(2, 6, 5, 5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    betas = torch.softmax(torch.randn(3, dtype=torch.float64), 0).requires_grad_()
+
+    def scaled_sum(b, *xs):
+        return fused._ScaledSum.apply(b, *[x[:, 2:] for x in xs])
+
+    assert torch.autograd.gradcheck(scaled_sum, (betas, *states))
+    want = sum(b * x[:, 2:] for b, x in zip(betas, states))
+    torch.testing.assert_close(scaled_sum(betas, *states), want, rtol=1e-12, atol=1e-12)

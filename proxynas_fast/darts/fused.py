@@ -734,16 +734,48 @@ def _pc_combine(plan: _CellPlan, mixed_sum: Tensor, parts: Sequence[Tuple[Tensor
     (`parts[j][1]`: state j's channels after the first C/k; max-pooled 2x2 on strided edges, once per state:
     `pooled` keeps them over the cell's nodes), then shuffle channels like each edge's output (a linear
     permutation, so shuffling the sum equals summing the shuffled edges)."""
-    bypass = None
+    bypassed = []
     for j, ((_, part), e) in enumerate(zip(parts, edges)):
         if e in plan.bypass_pools:
             key = (j, plan.bypass_keys[e])
             if key not in pooled:
                 pooled[key] = plan.bypass_pools[e](part)
             part = pooled[key]
-        term = edge_weights[e] * part
-        bypass = term if bypass is None else bypass + term
+        bypassed.append(part)
+    betas = edge_weights.narrow(0, edges[0], len(edges))  # a node's edges are consecutive rows
+    bypass = _ScaledSum.apply(betas, *bypassed)
     return channel_shuffle(torch.cat([mixed_sum, _as(bypass, mixed_sum.dtype)], dim=1), plan.pc_k)
+
+
+class _ScaledSum(torch.autograd.Function):
+    """sum_k betas[k] * terms[k] (terms of one shape [N, C, H, W]) in one pass of the mixed-node kernels, and in
+    the backward d betas[k] = <grad, terms[k]> in one more; per term and edge, a scaled copy and an add (forward)
+    and a product and a sum (backward) before. The terms are kept, not copied (they are the cell's states or their
+    pooled bypass channels, which autograd keeps anyway)."""
+
+    @staticmethod
+    def forward(ctx, betas: Tensor, *terms: Tensor) -> Tensor:
+        dtype = _common_dtype(terms)
+        zs = [_as(t, dtype) for t in terms]
+        C = zs[0].shape[1]
+        stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        b = _as(betas.detach(), stat_dtype)
+        out = channel_weighted_sum(zs, b[:, None].expand(len(zs), C), b.new_zeros(C))
+        ctx.save_for_backward(betas, *terms)
+        ctx.dtype = dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        betas, *terms = ctx.saved_tensors
+        g = _as(grad, ctx.dtype).contiguous()
+        grad_betas = None
+        if ctx.needs_input_grad[0]:
+            _, sgz = channel_dot_sums(g, [_as(t, ctx.dtype) for t in terms])
+            grad_betas = _as(sgz.sum(1), betas.dtype)
+        grads = [_as(g * _as(betas[k], g.dtype), t.dtype) if ctx.needs_input_grad[1 + k] else None
+                 for k, t in enumerate(terms)]
+        return (grad_betas, *grads)
 
 
 def cell_forward(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
