@@ -440,7 +440,7 @@ class _SharedPool:
 
     def backward(self, grad: Tensor, h: Tensor) -> Tensor:
         if self._grad is not None:
-            grad = grad + self._grad
+            grad = grad.add_(self._grad)  # grad: the owner node's new term gradient
         out = pool2d_backward(_as(grad, h.dtype), h, self.value(h), self.is_max, *self.args)
         self._value = self._grad = None
         return out
@@ -525,8 +525,8 @@ def _input_gradients(node: _NodePlan, index: _NodeIndex, pools: Sequence[_Shared
     terms = node.terms
     grads: List[Optional[Tensor]] = [None] * len(tensors)
 
-    def add(i: int, value: Tensor) -> None:
-        grads[i] = value if grads[i] is None else grads[i] + value
+    def add(i: int, value: Tensor) -> None:  # every value is a new tensor made here: summed in place
+        grads[i] = value if grads[i] is None else grads[i].add_(value)
 
     direct, sel = node.normalised, index.normalised_index
     if not all(needs[terms[k].src] for k in direct):
