@@ -33,6 +33,29 @@ def test_cell_drawings_are_pngs_of_both_cells(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporaries left
 
 
+def test_cell_drawings_are_redrawn_only_when_the_cell_changed(tmp_path, monkeypatch):
+    """The search draws both cells after every epoch; a cell whose PNG already shows it (recorded in the PNG) is
+    not drawn again. A changed cell, a changed title, and a PNG without the record (an older version's, or any
+    other file) are."""
+    pc, v2 = get_genotype("PC_DARTS"), get_genotype("DARTS_V2")
+    outputs.draw_genotype(tmp_path, pc, title_prefix="a: ")
+    drawn = []
+    draw = outputs.draw_cell
+    monkeypatch.setattr(outputs, "draw_cell", lambda edges, concat, path, title="": drawn.append(path.name)
+                        or draw(edges, concat, path, title))
+    outputs.draw_genotype(tmp_path, pc, title_prefix="a: ")
+    assert drawn == []
+    outputs.draw_genotype(tmp_path, pc._replace(reduce=v2.reduce), title_prefix="a: ")
+    assert drawn == ["reduction.png"]
+    outputs.draw_genotype(tmp_path, pc._replace(reduce=v2.reduce), title_prefix="b: ")
+    assert drawn == ["reduction.png", "normal.png", "reduction.png"]
+    Image.new("RGB", (8, 8)).save(tmp_path / "normal.png")  # a PNG that records nothing
+    outputs.draw_genotype(tmp_path, pc._replace(reduce=v2.reduce), title_prefix="b: ")
+    assert drawn[3:] == ["normal.png"]
+    with Image.open(tmp_path / "normal.png") as im:
+        assert im.size[0] > 300
+
+
 def test_node_layout_keeps_edges_clear_of_other_nodes():
     # Inputs and intermediate nodes in convex position: no straight edge passes through a third node.
     pos = outputs._node_positions(4)
