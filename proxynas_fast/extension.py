@@ -36,10 +36,10 @@ def built_with_cuda() -> bool:
 
 def has_kernels_for(device: torch.device | str) -> bool:
     """Whether the compiled kernels run on `device` (every op wrapper asks, thousands of times a search step: the
-    CPU answer costs one attribute read)."""
+    CPU answer is one call of `has_cpu_kernels`, the single rule that tests and callers may replace)."""
     kind = device.type if isinstance(device, torch.device) else torch.device(device).type
     if kind == "cpu":
-        return _C is not None
+        return has_cpu_kernels()
     if kind == "cuda":
         return has_cuda_kernels()
     return False
