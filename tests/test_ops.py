@@ -382,8 +382,10 @@ def test_mixed_node_kernels(device, dtype, layout, K):
     torch.testing.assert_close(mean.double(), rmean, **stat_tol)
     torch.testing.assert_close(var.double(), rvar, **stat_tol)
 
+    # Outputs in channels_last exactly for channels_last inputs (the "rows" layout), else contiguous.
+    out_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     out = ops.channel_weighted_sum(terms, a, b[0])
-    assert out.dtype == dtype and out.is_contiguous()
+    assert out.dtype == dtype and out.is_contiguous(memory_format=out_format)
     assert_close_to_f64(out, mn.channel_weighted_sum_reference(t64, a.double(), b[0].double()), dtype)
 
     sg, sgz = ops.channel_dot_sums(grad, terms)
@@ -396,21 +398,71 @@ def test_mixed_node_kernels(device, dtype, layout, K):
     want = mn.channel_affine_combine_reference(grad.double(), t64, a.double(), b.double(), c.double())
     assert len(outs) == K
     for got, w in zip(outs, want):
-        assert got.dtype == dtype
+        assert got.dtype == dtype and got.is_contiguous(memory_format=out_format)
         assert_close_to_f64(got, w, dtype)
 
 
 @pytest.mark.parametrize("K", [3, 35])
+@pytest.mark.parametrize("terms_layout,grad_layout", [("block", "channels_last"), ("channels_last", "contiguous"),
+                                                      ("channels_last", "channels_last")])
 @pytest.mark.parametrize("device", DEVICES)
-def test_mixed_node_opcheck(device, K):
+def test_mixed_node_opcheck(device, K, terms_layout, grad_layout):
     require_kernels(device)
-    terms = _terms(K, torch.float32, device, "block")
-    grad = make_tensor((2, 3, 4, 5), torch.float32, device, "channels_last", seed=99)
+    terms = _terms(K, torch.float32, device, terms_layout)
+    grad = make_tensor((2, 3, 4, 5), torch.float32, device, grad_layout, seed=99)
     a, b, c = _coeffs(K, device)
     torch.library.opcheck(ops.channel_moments, (terms,))
     torch.library.opcheck(ops.channel_weighted_sum, (terms, a, b[0]))
     torch.library.opcheck(ops.channel_dot_sums, (grad, terms))
     torch.library.opcheck(ops.channel_affine_combine, (grad, terms, a, b, c))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C", [24, 3, 16])
+def test_mixed_node_kernels_read_channels_last_in_place_over_many_chunks(dtype, C):
+    """The ImageNet stem's BatchNorms run on the mixed-node kernels in channels_last (rows of C channels): the CPU
+    kernels read and write that layout in place, in fixed chunks of rows combined in order (a result independent
+    of the thread count); C = 24 and 3 leave a row that is not a whole number of vectors, and the last chunk and
+    block are partial. Before, each call copied every channels_last tensor to planes and back."""
+    require_kernels("cpu")
+    shape = (3, C, 23, 21)  # 1,449 rows: several ~8k-element chunks and a partial last block
+    terms = [make_tensor(shape, dtype, "cpu", "channels_last", scale=2.0, seed=k) + k for k in range(2)]
+    grad = make_tensor(shape, dtype, "cpu", "channels_last", seed=7)
+    a, b, c = (torch.randn(2, C, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    t64 = [t.double() for t in terms]
+
+    def run():
+        return (ops.channel_moments(terms), ops.channel_weighted_sum(terms, a, b[0]),
+                ops.channel_dot_sums(grad, terms), ops.channel_affine_combine(grad, terms, a, b, c))
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        (mean, var), out, (sg, sgz), outs = run()
+    copies = [e.name for e in prof.events()  # of the data (the [K, C] statistics are cast to float32)
+              if e.name in ("aten::clone", "aten::copy_", "aten::contiguous") and list(shape) in e.input_shapes]
+    assert copies == []
+    stat_tol = TOL[torch.float64] if dtype == torch.float64 else TOL[torch.float32]
+    rmean, rvar = mn.channel_moments_reference(t64)
+    torch.testing.assert_close(mean.double(), rmean, **stat_tol)
+    torch.testing.assert_close(var.double(), rvar, **stat_tol)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_close_to_f64(out, mn.channel_weighted_sum_reference(t64, a.double(), b[0].double()), dtype)
+    rsg, rsgz = mn.channel_dot_sums_reference(grad.double(), t64)
+    tol = dict(rtol=stat_tol["rtol"], atol=stat_tol["atol"] * 10)
+    torch.testing.assert_close(sg.double(), rsg, **tol)
+    torch.testing.assert_close(sgz.double(), rsgz, **tol)
+    for got, w in zip(outs, mn.channel_affine_combine_reference(grad.double(), t64, a.double(), b.double(),
+                                                                c.double())):
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert_close_to_f64(got, w, dtype)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        again = run()
+    finally:
+        torch.set_num_threads(threads)
+    for x, y in zip(torch.utils._pytree.tree_leaves(((mean, var), out, (sg, sgz), outs)),
+                    torch.utils._pytree.tree_leaves(again)):
+        assert torch.equal(x, y)
 
 
 @pytest.mark.parametrize("K", [33, 35])

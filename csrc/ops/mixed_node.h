@@ -14,8 +14,20 @@ inline bool plane_contiguous(const at::Tensor& t) {
          (t.size(1) == 1 || t.stride(1) == t.size(2) * t.size(3));
 }
 
-// Returns the terms in the kernels' layout (copies only those that are not), checking shapes/dtypes/devices.
-inline std::vector<at::Tensor> prepare_terms(const char* op, at::TensorList terms, const at::Tensor* like = nullptr) {
+// The "rows" layout: channels_last-contiguous (every position's C channels adjacent) and not also plane-contiguous
+// (C == 1 or H*W == 1 are both). The CPU kernels read and write such tensors in place (rows of C, the layout of
+// the CPU ImageNet stem); an op whose reference tensor (the first term, or the gradient) is in it returns its
+// tensor outputs in channels_last, on every device (the CUDA kernels compute in planes and convert).
+inline bool rows_layout(const at::Tensor& t) {
+  return t.dim() == 4 && !plane_contiguous(t) && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+inline at::Tensor in_rows_layout_if(const at::Tensor& t, bool rows) {
+  return rows ? t.contiguous(at::MemoryFormat::ChannelsLast) : t;
+}
+// Returns the terms in the kernels' layout (planes; with `rows`, channels_last-contiguous), copying only those that
+// are not, checking shapes/dtypes/devices.
+inline std::vector<at::Tensor> prepare_terms(const char* op, at::TensorList terms, const at::Tensor* like = nullptr,
+                                             bool rows = false) {
   TORCH_CHECK_VALUE(!terms.empty() || like != nullptr, op, ": needs at least one term");
   const at::Tensor& ref = like != nullptr ? *like : terms[0];
   TORCH_CHECK_VALUE(ref.dim() == 4, op, ": tensors must be [N, C, H, W], got ", ref.sizes());
@@ -29,7 +41,11 @@ inline std::vector<at::Tensor> prepare_terms(const char* op, at::TensorList term
                 ", expected ", ref.scalar_type());
     TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": term ", k, " is on ", t.device(), ", expected ",
                       ref.device());
-    out.push_back(plane_contiguous(t) ? t : t.contiguous());
+    if (rows) {
+      out.push_back(t.is_contiguous(at::MemoryFormat::ChannelsLast) ? t : t.contiguous(at::MemoryFormat::ChannelsLast));
+    } else {
+      out.push_back(plane_contiguous(t) ? t : t.contiguous());
+    }
   }
   return out;
 }

@@ -33,12 +33,13 @@ from typing import Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _module_mod
 
 from proxynas_fast import extension
 from proxynas_fast.ops._args import inputs_needing_grad
 from proxynas_fast.ops.dw_conv2d import dw_conv2d
 from proxynas_fast.ops.mixed_node import (channel_affine_combine, channel_dot_sums, channel_moments,
-                                          channel_weighted_sum)
+                                          channel_weighted_sum, rows_layout)
 from proxynas_fast.ops.pool2d import pool2d, pool2d_backward
 from proxynas_fast.ops.pw_conv2d import pw_conv2d
 
@@ -91,30 +92,74 @@ def _bn_grad_coefficients(coef_g: Tensor, rstd: Tensor, mu: Tensor, sg: Tensor, 
 
 
 class _BatchNormBatchStats(torch.autograd.Function):
-    """Affine-free BatchNorm of y [N, C, H, W] with its batch statistics, by the mixed-node kernels: one pass for
-    the statistics, one for the output; the backward one for the sums, one for the gradient. Returns (output,
-    mean, biased variance); the statistics are not differentiable. On CPU, aten's batch_norm takes 2-6x longer
-    at the cells' sizes (forward, 1 thread: 1.07 vs 0.22 ms at [32, 32, 28, 28], 2.87 vs 0.46 ms at
-    [64, 32, 32, 32]); docs/PERFORMANCE.md."""
+    """BatchNorm of y [N, C, H, W] with its batch statistics, by the mixed-node kernels, affine-free or with a
+    weight and bias: one pass for the statistics, one for the output; the backward one for the sums, one for the
+    gradient. Returns (output, mean, biased variance); the statistics are not differentiable. y may be in planes
+    (NCHW) or in channels_last (read in place; output and gradient in channels_last too). On CPU, aten's
+    batch_norm takes 2-6x longer at the cells' sizes (forward, 1 thread: 1.07 vs 0.22 ms at [32, 32, 28, 28],
+    2.87 vs 0.46 ms at [64, 32, 32, 32]), and its channels_last backward ~2.5x longer at the ImageNet stem's
+    [32, 24, 112, 112] (docs/PERFORMANCE.md)."""
 
     @staticmethod
-    def forward(ctx, y: Tensor, eps: float):
+    def forward(ctx, y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
         mean, var = channel_moments([y])
         mu, var = mean[0], var[0]
         rstd = torch.rsqrt(var + eps)
-        out = channel_weighted_sum([y], rstd[None], -rstd * mu)
-        ctx.save_for_backward(y, mu, rstd)
+        scale = rstd if weight is None else _as(weight, rstd.dtype) * rstd
+        shift = -scale * mu if bias is None else _as(bias, rstd.dtype) - scale * mu
+        out = channel_weighted_sum([y], scale[None], shift)
+        ctx.save_for_backward(y, mu, rstd, scale)
+        ctx.param_dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(mu, var)
         return out, mu, var
 
     @staticmethod
     def backward(ctx, grad: Tensor, _grad_mean, _grad_var):
-        y, mu, rstd = ctx.saved_tensors
-        g = _as(grad, y.dtype).contiguous()
+        y, mu, rstd, scale = ctx.saved_tensors
+        g = _as(grad, y.dtype)
+        g = g.contiguous(memory_format=torch.channels_last) if rows_layout(y) else g.contiguous()
         sg, sgz = channel_dot_sums(g, [y])
-        _, coef_z, coef_c = _bn_grad_coefficients(rstd, rstd, mu, sg, sgz[0], g.numel() // g.shape[1])
-        (dy,) = channel_affine_combine(g, [y], rstd[None], coef_z[None], coef_c[None])
-        return dy, None
+        sgxhat, coef_z, coef_c = _bn_grad_coefficients(scale, rstd, mu, sg, sgz[0], g.numel() // g.shape[1])
+        dy = None
+        if ctx.needs_input_grad[0]:
+            (dy,) = channel_affine_combine(g, [y], scale[None], coef_z[None], coef_c[None])
+        weight_dtype, bias_dtype = ctx.param_dtypes
+        dweight = _as(sgxhat, weight_dtype) if weight_dtype is not None and ctx.needs_input_grad[1] else None
+        dbias = _as(sg, bias_dtype) if bias_dtype is not None and ctx.needs_input_grad[2] else None
+        return dy, dweight, dbias, None
+
+
+def batch_norm(y: Tensor, bn: nn.BatchNorm2d) -> Tensor:
+    """`bn(y)`: on the mixed-node kernels (`_BatchNormBatchStats`, affine or not) when `bn` normalises with batch
+    statistics on CPU, its running statistics updated as the module does; else the module itself."""
+    if not (_uses_batch_stats(bn) and y.device.type == "cpu" and y.dim() == 4 and extension.has_cpu_kernels()):
+        return bn(y)
+    out, mean, var = _BatchNormBatchStats.apply(y, bn.weight, bn.bias, bn.eps)
+    if bn.running_mean is not None:
+        stats = _RunningStats()
+        stats.add([bn], mean.view(1, -1), var.view(1, -1), y.numel() // y.shape[1])
+        stats.apply()
+    return out
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _hooked(modules: Sequence[nn.Module]) -> bool:
+    """Whether calling these modules would run a hook (theirs or a global one)."""
+    if any(getattr(_module_mod, "_global" + name, None) for name in _HOOK_DICTS):
+        return True
+    return any(getattr(m, name, None) for m in modules for name in _HOOK_DICTS)
+
+
+def run_sequential(seq: nn.Sequential, x: Tensor) -> Tensor:
+    """`seq(x)` with its BatchNorm2d modules run by `batch_norm` (the fused backend's stems). With a hook on the
+    Sequential or a child (or a global module hook), `seq(x)` itself, so that every hook runs as it would."""
+    if _hooked([seq, *seq]):
+        return seq(x)
+    for module in seq:
+        x = batch_norm(x, module) if type(module) is nn.BatchNorm2d else module(x)
+    return x
 
 
 class _RunningStats:
@@ -180,7 +225,7 @@ def _batch_norm_group(y: Tensor, bns: Sequence[nn.BatchNorm2d], stats: Optional[
     training = _uses_batch_stats(bn0)
     tracked = bn0.running_mean is not None
     if training and y.device.type == "cpu" and extension.has_cpu_kernels():
-        out, mean, var = _BatchNormBatchStats.apply(y, bn0.eps)
+        out, mean, var = _BatchNormBatchStats.apply(y, None, None, bn0.eps)
         if tracked:
             rows = (len(bns), bn0.num_features)
             pending = _RunningStats() if stats is None else stats

@@ -259,7 +259,7 @@ class Network(nn.Module):
         )
 
     def _stem_forward(self, x: torch.Tensor):
-        s = self.stem(x)
+        s = fused.run_sequential(self.stem, x) if self.backend == "fused" else self.stem(x)
         return s, s
 
     def _make_cell(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev) -> Cell:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from . import fused
 from .model_search import Network
 from .pcdarts import PCDARTS_IMAGENET_K, PCNetwork
 
@@ -40,6 +41,9 @@ class ImageNetStemMixin:
     def _stem_forward(self, x: torch.Tensor):
         if self._stem_in_channels_last(x):
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.backend == "fused":  # BatchNorms on the mixed-node kernels (in place in channels_last)
+            s0 = fused.run_sequential(self.stem0, x)
+            return s0, fused.run_sequential(self.stem1, s0)
         s0 = self.stem0(x)
         return s0, self.stem1(s0)
 

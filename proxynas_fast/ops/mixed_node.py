@@ -5,6 +5,8 @@ normalisation folded into the weights that is `bias[c] + sum_k scale[k, c] * z_k
 (`channel_weighted_sum`). The backward pass needs the per-channel sums of the gradient and of gradient * z_k
 (`channel_dot_sums`) and then one elementwise pass per term (`channel_affine_combine`). `channel_moments` gives
 the batch statistics. All terms have one shape [N, C, H, W]; they may be channel-block views of bigger tensors.
+Tensors in channels_last ("rows" layout, `rows_layout`) are read in place by the CPU kernels, and an op whose
+first term (or gradient) is in that layout returns its tensors in channels_last.
 
 Each function uses the compiled kernel when there is one for the device, else the pure-PyTorch reference
 (`*_reference`), which also defines the semantics for the tests. Statistics come back in float32 (float64 for
@@ -43,6 +45,21 @@ def _check_terms(op: str, terms: Sequence[Tensor], like: Tensor = None) -> None:
             raise ValueError(f"{op}: term {k} is on {t.device}, expected {like.device}")
 
 
+def rows_layout(t: Tensor) -> bool:
+    """The kernels' "rows" layout (mixed_node.h): channels_last-contiguous and not also plane-contiguous. An op
+    whose first term (or gradient) is in it returns its tensors in channels_last; the CPU kernels read it in
+    place."""
+    if t.dim() != 4 or not t.is_contiguous(memory_format=torch.channels_last):
+        return False
+    _, C, H, W = t.shape
+    plane = t.stride(3) == 1 and (H == 1 or t.stride(2) == W) and (C == 1 or t.stride(1) == H * W)
+    return not plane
+
+
+def _in_layout_of(ref: Tensor, out: Tensor) -> Tensor:
+    return out.contiguous(memory_format=torch.channels_last) if rows_layout(ref) else out
+
+
 def _use_kernel(op: str, t: Tensor) -> bool:
     if extension.has_kernels_for(t.device):
         return True
@@ -62,7 +79,7 @@ def channel_weighted_sum_reference(terms: Sequence[Tensor], scale: Tensor, bias:
     out = bias.to(dt).view(1, -1, 1, 1).expand(terms[0].shape).clone()
     for k, t in enumerate(terms):
         out.add_(t.to(dt) * scale[k].to(dt).view(1, -1, 1, 1))
-    return out.to(terms[0].dtype)
+    return _in_layout_of(terms[0], out.to(terms[0].dtype))
 
 
 def channel_dot_sums_reference(grad: Tensor, terms: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
@@ -77,7 +94,8 @@ def channel_affine_combine_reference(grad: Tensor, terms: Sequence[Tensor], a: T
     dt = _stats_dtype(grad)
     g = grad.to(dt)
     col = lambda v: v.to(dt).view(1, -1, 1, 1)  # noqa: E731
-    return [(col(a[k]) * g + col(b[k]) * t.to(dt) + col(c[k])).to(grad.dtype) for k, t in enumerate(terms)]
+    return [_in_layout_of(grad, (col(a[k]) * g + col(b[k]) * t.to(dt) + col(c[k])).to(grad.dtype))
+            for k, t in enumerate(terms)]
 
 
 # ----- public entry points -----
@@ -150,7 +168,7 @@ if extension.has_cpu_kernels():
 
     @torch.library.register_fake("proxynas_fast::channel_weighted_sum")
     def _weighted_sum_fake(terms, scale, bias):
-        return torch.empty_like(terms[0], memory_format=torch.contiguous_format)
+        return _in_layout_of(terms[0], torch.empty_like(terms[0], memory_format=torch.contiguous_format))
 
     @torch.library.register_fake("proxynas_fast::channel_dot_sums")
     def _dot_sums_fake(grad, terms):
@@ -159,4 +177,4 @@ if extension.has_cpu_kernels():
 
     @torch.library.register_fake("proxynas_fast::channel_affine_combine")
     def _affine_combine_fake(grad, terms, a, b, c):
-        return [torch.empty_like(grad, memory_format=torch.contiguous_format) for _ in terms]
+        return [_in_layout_of(grad, torch.empty_like(grad, memory_format=torch.contiguous_format)) for _ in terms]

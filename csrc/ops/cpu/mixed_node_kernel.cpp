@@ -5,6 +5,9 @@
 // Reductions accumulate a plane in the compute type (float for float/bf16/half, double for double) and planes
 // in double.
 //
+// Tensors in the rows layout (channels_last, mixed_node.h: the CPU ImageNet stem's BatchNorms) are read and
+// written in place by the *_rows kernels below instead of being copied to planes: see RowPlan.
+//
 // Instruction sets: each kernel's per-chunk body is compiled for baseline, AVX2+FMA and AVX-512 and the level
 // chosen at run time runs (cpu_isa::run_chunks, ops/cpu/cpu_isa.h; PROXYNAS_CPU_ISA forces one), for all four
 // dtypes. GCC ends an `omp simd` reduction by adding its lanes one at a time, 16 for AVX-512: on 7x7 planes that
@@ -15,6 +18,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <numeric>
 #include <vector>
 
 #include "ops/cpu/cpu_isa.h"
@@ -39,8 +43,236 @@ std::vector<int64_t> batch_strides(const std::vector<at::Tensor>& ts) {
   return s;
 }
 
+// ----- the rows layout (channels_last): M = N*H*W rows of C adjacent channels -----
+// Rows are taken in blocks of R, L = R*C elements, R the fewest rows that make L a multiple of 16 (whole vectors
+// at every level); per-channel coefficients are tiled to L once, so every inner loop runs over L contiguous
+// elements whatever C is (C = 24 would otherwise leave a partial vector per row). A chunk is a fixed number of
+// rows (~8k elements, independent of the thread count, so results do not depend on it); reductions keep an
+// L-wide partial per chunk, folded to C in double and combined in chunk order.
+struct RowPlan {
+  int64_t M, C, L, chunk_rows, chunks;
+  explicit RowPlan(const at::Tensor& ref)
+      : M(ref.size(0) * ref.size(2) * ref.size(3)), C(ref.size(1)), L(16 / std::gcd<int64_t>(C, 16) * C) {
+    chunk_rows = (L / C) * std::max<int64_t>(1, 8192 / L);
+    chunks = (M + chunk_rows - 1) / chunk_rows;
+  }
+  int64_t rows_of(int64_t chunk) const { return std::min(M, (chunk + 1) * chunk_rows) - chunk * chunk_rows; }
+};
+
+// v[k, c] (K x C, contiguous) repeated along L: out[k * L + j] = v[k * C + j % C].
+template <typename acc_t>
+std::vector<acc_t> tiled(const acc_t* v, int64_t K, int64_t C, int64_t L) {
+  std::vector<acc_t> out(K * L);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t j = 0; j < L; ++j) out[k * L + j] = v[k * C + j % C];
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> moments_rows(const std::vector<at::Tensor>& terms) {
+  const at::Tensor& ref = terms[0];
+  const int64_t K = terms.size();
+  const RowPlan rp(ref);
+  const int64_t C = rp.C, L = rp.L;
+  std::vector<double> part_mean(rp.chunks * K * C), part_m2(rp.chunks * K * C);  // per chunk and term
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, ref.scalar_type(), "channel_moments_rows", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto ptr = base_ptrs<scalar_t>(terms);
+    run_chunks(rp.chunks * K, grain_for(rp.chunk_rows * C), [&](int64_t begin, int64_t end) PNF_CHUNK_BODY {
+      std::vector<acc_t> lane(L), mean_tiled(L);
+      std::vector<double> mu(C);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t chunk = item / K, k = item % K;
+        const int64_t n = rp.rows_of(chunk) * C;
+        const scalar_t* z = ptr[k] + chunk * rp.chunk_rows * C;
+        acc_t* a = lane.data();
+        // Two passes over the chunk (it stays in L2): the sums, then the squares about the chunk's means.
+        std::fill(lane.begin(), lane.end(), acc_t(0));
+        for (int64_t b = 0; b < n; b += L) {
+          const int64_t len = std::min(L, n - b);
+          const scalar_t* zb = z + b;
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < len; ++j) a[j] += static_cast<acc_t>(zb[j]);
+        }
+        std::fill(mu.begin(), mu.end(), 0.0);
+        for (int64_t j = 0; j < L; ++j) mu[j % C] += static_cast<double>(a[j]);
+        const double rows = static_cast<double>(n / C);
+        for (int64_t c = 0; c < C; ++c) mu[c] /= rows;
+        for (int64_t j = 0; j < L; ++j) mean_tiled[j] = static_cast<acc_t>(mu[j % C]);
+        const acc_t* m = mean_tiled.data();
+        std::fill(lane.begin(), lane.end(), acc_t(0));
+        for (int64_t b = 0; b < n; b += L) {
+          const int64_t len = std::min(L, n - b);
+          const scalar_t* zb = z + b;
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < len; ++j) {
+            const acc_t d = static_cast<acc_t>(zb[j]) - m[j];
+            a[j] += d * d;
+          }
+        }
+        double* pm = part_mean.data() + (chunk * K + k) * C;
+        double* p2 = part_m2.data() + (chunk * K + k) * C;
+        for (int64_t c = 0; c < C; ++c) pm[c] = mu[c], p2[c] = 0;
+        for (int64_t j = 0; j < L; ++j) p2[j % C] += static_cast<double>(a[j]);
+      }
+    });
+  });
+  at::Tensor mean = at::empty({K, C}, ref.options().dtype(at::kDouble));
+  at::Tensor var = at::empty({K, C}, ref.options().dtype(at::kDouble));
+  double* mp = mean.mutable_data_ptr<double>();
+  double* vp = var.mutable_data_ptr<double>();
+  for (int64_t kc = 0; kc < K * C; ++kc) {
+    double count = 0, mu = 0, m2 = 0;  // Chan's combination, chunk by chunk
+    for (int64_t chunk = 0; chunk < rp.chunks; ++chunk) {
+      const double nb = static_cast<double>(rp.rows_of(chunk)), delta = part_mean[chunk * K * C + kc] - mu;
+      const double tot = count + nb;
+      mu += delta * nb / tot;
+      m2 += part_m2[chunk * K * C + kc] + delta * delta * count * nb / tot;
+      count = tot;
+    }
+    mp[kc] = mu;
+    vp[kc] = m2 / count;
+  }
+  const auto sdt = stats_dtype(ref.scalar_type());
+  return {mean.to(sdt), var.to(sdt)};
+}
+
+at::Tensor weighted_sum_rows(const std::vector<at::Tensor>& terms, const at::Tensor& scale_, const at::Tensor& bias_) {
+  const at::Tensor& ref = terms[0];
+  const int64_t K = terms.size();
+  const RowPlan rp(ref);
+  const int64_t C = rp.C, L = rp.L, total = rp.M * C;
+  at::Tensor out = at::empty(ref.sizes(), ref.options().memory_format(at::MemoryFormat::ChannelsLast));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, ref.scalar_type(), "channel_weighted_sum_rows", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr auto adt = c10::CppTypeToScalarType<acc_t>::value;
+    const at::Tensor scale = scale_.to(adt).contiguous(), bias = bias_.to(adt).contiguous();
+    const auto st = tiled(scale.const_data_ptr<acc_t>(), K, C, L);
+    const auto bt = tiled(bias.const_data_ptr<acc_t>(), 1, C, L);
+    const auto ptr = base_ptrs<scalar_t>(terms);
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    run_chunks(rp.chunks, grain_for(rp.chunk_rows * C * K), [&](int64_t begin, int64_t end) PNF_CHUNK_BODY {
+      std::vector<acc_t> acc(L);
+      acc_t* a = acc.data();
+      const acc_t* bb = bt.data();
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        const int64_t e0 = chunk * rp.chunk_rows * C, e1 = std::min(total, e0 + rp.chunk_rows * C);
+        for (int64_t b = e0; b < e1; b += L) {
+          const int64_t len = std::min(L, e1 - b);
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < len; ++j) a[j] = bb[j];
+          for (int64_t k = 0; k < K; ++k) {
+            const acc_t* s = st.data() + k * L;
+            const scalar_t* z = ptr[k] + b;
+            _Pragma("omp simd")
+            for (int64_t j = 0; j < len; ++j) a[j] += s[j] * static_cast<acc_t>(z[j]);
+          }
+          scalar_t* o = op + b;
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < len; ++j) o[j] = static_cast<scalar_t>(a[j]);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> dot_sums_rows(const at::Tensor& grad, const std::vector<at::Tensor>& terms) {
+  const int64_t K = terms.size();
+  const RowPlan rp(grad);
+  const int64_t C = rp.C, L = rp.L, total = rp.M * C;
+  std::vector<double> part_g(rp.chunks * C), part_gz(rp.chunks * K * C);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "channel_dot_sums_rows", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto ptr = base_ptrs<scalar_t>(terms);
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    run_chunks(rp.chunks, grain_for(rp.chunk_rows * C * (K + 1)), [&](int64_t begin, int64_t end) PNF_CHUNK_BODY {
+      std::vector<acc_t> lane_g(L), lane_gz(K * L);
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        const int64_t e0 = chunk * rp.chunk_rows * C, e1 = std::min(total, e0 + rp.chunk_rows * C);
+        std::fill(lane_g.begin(), lane_g.end(), acc_t(0));
+        std::fill(lane_gz.begin(), lane_gz.end(), acc_t(0));
+        acc_t* ag = lane_g.data();
+        for (int64_t b = e0; b < e1; b += L) {
+          const int64_t len = std::min(L, e1 - b);
+          const scalar_t* g = gp + b;
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < len; ++j) ag[j] += static_cast<acc_t>(g[j]);
+          for (int64_t k = 0; k < K; ++k) {
+            acc_t* az = lane_gz.data() + k * L;
+            const scalar_t* z = ptr[k] + b;
+            _Pragma("omp simd")
+            for (int64_t j = 0; j < len; ++j) az[j] += static_cast<acc_t>(g[j]) * static_cast<acc_t>(z[j]);
+          }
+        }
+        double* pg = part_g.data() + chunk * C;
+        double* pgz = part_gz.data() + chunk * K * C;
+        std::fill(pg, pg + C, 0.0);
+        std::fill(pgz, pgz + K * C, 0.0);
+        for (int64_t j = 0; j < L; ++j) pg[j % C] += static_cast<double>(ag[j]);
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t j = 0; j < L; ++j) pgz[k * C + j % C] += static_cast<double>(lane_gz[k * L + j]);
+      }
+    });
+  });
+  at::Tensor sg = at::zeros({C}, grad.options().dtype(at::kDouble));
+  at::Tensor sgz = at::zeros({K, C}, grad.options().dtype(at::kDouble));
+  double* sgp = sg.mutable_data_ptr<double>();
+  double* sgzp = sgz.mutable_data_ptr<double>();
+  for (int64_t chunk = 0; chunk < rp.chunks; ++chunk) {  // in chunk order
+    for (int64_t c = 0; c < C; ++c) sgp[c] += part_g[chunk * C + c];
+    for (int64_t kc = 0; kc < K * C; ++kc) sgzp[kc] += part_gz[chunk * K * C + kc];
+  }
+  const auto sdt = stats_dtype(grad.scalar_type());
+  return {sg.to(sdt), sgz.to(sdt)};
+}
+
+std::vector<at::Tensor> affine_combine_rows(const at::Tensor& grad, const std::vector<at::Tensor>& terms,
+                                            const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& c_) {
+  const int64_t K = terms.size();
+  const RowPlan rp(grad);
+  const int64_t C = rp.C, L = rp.L, total = rp.M * C;
+  std::vector<at::Tensor> outs;
+  for (int64_t k = 0; k < K; ++k)
+    outs.push_back(at::empty(grad.sizes(), grad.options().memory_format(at::MemoryFormat::ChannelsLast)));
+  if (K == 0) return outs;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "channel_affine_combine_rows", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr auto adt = c10::CppTypeToScalarType<acc_t>::value;
+    const at::Tensor a = a_.to(adt).contiguous(), b = b_.to(adt).contiguous(), cc = c_.to(adt).contiguous();
+    const auto at_ = tiled(a.const_data_ptr<acc_t>(), K, C, L);
+    const auto bt = tiled(b.const_data_ptr<acc_t>(), K, C, L);
+    const auto ct = tiled(cc.const_data_ptr<acc_t>(), K, C, L);
+    const auto ptr = base_ptrs<scalar_t>(terms);
+    std::vector<scalar_t*> optr;
+    for (auto& o : outs) optr.push_back(o.mutable_data_ptr<scalar_t>());
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    run_chunks(rp.chunks, grain_for(rp.chunk_rows * C * K), [&](int64_t begin, int64_t end) PNF_CHUNK_BODY {
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        const int64_t e0 = chunk * rp.chunk_rows * C, e1 = std::min(total, e0 + rp.chunk_rows * C);
+        for (int64_t b0 = e0; b0 < e1; b0 += L) {
+          const int64_t len = std::min(L, e1 - b0);
+          const scalar_t* g = gp + b0;
+          for (int64_t k = 0; k < K; ++k) {
+            const acc_t* av = at_.data() + k * L;
+            const acc_t* bv = bt.data() + k * L;
+            const acc_t* cv = ct.data() + k * L;
+            const scalar_t* z = ptr[k] + b0;
+            scalar_t* o = optr[k] + b0;
+            _Pragma("omp simd")
+            for (int64_t j = 0; j < len; ++j)
+              o[j] = static_cast<scalar_t>(av[j] * static_cast<acc_t>(g[j]) + bv[j] * static_cast<acc_t>(z[j]) + cv[j]);
+          }
+        }
+      }
+    });
+  });
+  return outs;
+}
+
 std::tuple<at::Tensor, at::Tensor> channel_moments_cpu(at::TensorList terms_) {
-  const auto terms = prepare_terms("channel_moments", terms_);
+  const bool rows = !terms_.empty() && rows_layout(terms_[0]);
+  const auto terms = prepare_terms("channel_moments", terms_, nullptr, rows);
+  if (rows) return moments_rows(terms);
   const at::Tensor& ref = terms[0];
   const int64_t K = terms.size(), N = ref.size(0), C = ref.size(1), HW = ref.size(2) * ref.size(3);
   const auto sdt = stats_dtype(ref.scalar_type());
@@ -84,12 +316,14 @@ std::tuple<at::Tensor, at::Tensor> channel_moments_cpu(at::TensorList terms_) {
 }
 
 at::Tensor channel_weighted_sum_cpu(at::TensorList terms_, const at::Tensor& scale_, const at::Tensor& bias_) {
-  const auto terms = prepare_terms("channel_weighted_sum", terms_);
+  const bool rows = !terms_.empty() && rows_layout(terms_[0]);
+  const auto terms = prepare_terms("channel_weighted_sum", terms_, nullptr, rows);
   const at::Tensor& ref = terms[0];
   const int64_t K = terms.size(), N = ref.size(0), C = ref.size(1), HW = ref.size(2) * ref.size(3);
   check_coeffs("channel_weighted_sum", "scale", scale_, K, C, ref);
   TORCH_CHECK_VALUE(bias_.dim() == 1 && bias_.size(0) == C, "channel_weighted_sum: bias must be [", C, "], got ",
                     bias_.sizes());
+  if (rows) return weighted_sum_rows(terms, scale_, bias_);
   at::Tensor out = at::empty({N, C, ref.size(2), ref.size(3)}, ref.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, ref.scalar_type(), "channel_weighted_sum_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -123,8 +357,10 @@ at::Tensor channel_weighted_sum_cpu(at::TensorList terms_, const at::Tensor& sca
 }
 
 std::tuple<at::Tensor, at::Tensor> channel_dot_sums_cpu(const at::Tensor& grad_, at::TensorList terms_) {
-  const at::Tensor grad = plane_contiguous(grad_) ? grad_ : grad_.contiguous();
-  const auto terms = prepare_terms("channel_dot_sums", terms_, &grad);
+  const bool rows = rows_layout(grad_);
+  const at::Tensor grad = rows || plane_contiguous(grad_) ? grad_ : grad_.contiguous();
+  const auto terms = prepare_terms("channel_dot_sums", terms_, &grad, rows);
+  if (rows) return dot_sums_rows(grad, terms);
   const int64_t K = terms.size(), N = grad.size(0), C = grad.size(1), HW = grad.size(2) * grad.size(3);
   const auto sdt = stats_dtype(grad.scalar_type());
   at::Tensor sg = at::zeros({C}, grad.options().dtype(at::kDouble));
@@ -162,12 +398,14 @@ std::tuple<at::Tensor, at::Tensor> channel_dot_sums_cpu(const at::Tensor& grad_,
 
 std::vector<at::Tensor> channel_affine_combine_cpu(const at::Tensor& grad_, at::TensorList terms_,
                                                    const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& c_) {
-  const at::Tensor grad = plane_contiguous(grad_) ? grad_ : grad_.contiguous();
-  const auto terms = prepare_terms("channel_affine_combine", terms_, &grad);
+  const bool rows = rows_layout(grad_);
+  const at::Tensor grad = rows || plane_contiguous(grad_) ? grad_ : grad_.contiguous();
+  const auto terms = prepare_terms("channel_affine_combine", terms_, &grad, rows);
   const int64_t K = terms.size(), N = grad.size(0), C = grad.size(1), HW = grad.size(2) * grad.size(3);
   check_coeffs("channel_affine_combine", "a", a_, K, C, grad);
   check_coeffs("channel_affine_combine", "b", b_, K, C, grad);
   check_coeffs("channel_affine_combine", "c", c_, K, C, grad);
+  if (rows) return affine_combine_rows(grad, terms, a_, b_, c_);
   std::vector<at::Tensor> outs;
   for (int64_t k = 0; k < K; ++k) outs.push_back(at::empty({N, C, grad.size(2), grad.size(3)}, grad.options()));
   if (K == 0) return outs;

@@ -165,6 +165,7 @@ std::tuple<at::Tensor, at::Tensor> channel_moments_cuda(at::TensorList terms_) {
 
 at::Tensor channel_weighted_sum_cuda(at::TensorList terms_, const at::Tensor& scale_, const at::Tensor& bias_) {
   const auto terms = prepare_terms("channel_weighted_sum", terms_);
+  const bool rows = rows_layout(terms_[0]);  // the output's layout (computed in planes)
   const at::Tensor& ref = terms[0];
   const c10::cuda::CUDAGuard guard(ref.device());
   const int64_t K = terms.size(), N = ref.size(0), C = ref.size(1), HW = ref.size(2) * ref.size(3);
@@ -173,7 +174,7 @@ at::Tensor channel_weighted_sum_cuda(at::TensorList terms_, const at::Tensor& sc
                     bias_.sizes());
   at::Tensor out = at::empty({N, C, ref.size(2), ref.size(3)}, ref.options());
   const int64_t total = out.numel();
-  if (total == 0) return out;
+  if (total == 0) return in_rows_layout_if(out, rows);
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, ref.scalar_type(), "channel_weighted_sum_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -192,7 +193,7 @@ at::Tensor channel_weighted_sum_cuda(at::TensorList terms_, const at::Tensor& sc
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return out;
+  return in_rows_layout_if(out, rows);
 }
 
 std::tuple<at::Tensor, at::Tensor> channel_dot_sums_cuda(const at::Tensor& grad_, at::TensorList terms_) {
@@ -226,6 +227,7 @@ std::tuple<at::Tensor, at::Tensor> channel_dot_sums_cuda(const at::Tensor& grad_
 std::vector<at::Tensor> channel_affine_combine_cuda(const at::Tensor& grad_, at::TensorList terms_,
                                                     const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& c_) {
   const at::Tensor grad = plane_contiguous(grad_) ? grad_ : grad_.contiguous();
+  const bool rows = rows_layout(grad_);  // the outputs' layout (computed in planes)
   const auto terms = prepare_terms("channel_affine_combine", terms_, &grad);
   const c10::cuda::CUDAGuard guard(grad.device());
   const int64_t K = terms.size(), N = grad.size(0), C = grad.size(1), HW = grad.size(2) * grad.size(3);
@@ -235,7 +237,10 @@ std::vector<at::Tensor> channel_affine_combine_cuda(const at::Tensor& grad_, at:
   std::vector<at::Tensor> outs;
   for (int64_t k = 0; k < K; ++k) outs.push_back(at::empty({N, C, grad.size(2), grad.size(3)}, grad.options()));
   const int64_t total = N * C * HW;
-  if (K == 0 || total == 0) return outs;
+  if (K == 0 || total == 0) {
+    for (auto& o : outs) o = in_rows_layout_if(o, rows);
+    return outs;
+  }
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "channel_affine_combine_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -252,6 +257,7 @@ std::vector<at::Tensor> channel_affine_combine_cuda(const at::Tensor& grad_, at:
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
+  for (auto& o : outs) o = in_rows_layout_if(o, rows);
   return outs;
 }
 
