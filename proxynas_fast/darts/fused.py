@@ -129,17 +129,32 @@ class _BatchNormBatchStats(torch.autograd.Function):
         return dy, dweight, dbias, None
 
 
+def _on_kernels(y: Tensor, bn: nn.BatchNorm2d) -> bool:
+    """Whether `bn` on `y` runs on the mixed-node kernels: batch statistics, on CPU, with the extension."""
+    return _uses_batch_stats(bn) and y.device.type == "cpu" and extension.has_cpu_kernels()
+
+
+def _kernel_batch_norm(y: Tensor, bns: Sequence[nn.BatchNorm2d], weight: Optional[Tensor] = None,
+                       bias: Optional[Tensor] = None, stats: Optional["_RunningStats"] = None) -> Tensor:
+    """`_BatchNormBatchStats` of y, channel block e belonging to bns[e] (same eps/momentum); their running
+    statistics updated at once, or by `stats.apply()` when `stats` collects a cell's updates."""
+    bn0 = bns[0]
+    out, mean, var = _BatchNormBatchStats.apply(y, weight, bias, bn0.eps)
+    if bn0.running_mean is not None:
+        rows = (len(bns), bn0.num_features)
+        pending = _RunningStats() if stats is None else stats
+        pending.add(bns, mean.view(rows), var.view(rows), y.numel() // y.shape[1])
+        if stats is None:
+            pending.apply()
+    return out
+
+
 def batch_norm(y: Tensor, bn: nn.BatchNorm2d) -> Tensor:
     """`bn(y)`: on the mixed-node kernels (`_BatchNormBatchStats`, affine or not) when `bn` normalises with batch
     statistics on CPU, its running statistics updated as the module does; else the module itself."""
-    if not (_uses_batch_stats(bn) and y.device.type == "cpu" and y.dim() == 4 and extension.has_cpu_kernels()):
-        return bn(y)
-    out, mean, var = _BatchNormBatchStats.apply(y, bn.weight, bn.bias, bn.eps)
-    if bn.running_mean is not None:
-        stats = _RunningStats()
-        stats.add([bn], mean.view(1, -1), var.view(1, -1), y.numel() // y.shape[1])
-        stats.apply()
-    return out
+    if y.dim() == 4 and _on_kernels(y, bn):
+        return _kernel_batch_norm(y, [bn], bn.weight, bn.bias)
+    return bn(y)
 
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -222,17 +237,10 @@ def _batch_norm_group(y: Tensor, bns: Sequence[nn.BatchNorm2d], stats: Optional[
     With batch statistics on CPU it runs on the mixed-node kernels (`_BatchNormBatchStats`), else aten's. The
     running statistics are updated at once, or by `stats.apply()` when `stats` collects a cell's updates."""
     bn0 = bns[0]
+    if _on_kernels(y, bn0):
+        return _kernel_batch_norm(y, bns, stats=stats)
     training = _uses_batch_stats(bn0)
     tracked = bn0.running_mean is not None
-    if training and y.device.type == "cpu" and extension.has_cpu_kernels():
-        out, mean, var = _BatchNormBatchStats.apply(y, None, None, bn0.eps)
-        if tracked:
-            rows = (len(bns), bn0.num_features)
-            pending = _RunningStats() if stats is None else stats
-            pending.add(bns, mean.view(rows), var.view(rows), y.numel() // y.shape[1])
-            if stats is None:
-                pending.apply()
-        return out
     factor = 0.0
     if training and tracked:
         with torch.no_grad():

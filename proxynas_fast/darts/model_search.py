@@ -259,8 +259,12 @@ class Network(nn.Module):
         )
 
     def _stem_forward(self, x: torch.Tensor):
-        s = fused.run_sequential(self.stem, x) if self.backend == "fused" else self.stem(x)
+        s = self._run_stem(self.stem, x)
         return s, s
+
+    def _run_stem(self, stem: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """`stem(x)`; the fused backend runs its BatchNorms on the mixed-node kernels (`fused.run_sequential`)."""
+        return fused.run_sequential(stem, x) if self.backend == "fused" else stem(x)
 
     def _make_cell(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev) -> Cell:
         return Cell(steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import fused
 from .model_search import Network
 from .pcdarts import PCDARTS_IMAGENET_K, PCNetwork
 
@@ -41,11 +40,8 @@ class ImageNetStemMixin:
     def _stem_forward(self, x: torch.Tensor):
         if self._stem_in_channels_last(x):
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.backend == "fused":  # BatchNorms on the mixed-node kernels (in place in channels_last)
-            s0 = fused.run_sequential(self.stem0, x)
-            return s0, fused.run_sequential(self.stem1, s0)
-        s0 = self.stem0(x)
-        return s0, self.stem1(s0)
+        s0 = self._run_stem(self.stem0, x)
+        return s0, self._run_stem(self.stem1, s0)
 
     def _stem_in_channels_last(self, x: torch.Tensor) -> bool:
         """The fused backend runs this stem in channels_last on CPU: oneDNN's dense 3x3 convolutions at 224, 112

@@ -56,7 +56,10 @@ struct RowPlan {
     chunk_rows = (L / C) * std::max<int64_t>(1, 8192 / L);
     chunks = (M + chunk_rows - 1) / chunk_rows;
   }
-  int64_t rows_of(int64_t chunk) const { return std::min(M, (chunk + 1) * chunk_rows) - chunk * chunk_rows; }
+  // Chunk `chunk` covers the flat elements [begin(chunk), end(chunk)), rows_of(chunk) whole rows.
+  int64_t begin(int64_t chunk) const { return chunk * chunk_rows * C; }
+  int64_t end(int64_t chunk) const { return std::min(M * C, begin(chunk + 1)); }
+  int64_t rows_of(int64_t chunk) const { return (end(chunk) - begin(chunk)) / C; }
 };
 
 // v[k, c] (K x C, contiguous) repeated along L: out[k * L + j] = v[k * C + j % C].
@@ -82,8 +85,8 @@ std::tuple<at::Tensor, at::Tensor> moments_rows(const std::vector<at::Tensor>& t
       std::vector<double> mu(C);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t chunk = item / K, k = item % K;
-        const int64_t n = rp.rows_of(chunk) * C;
-        const scalar_t* z = ptr[k] + chunk * rp.chunk_rows * C;
+        const int64_t n = rp.end(chunk) - rp.begin(chunk);
+        const scalar_t* z = ptr[k] + rp.begin(chunk);
         acc_t* a = lane.data();
         // Two passes over the chunk (it stays in L2): the sums, then the squares about the chunk's means.
         std::fill(lane.begin(), lane.end(), acc_t(0));
@@ -140,7 +143,7 @@ at::Tensor weighted_sum_rows(const std::vector<at::Tensor>& terms, const at::Ten
   const at::Tensor& ref = terms[0];
   const int64_t K = terms.size();
   const RowPlan rp(ref);
-  const int64_t C = rp.C, L = rp.L, total = rp.M * C;
+  const int64_t C = rp.C, L = rp.L;
   at::Tensor out = at::empty(ref.sizes(), ref.options().memory_format(at::MemoryFormat::ChannelsLast));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, ref.scalar_type(), "channel_weighted_sum_rows", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -155,7 +158,7 @@ at::Tensor weighted_sum_rows(const std::vector<at::Tensor>& terms, const at::Ten
       acc_t* a = acc.data();
       const acc_t* bb = bt.data();
       for (int64_t chunk = begin; chunk < end; ++chunk) {
-        const int64_t e0 = chunk * rp.chunk_rows * C, e1 = std::min(total, e0 + rp.chunk_rows * C);
+        const int64_t e0 = rp.begin(chunk), e1 = rp.end(chunk);
         for (int64_t b = e0; b < e1; b += L) {
           const int64_t len = std::min(L, e1 - b);
           _Pragma("omp simd")
@@ -179,7 +182,7 @@ at::Tensor weighted_sum_rows(const std::vector<at::Tensor>& terms, const at::Ten
 std::tuple<at::Tensor, at::Tensor> dot_sums_rows(const at::Tensor& grad, const std::vector<at::Tensor>& terms) {
   const int64_t K = terms.size();
   const RowPlan rp(grad);
-  const int64_t C = rp.C, L = rp.L, total = rp.M * C;
+  const int64_t C = rp.C, L = rp.L;
   std::vector<double> part_g(rp.chunks * C), part_gz(rp.chunks * K * C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "channel_dot_sums_rows", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -188,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor> dot_sums_rows(const at::Tensor& grad, const s
     run_chunks(rp.chunks, grain_for(rp.chunk_rows * C * (K + 1)), [&](int64_t begin, int64_t end) PNF_CHUNK_BODY {
       std::vector<acc_t> lane_g(L), lane_gz(K * L);
       for (int64_t chunk = begin; chunk < end; ++chunk) {
-        const int64_t e0 = chunk * rp.chunk_rows * C, e1 = std::min(total, e0 + rp.chunk_rows * C);
+        const int64_t e0 = rp.begin(chunk), e1 = rp.end(chunk);
         std::fill(lane_g.begin(), lane_g.end(), acc_t(0));
         std::fill(lane_gz.begin(), lane_gz.end(), acc_t(0));
         acc_t* ag = lane_g.data();
@@ -230,7 +233,7 @@ std::vector<at::Tensor> affine_combine_rows(const at::Tensor& grad, const std::v
                                             const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& c_) {
   const int64_t K = terms.size();
   const RowPlan rp(grad);
-  const int64_t C = rp.C, L = rp.L, total = rp.M * C;
+  const int64_t C = rp.C, L = rp.L;
   std::vector<at::Tensor> outs;
   for (int64_t k = 0; k < K; ++k)
     outs.push_back(at::empty(grad.sizes(), grad.options().memory_format(at::MemoryFormat::ChannelsLast)));
@@ -248,7 +251,7 @@ std::vector<at::Tensor> affine_combine_rows(const at::Tensor& grad, const std::v
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     run_chunks(rp.chunks, grain_for(rp.chunk_rows * C * K), [&](int64_t begin, int64_t end) PNF_CHUNK_BODY {
       for (int64_t chunk = begin; chunk < end; ++chunk) {
-        const int64_t e0 = chunk * rp.chunk_rows * C, e1 = std::min(total, e0 + rp.chunk_rows * C);
+        const int64_t e0 = rp.begin(chunk), e1 = rp.end(chunk);
         for (int64_t b0 = e0; b0 < e1; b0 += L) {
           const int64_t len = std::min(L, e1 - b0);
           const scalar_t* g = gp + b0;
