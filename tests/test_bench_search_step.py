@@ -36,3 +36,23 @@ def test_rounds_alternate_the_order_and_time_each_step_alone():
     assert times == durations
     # per round 4, 2, 2.5, 3 -> median 2.75; the ratio of the medians (5.5 / 2.5 = 2.2) is another number
     assert bench.paired_speedup(times) == pytest.approx(2.75)
+
+
+def test_counted_steps_log_cpu_time_and_the_pages_they_map():
+    torch = pytest.importorskip("torch")
+    log = []
+
+    def allocate():  # 64 MiB: above glibc's largest mmap threshold (32 MiB), so mapped afresh by every call
+        torch.empty(16 * 2**20).fill_(1.0)
+
+    def spin():  # CPU time without allocation
+        end = bench.time.process_time() + 0.05
+        while bench.time.process_time() < end:
+            pass
+
+    bench.counted(allocate, log)()
+    bench.counted(spin, log)()
+    (_, faults_alloc), (cpu_spin, faults_spin) = log
+    assert faults_alloc > 16 * 2**20 * 4 // 4096 // 2  # most of its 16,384 pages
+    assert faults_spin < 100
+    assert cpu_spin >= 0.05
