@@ -12,8 +12,8 @@ backend alone (pytest-benchmark's statistics, for regressions). `test_*_ratio` m
 interleaved: one model per backend, one step of each per round, the order reversed every other round, for
 PROXYNAS_BENCH_PAIRED_ROUNDS rounds (default 5); the ratio is the median over rounds of reference time / fused time
 (paired, so a change of the machine's load hits both sides of a round alike), with the ratio of the medians, the
-peak-memory ratio, the CPU-time ratio and each arm's minor page faults per step beside it in extra_info. It checks the goals on CPU (issue 18: >= 3.5x faster at both
-shapes, <= 0.6x activation memory).
+peak-memory ratio, the CPU-time ratio and each arm's minor page faults per step beside it in extra_info. It checks
+the goals on CPU (issue 18: >= 3.5x faster at both shapes, <= 0.6x activation memory).
 
 Peak memory: on GPU, torch.cuda.max_memory_allocated over one step (reset before). On CPU there is no allocator
 peak, so we measure the *activation memory* of a forward pass: the total size of the distinct storages that
@@ -147,20 +147,24 @@ def interleaved_times(steps: Dict[str, Callable[[], None]], rounds: int,
     return times
 
 
-def minor_page_faults() -> int:
-    """Minor page faults of this process so far (a fresh page of a new large allocation costs one)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def cpu_and_faults() -> Tuple[float, int]:
+    """(CPU seconds, minor page faults) of this process so far, from one getrusage call; a fresh page of a new
+    large allocation costs one fault."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime, usage.ru_minflt
 
 
 def counted(step: Callable[[], None], log: List[Tuple[float, int]]) -> Callable[[], None]:
     """`step`, appending (CPU seconds of this process, minor page faults) of each call to `log`. With the wall
-    times they tell the machine's state apart: CPU time below the wall time is time the process did not run
-    (other VMs, steal); CPU time that grows with the wall time is work or memory stalls; faults are pages the
-    step mapped afresh (2-4 us each on the 2-vCPU VMs; docs/PERFORMANCE.md)."""
+    times they tell the machine's state apart: CPU time well below threads x wall time is time the process's
+    threads did not run (other VMs, steal); CPU time that grows with the wall time is work, memory stalls or
+    threads spinning at barriers; faults are pages the step mapped afresh (2-4 us each on the 2-vCPU VMs;
+    docs/PERFORMANCE.md)."""
     def run():
-        cpu, faults = time.process_time(), minor_page_faults()
+        cpu, faults = cpu_and_faults()
         step()
-        log.append((time.process_time() - cpu, minor_page_faults() - faults))
+        cpu_after, faults_after = cpu_and_faults()
+        log.append((cpu_after - cpu, faults_after - faults))
     return run
 
 
