@@ -564,6 +564,108 @@ def test_affine_kernel_batch_norm_gradcheck():
         assert torch.autograd.gradcheck(lambda *a: fused._BatchNormBatchStats.apply(*a, 1e-5)[0], (y, w, b))
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_batch_norm_with_its_relu_folded_in_matches_the_modules(dtype, affine, layout):
+    """`fused.batch_norm(x, bn, relu=True)` (the ImageNet stem's BN + ReLU) and `_batch_norm_group(..., relu=True)`
+    (the separable convolutions' inner BN + ReLU) equal relu(bn(x)): output, input/weight/bias gradients, running
+    statistics. In training on CPU the ReLU runs inside the kernels: no relu and no threshold_backward op."""
+    torch.manual_seed(8)
+    C = 6
+    bn = torch.nn.BatchNorm2d(C, affine=affine).to(dtype)
+    if affine:
+        with torch.no_grad():
+            bn.weight.uniform_(-1.5, 1.5)  # negative scales flip which side the ReLU keeps
+            bn.bias.uniform_(-0.5, 0.5)
+    ref = copy.deepcopy(bn).double()
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    y = (torch.randn(4, C, 6, 7, dtype=torch.float64) * 3 + 1).to(dtype).contiguous(memory_format=fmt)
+    g = torch.randn(4, C, 6, 7, dtype=torch.float64).to(dtype).contiguous(memory_format=fmt)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    for training in (True, False):
+        bn.train(training)
+        ref.train(training)
+        runs = [lambda x: fused.batch_norm(x, bn, relu=True)]
+        if not affine:  # the groups are the search cells' affine-free BatchNorms
+            runs.append(lambda x: fused._batch_norm_group(x, [bn], relu=True))
+        for run in runs:
+            x = y.detach().requires_grad_()
+            seen = _OpNames()
+            params = [bn.weight, bn.bias] if affine else []
+            with seen:
+                out = run(x)
+                grads = torch.autograd.grad(out, [x] + params, g)
+            x64 = y.detach().double().requires_grad_()
+            want = torch.relu(ref(x64))
+            want_grads = torch.autograd.grad(want, [x64] + ([ref.weight, ref.bias] if affine else []), g.double())
+            assert 0 < int((out == 0).sum()) < out.numel()
+            torch.testing.assert_close(out.double(), want, **tol)
+            for got, w in zip(grads, want_grads):
+                torch.testing.assert_close(got.double(), w, **tol)
+            torch.testing.assert_close(bn.running_mean.double(), ref.running_mean, **tol)
+            torch.testing.assert_close(bn.running_var.double(), ref.running_var, **tol)
+            relu_ops = [n for n in seen.names if n.startswith("relu") or n == "threshold_backward"]
+            assert (relu_ops == []) == training, relu_ops
+
+
+def test_folded_relu_batch_norm_gradcheck():
+    torch.manual_seed(9)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        y = torch.randn(3, 4, 5, 6, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+        w = torch.randn(4, dtype=torch.float64).requires_grad_()
+        b = torch.randn(4, dtype=torch.float64).requires_grad_()
+        assert torch.autograd.gradcheck(lambda *a: fused._BatchNormBatchStats.apply(*a, 1e-5, True)[0], (y, w, b))
+
+
+@pytest.mark.parametrize("net", ["cifar", "imagenet"])
+def test_fused_networks_fold_every_relu_that_follows_a_batch_norm(net):
+    """In training on CPU, the separable convolutions' inner BN + ReLU and the ImageNet stem's BN + ReLU run as
+    one kernel BatchNorm, and each cell output's ReLU is computed once for the two cells that read it
+    (`fused.shared_relus`): the ReLUs a fused network still applies are one per state that edges read (shared by
+    all the state's candidates) and one per cell output read by a later cell (the CIFAR stem's output is both
+    inputs of the first cell; the ImageNet stem0's output is relu'd once for stem1 and the first cell); each
+    has one backward."""
+    from proxynas_fast.darts.model_search_imagenet import PCNetworkImageNetSearch
+
+    size = 32 if net == "cifar" else 64
+    counts = {}
+    for backend in ("reference", "fused"):
+        torch.manual_seed(0)
+        model = (Network(4, 5, 3, backend=backend) if net == "cifar" else
+                 PCNetworkImageNetSearch(C=4, num_classes=5, layers=3, backend=backend))
+        seen = _OpNames()
+        x, y = torch.randn(2, 3, size, size), torch.tensor([1, 4])
+        with seen:
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+        counts[backend] = {n: seen.names.count(n) for n in ("relu_", "relu", "threshold_backward")}
+    steps, cells = 4, 3
+    expected = cells * (steps + 1) + cells + (1 if net == "imagenet" else 0)
+    fused_relus = counts["fused"]["relu"] + counts["fused"]["relu_"]
+    assert fused_relus == expected == counts["fused"]["threshold_backward"], counts
+    assert counts["reference"]["relu"] + counts["reference"]["relu_"] > expected + cells * 2 * (steps + 1)
+
+
+def test_shared_relu_computes_each_tensors_relu_once_inside_the_context():
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    y = x * 2
+    assert fused.shared_relu(y) is not fused.shared_relu(y)  # outside: every call
+    with fused.shared_relus():
+        r = fused.shared_relu(y)
+        assert fused.shared_relu(y) is r and torch.equal(r, torch.relu(y))
+        with torch.no_grad():
+            assert fused.shared_relu(y) is not r  # another grad mode
+        z = y.detach().clone()
+        rz = fused.shared_relu(z)
+        z.mul_(-1)  # changed in place: computed again
+        assert fused.shared_relu(z) is not rz and torch.equal(fused.shared_relu(z), torch.relu(z))
+        with torch.inference_mode():
+            t = torch.randn(3)
+            assert torch.equal(fused.shared_relu(t), torch.relu(t))
+    (r.sum() * 2 + fused.shared_relu(y).sum()).backward()
+    torch.testing.assert_close(x.grad, 3 * 2 * (y > 0).to(x.dtype))  # d(2 relu(y) + relu(y))/dx, y = 2x
+
+
 @pytest.mark.parametrize("net", ["cifar", "imagenet"])
 def test_fused_stems_run_their_batch_norms_on_the_kernels(net):
     """Both stems (CIFAR: conv, BN; ImageNet: three conv/BN in channels_last) of a fused network in training mode

@@ -129,6 +129,9 @@ def test_mixed_node_kernels_reject_mismatched_terms(path, monkeypatch):
         mn.channel_weighted_sum([torch.randn(2, 3, 4, 4)], torch.ones(1, 3), torch.zeros(4))
     with pytest.raises(ValueError, match="needs at least one term"):
         mn.channel_moments([])
+    with pytest.raises(ValueError, match=r"channel_affine_combine: gate must be \[2, 3\]"):
+        mn.channel_affine_combine(torch.randn(2, 3, 4, 4), [torch.randn(2, 3, 4, 4)], *torch.ones(3, 1, 3),
+                                  gate=torch.ones(3))
 
 
 def _node_inputs(device, training):

@@ -415,6 +415,69 @@ def test_mixed_node_opcheck(device, K, terms_layout, grad_layout):
     torch.library.opcheck(ops.channel_weighted_sum, (terms, a, b[0]))
     torch.library.opcheck(ops.channel_dot_sums, (grad, terms))
     torch.library.opcheck(ops.channel_affine_combine, (grad, terms, a, b, c))
+    gate = torch.stack([a[0], b[0]])
+    torch.library.opcheck(ops.channel_weighted_sum, (terms[:1], a[:1], b[0], True))
+    torch.library.opcheck(ops.channel_dot_sums, (grad, terms, gate))
+    torch.library.opcheck(ops.channel_affine_combine, (grad, terms, a, b, c, gate))
+
+
+# The ReLU folded into a one-term BatchNorm: shapes with one plane/chunk, and (channels_last) many chunks of rows
+# whose last block is partial (C = 24 and 3 are not whole vectors).
+RELU_SHAPES = [(2, 3, 4, 5), (3, 24, 23, 21), (3, 3, 23, 21)]
+
+
+@pytest.mark.parametrize("shape", RELU_SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_node_relu_and_gate_are_a_relu_after_the_batch_norm(device, dtype, layout, shape):
+    """channel_weighted_sum(relu=True) is relu of the sum; the backward ops with gate = (scale; shift) read the
+    gradient exactly as aten's relu backward reads it on that output (threshold_backward(grad, out, 0)), and only
+    terms[0] gates. So a BatchNorm + ReLU needs neither the ReLU's pass nor its gradient's."""
+    require_kernels(device)
+    if shape != RELU_SHAPES[0] and (device == "cuda" or layout in ("block", "strided")):
+        pytest.skip("the chunked rows layout is the CPU kernels' (channels_last and contiguous cover planes)")
+    C = shape[1]
+    g = torch.Generator().manual_seed(3)
+    z = make_tensor(shape, dtype, device, layout, scale=2.0, seed=5)
+    other = make_tensor(shape, dtype, device, layout, seed=8)
+    grad = make_tensor(shape, dtype, device, layout, seed=6)
+    scale = torch.randn(1, C, generator=g).to(device)  # negative scales too (an affine BatchNorm)
+    shift = torch.randn(C, generator=g).to(device)
+    out = ops.channel_weighted_sum([z], scale, shift, True)
+    plain = ops.channel_weighted_sum([z], scale, shift)
+    assert torch.equal(out, torch.relu(plain)) and 0 < int((out == 0).sum()) < out.numel()
+    assert_close_to_f64(out, mn.channel_weighted_sum_reference([z.double()], scale.double(), shift.double(),
+                                                               relu=True), dtype)
+    gate = torch.stack([scale[0], shift])
+    through = torch.ops.aten.threshold_backward(grad, out, 0)  # what autograd's relu backward would pass on
+    terms, t64 = [z, other], [z.double(), other.double()]
+    stat_tol = TOL[torch.float64] if dtype == torch.float64 else TOL[torch.float32]
+    tol = dict(rtol=stat_tol["rtol"], atol=stat_tol["atol"] * 10)
+    sg, sgz = ops.channel_dot_sums(grad, terms, gate)
+    rsg, rsgz = mn.channel_dot_sums_reference(through.double(), t64)
+    torch.testing.assert_close(sg.double(), rsg, **tol)
+    torch.testing.assert_close(sgz.double(), rsgz, **tol)
+    a, b, c = (v[:2].repeat(1, C)[:, :C].contiguous() for v in _coeffs(2, device))
+    outs = ops.channel_affine_combine(grad, terms, a, b, c, gate)
+    want = mn.channel_affine_combine_reference(through.double(), t64, a.double(), b.double(), c.double())
+    for got, w in zip(outs, want):
+        assert got.dtype == dtype
+        assert_close_to_f64(got, w, dtype)
+    # the reference path's gate is the same
+    for got, w in zip(mn.channel_affine_combine_reference(grad, terms, a, b, c, gate),
+                      mn.channel_affine_combine_reference(through, terms, a, b, c)):
+        torch.testing.assert_close(got, w)
+
+
+def test_mixed_node_gate_is_checked():
+    require_kernels("cpu")
+    grad, z = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"channel_dot_sums: gate must be \[2, 3\], got \[2, 4\]"):
+        ops.channel_dot_sums(grad, [z], torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="channel_affine_combine: a gate needs a first term"):
+        ops.channel_affine_combine(grad, [], torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, 3),
+                                   torch.zeros(2, 3))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])

@@ -59,4 +59,22 @@ inline void check_coeffs(const char* op, const char* name, const at::Tensor& t, 
   TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), ", expected ", ref.device());
 }
 
+// The ReLU gate of the backward ops (ops/mixed_node.cpp): [2, C] (scale; shift) on the gradient's device, with a
+// first term to gate by.
+inline void check_gate(const char* op, const at::Tensor& gate, int64_t K, int64_t C, const at::Tensor& ref) {
+  TORCH_CHECK_VALUE(K >= 1, op, ": a gate needs a first term to gate the gradient by");
+  TORCH_CHECK_VALUE(gate.dim() == 2 && gate.size(0) == 2 && gate.size(1) == C, op, ": gate must be [2, ", C,
+                    "], got ", gate.sizes());
+  TORCH_CHECK_VALUE(gate.device() == ref.device(), op, ": gate is on ", gate.device(), ", expected ", ref.device());
+}
+
+// grad where (gate[0, c] * z + gate[1, c]), rounded to grad's dtype, is > 0, else 0: the gate by aten ops (the
+// CUDA path; the CPU kernels gate in their own passes). NaN passes the gradient, as aten's relu backward does.
+inline at::Tensor gated_gradient(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& gate) {
+  const auto acc = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor g = gate.to(acc);
+  const at::Tensor pre = (z.to(acc) * g[0].view({1, -1, 1, 1}) + g[1].view({1, -1, 1, 1})).to(grad.scalar_type());
+  return at::where(pre <= 0, at::zeros({}, grad.options()), grad);
+}
+
 }  // namespace proxynas_fast

@@ -7,7 +7,9 @@ in training mode (batch-statistics BatchNorm, running statistics updated like nn
 What is fused, relative to the reference (which evaluates 8 ops on each of the 14 edges independently):
 
 * one ReLU per node, shared by the 4 convolutional candidates (and the FactorizedReduce skip) of every edge that
-  reads the node (the reference applies 4-5 ReLUs per edge);
+  reads the node (the reference applies 4-5 ReLUs per edge); one per cell output, shared by the preprocessings
+  of the two cells that read it (`shared_relus`, opened by the network's forward); the ReLU after a BatchNorm
+  (the separable convolutions' inner one, the ImageNet stem's) folded into the kernel BatchNorm;
 * the depthwise convolutions of one candidate type on all E edges that read the same node run as one depthwise
   convolution with channel multiplier E (`proxynas_fast.ops.dw_conv2d`, a fast CPU kernel), the pointwise
   convolutions as one grouped 1x1 convolution (`proxynas_fast.ops.pw_conv2d`: a CPU kernel, torch.matmul
@@ -26,6 +28,8 @@ follows the reference's dtypes (convolutions in bfloat16, statistics and sums ac
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import weakref
 from dataclasses import dataclass, field
 from typing import Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
@@ -93,40 +97,44 @@ def _bn_grad_coefficients(coef_g: Tensor, rstd: Tensor, mu: Tensor, sg: Tensor, 
 
 class _BatchNormBatchStats(torch.autograd.Function):
     """BatchNorm of y [N, C, H, W] with its batch statistics, by the mixed-node kernels, affine-free or with a
-    weight and bias: one pass for the statistics, one for the output; the backward one for the sums, one for the
-    gradient. Returns (output, mean, biased variance); the statistics are not differentiable. y may be in planes
+    weight and bias, and with `relu` the ReLU after it folded in (the output pass clamps; the backward passes read
+    the gradient through the ReLU's gate, recomputed from y: no ReLU pass, no tensor or pass for its gradient): one
+    pass for the statistics, one for the output; the backward one for the sums, one for the gradient. Returns
+    (output, mean, biased variance); the statistics are not differentiable. y may be in planes
     (NCHW) or in channels_last (read in place; output and gradient in channels_last too). On CPU, aten's
     batch_norm takes 2-6x longer at the cells' sizes (forward, 1 thread: 1.07 vs 0.22 ms at [32, 32, 28, 28],
     2.87 vs 0.46 ms at [64, 32, 32, 32]), and its channels_last backward ~2.5x longer at the ImageNet stem's
     [32, 24, 112, 112] (docs/PERFORMANCE.md)."""
 
     @staticmethod
-    def forward(ctx, y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+    def forward(ctx, y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, relu: bool = False):
         mean, var = channel_moments([y])
         mu, var = mean[0], var[0]
         rstd = torch.rsqrt(var + eps)
         scale = rstd if weight is None else _as(weight, rstd.dtype) * rstd
         shift = -scale * mu if bias is None else _as(bias, rstd.dtype) - scale * mu
-        out = channel_weighted_sum([y], scale[None], shift)
-        ctx.save_for_backward(y, mu, rstd, scale)
+        out = channel_weighted_sum([y], scale[None], shift, relu)
+        ctx.save_for_backward(y, mu, rstd, scale, shift)
+        ctx.relu = relu
         ctx.param_dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(mu, var)
         return out, mu, var
 
     @staticmethod
     def backward(ctx, grad: Tensor, _grad_mean, _grad_var):
-        y, mu, rstd, scale = ctx.saved_tensors
+        y, mu, rstd, scale, shift = ctx.saved_tensors
         g = _as(grad, y.dtype)
         g = g.contiguous(memory_format=torch.channels_last) if rows_layout(y) else g.contiguous()
-        sg, sgz = channel_dot_sums(g, [y])
+        gate = torch.stack([scale, shift]) if ctx.relu else None  # the output's sign, as the forward rounded it
+        sg, sgz = channel_dot_sums(g, [y], gate)
         sgxhat, coef_z, coef_c = _bn_grad_coefficients(scale, rstd, mu, sg, sgz[0], g.numel() // g.shape[1])
         dy = None
         if ctx.needs_input_grad[0]:
-            (dy,) = channel_affine_combine(g, [y], scale[None], coef_z[None], coef_c[None])
+            (dy,) = channel_affine_combine(g, [y], scale[None], coef_z[None], coef_c[None], gate)
         weight_dtype, bias_dtype = ctx.param_dtypes
         dweight = _as(sgxhat, weight_dtype) if weight_dtype is not None and ctx.needs_input_grad[1] else None
         dbias = _as(sg, bias_dtype) if bias_dtype is not None and ctx.needs_input_grad[2] else None
-        return dy, dweight, dbias, None
+        return dy, dweight, dbias, None, None
 
 
 def _on_kernels(y: Tensor, bn: nn.BatchNorm2d) -> bool:
@@ -135,11 +143,13 @@ def _on_kernels(y: Tensor, bn: nn.BatchNorm2d) -> bool:
 
 
 def _kernel_batch_norm(y: Tensor, bns: Sequence[nn.BatchNorm2d], weight: Optional[Tensor] = None,
-                       bias: Optional[Tensor] = None, stats: Optional["_RunningStats"] = None) -> Tensor:
-    """`_BatchNormBatchStats` of y, channel block e belonging to bns[e] (same eps/momentum); their running
-    statistics updated at once, or by `stats.apply()` when `stats` collects a cell's updates."""
+                       bias: Optional[Tensor] = None, stats: Optional["_RunningStats"] = None,
+                       relu: bool = False) -> Tensor:
+    """`_BatchNormBatchStats` of y (with `relu`, followed by a ReLU), channel block e belonging to bns[e] (same
+    eps/momentum); their running statistics updated at once, or by `stats.apply()` when `stats` collects a cell's
+    updates."""
     bn0 = bns[0]
-    out, mean, var = _BatchNormBatchStats.apply(y, weight, bias, bn0.eps)
+    out, mean, var = _BatchNormBatchStats.apply(y, weight, bias, bn0.eps, relu)
     if bn0.running_mean is not None:
         rows = (len(bns), bn0.num_features)
         pending = _RunningStats() if stats is None else stats
@@ -149,12 +159,48 @@ def _kernel_batch_norm(y: Tensor, bns: Sequence[nn.BatchNorm2d], weight: Optiona
     return out
 
 
-def batch_norm(y: Tensor, bn: nn.BatchNorm2d) -> Tensor:
-    """`bn(y)`: on the mixed-node kernels (`_BatchNormBatchStats`, affine or not) when `bn` normalises with batch
-    statistics on CPU, its running statistics updated as the module does; else the module itself."""
+def batch_norm(y: Tensor, bn: nn.BatchNorm2d, relu: bool = False) -> Tensor:
+    """`bn(y)` (with `relu`, `relu(bn(y))`): on the mixed-node kernels (`_BatchNormBatchStats`, affine or not, the
+    ReLU folded in) when `bn` normalises with batch statistics on CPU, its running statistics updated as the
+    module does; else the module itself (and a ReLU)."""
     if y.dim() == 4 and _on_kernels(y, bn):
-        return _kernel_batch_norm(y, [bn], bn.weight, bn.bias)
-    return bn(y)
+        return _kernel_batch_norm(y, [bn], bn.weight, bn.bias, relu=relu)
+    return F.relu(bn(y), inplace=True) if relu else bn(y)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One ReLU per tensor within a network's forward
+# --------------------------------------------------------------------------------------------------------------
+_RELU_MEMO: contextvars.ContextVar[Optional[Dict[int, Tuple[Tensor, int, bool, Tensor]]]] = \
+    contextvars.ContextVar("proxynas_fast_relu_memo", default=None)
+
+
+@contextlib.contextmanager
+def shared_relus() -> Iterator[None]:
+    """Within it, `shared_relu(x)` computes relu(x) once per tensor: a cell's output is read by the next two
+    cells' preprocessings, and each starts with a ReLU (the ImageNet stem0's output also by stem1's ReLU). One
+    ReLU, one tensor kept for backward and one gradient pass instead of two. The network's forward opens it
+    (`Network.forward`, fused backend); it holds its tensors until it closes."""
+    token = _RELU_MEMO.set({})
+    try:
+        yield
+    finally:
+        _RELU_MEMO.reset(token)
+
+
+def shared_relu(x: Tensor) -> Tensor:
+    """relu(x), computed once per tensor x inside `shared_relus` (again if x was changed in place since, or the
+    grad mode differs), else every call."""
+    memo = _RELU_MEMO.get()
+    if memo is None or x.is_inference():  # inference tensors have no version counter
+        return F.relu(x)
+    grad_mode = torch.is_grad_enabled()
+    hit = memo.get(id(x))
+    if hit is not None and hit[0] is x and hit[1] == x._version and hit[2] == grad_mode:
+        return hit[3]
+    r = F.relu(x)
+    memo[id(x)] = (x, x._version, grad_mode, r)  # x kept: its id is not reused while the memo lives
+    return r
 
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -168,12 +214,25 @@ def _hooked(modules: Sequence[nn.Module]) -> bool:
 
 
 def run_sequential(seq: nn.Sequential, x: Tensor) -> Tensor:
-    """`seq(x)` with its BatchNorm2d modules run by `batch_norm` (the fused backend's stems). With a hook on the
-    Sequential or a child (or a global module hook), `seq(x)` itself, so that every hook runs as it would."""
-    if _hooked([seq, *seq]):
+    """`seq(x)` with its BatchNorm2d modules run by `batch_norm`, a ReLU right after one folded into it, any other
+    out-of-place ReLU by `shared_relu` (the fused backend's stems). With a hook on the Sequential or a child (or a
+    global module hook), `seq(x)` itself, so that every hook runs as it would."""
+    modules = list(seq)
+    if _hooked([seq, *modules]):
         return seq(x)
-    for module in seq:
-        x = batch_norm(x, module) if type(module) is nn.BatchNorm2d else module(x)
+    i = 0
+    while i < len(modules):
+        module = modules[i]
+        if type(module) is nn.BatchNorm2d:
+            relu = i + 1 < len(modules) and type(modules[i + 1]) is nn.ReLU
+            x = batch_norm(x, module, relu)
+            i += 2 if relu else 1
+        elif type(module) is nn.ReLU and not module.inplace:
+            x = shared_relu(x)
+            i += 1
+        else:
+            x = module(x)
+            i += 1
     return x
 
 
@@ -232,13 +291,15 @@ def _update_running_stats(bns: Sequence[nn.BatchNorm2d], means: Sequence[Tensor]
                                  factor)
 
 
-def _batch_norm_group(y: Tensor, bns: Sequence[nn.BatchNorm2d], stats: Optional[_RunningStats] = None) -> Tensor:
-    """BatchNorm of [N, E*C, H, W] where channel block e belongs to bns[e] (same eps/momentum), in one call.
-    With batch statistics on CPU it runs on the mixed-node kernels (`_BatchNormBatchStats`), else aten's. The
-    running statistics are updated at once, or by `stats.apply()` when `stats` collects a cell's updates."""
+def _batch_norm_group(y: Tensor, bns: Sequence[nn.BatchNorm2d], stats: Optional[_RunningStats] = None,
+                      relu: bool = False) -> Tensor:
+    """BatchNorm of [N, E*C, H, W] where channel block e belongs to bns[e] (same eps/momentum), in one call, with
+    `relu` followed by a ReLU. With batch statistics on CPU it runs on the mixed-node kernels
+    (`_BatchNormBatchStats`, the ReLU folded in), else aten's. The running statistics are updated at once, or by
+    `stats.apply()` when `stats` collects a cell's updates."""
     bn0 = bns[0]
     if _on_kernels(y, bn0):
-        return _kernel_batch_norm(y, bns, stats=stats)
+        return _kernel_batch_norm(y, bns, stats=stats, relu=relu)
     training = _uses_batch_stats(bn0)
     tracked = bn0.running_mean is not None
     factor = 0.0
@@ -252,7 +313,7 @@ def _batch_norm_group(y: Tensor, bns: Sequence[nn.BatchNorm2d], stats: Optional[
         with torch.no_grad():
             torch._foreach_copy_([b.running_mean for b in bns], list(rm.split(bn0.num_features)))
             torch._foreach_copy_([b.running_var for b in bns], list(rv.split(bn0.num_features)))
-    return out
+    return F.relu(out, inplace=True) if relu else out
 
 
 def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -631,7 +692,7 @@ def _conv_branches(r: Tensor, readers: _StateReaders, stats: _RunningStats) -> L
         op = readers.convs[prim]  # op[i]: the i-th module of the candidate's `.op`, of every edge
         y = _grouped_pointwise(_grouped_depthwise(r, op[1], readers.stride), op[2])
         if prim.startswith("sep"):
-            y = F.relu(_batch_norm_group(y, op[3], stats), inplace=True)
+            y = _batch_norm_group(y, op[3], stats, relu=True)
             y = _grouped_pointwise(_grouped_depthwise(y, op[5], 1), op[6])
         for e, part in enumerate(y.split(y.shape[1] // E, dim=1)):
             out[e].append(part)
@@ -736,12 +797,13 @@ def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor,
 def _preprocess(module: nn.Module, x: Tensor, stats: Optional[_RunningStats] = None) -> Tensor:
     """A cell's input preprocessing, `module(x)`: for the search cells' ReLUConvBN 1x1 (on `pw_conv2d`) and
     FactorizedReduce, with affine-free BatchNorms, the BatchNorm runs through `_batch_norm_group` (on CPU, the
-    mixed-node kernels; running statistics to `stats` when given); any other module runs as it is."""
+    mixed-node kernels; running statistics to `stats` when given), its ReLU by `shared_relu`; any other module
+    runs as it is."""
     if isinstance(module, ReLUConvBN) and len(module.op) == 3:
         relu, conv, bn = module.op
         if (isinstance(relu, nn.ReLU) and _plain_1x1(conv) and isinstance(bn, nn.BatchNorm2d) and not bn.affine
                 and type(bn) is nn.BatchNorm2d):
-            y = pw_conv2d(F.relu(x), conv.weight.view(1, conv.out_channels, conv.in_channels))
+            y = pw_conv2d(shared_relu(x), conv.weight.view(1, conv.out_channels, conv.in_channels))
             return _batch_norm_group(y, [bn], stats)
     if isinstance(module, FactorizedReduce) and type(module.bn) is nn.BatchNorm2d and not module.bn.affine:
         if type(module).before_bn is FactorizedReduce.before_bn and type(module.relu) is nn.ReLU \
@@ -749,7 +811,7 @@ def _preprocess(module: nn.Module, x: Tensor, stats: Optional[_RunningStats] = N
             # both convolutions as one 2x2 stride-2 convolution: no slice of the input, no cat of the outputs
             # (their backward filled a zero tensor, copied the slice's gradient in and made each output gradient
             # contiguous: ~45 ms of the ImageNet step at 2 threads)
-            (y,) = _factorized_reduce_group(F.relu(x), [module])
+            (y,) = _factorized_reduce_group(shared_relu(x), [module])
         else:
             y = module.before_bn(x)
         return _batch_norm_group(y, [module.bn], stats)

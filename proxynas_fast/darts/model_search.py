@@ -17,6 +17,7 @@ a fast path on the network's device (`default_backend`).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -359,9 +360,11 @@ class Network(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self._cell_weights()
-        s0, s1 = self._stem_forward(x)
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, *weights[cell.reduction])
+        # fused: each cell output's ReLU computed once for the two cells that read it (`fused.shared_relus`)
+        with fused.shared_relus() if self.backend == "fused" else contextlib.nullcontext():
+            s0, s1 = self._stem_forward(x)
+            for cell in self.cells:
+                s0, s1 = s1, cell(s0, s1, *weights[cell.reduction])
         out = self.global_pooling(s1)
         return self.classifier(out.flatten(1))
 

@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <numeric>
+#include <optional>
 #include <vector>
 
 #include "ops/cpu/cpu_isa.h"
@@ -69,6 +70,34 @@ std::vector<acc_t> tiled(const acc_t* v, int64_t K, int64_t C, int64_t L) {
   for (int64_t k = 0; k < K; ++k)
     for (int64_t j = 0; j < L; ++j) out[k * L + j] = v[k * C + j % C];
   return out;
+}
+
+// The ReLU folded into a BatchNorm (ops/mixed_node.cpp). The forward writes max(v, 0) (NaN stays NaN, as aten's
+// relu); the backward reads the gradient through it: out[i] = grad[i] unless s * z[i] + b, rounded to the dtype
+// as the forward wrote it, is <= 0 (so NaN passes, as in aten's relu backward).
+template <typename acc_t>
+PNF_INLINE_CHUNK acc_t relu_if(acc_t v, bool relu) {
+  return relu && v < acc_t(0) ? acc_t(0) : v;
+}
+template <typename scalar_t, typename acc_t>
+PNF_INLINE_CHUNK void gate_plane(const scalar_t* g, const scalar_t* z, acc_t s, acc_t b, int64_t n, scalar_t* out) {
+  _Pragma("omp simd")
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = static_cast<scalar_t>(s * static_cast<acc_t>(z[i]) + b) <= scalar_t(0) ? scalar_t(0) : g[i];
+}
+template <typename scalar_t, typename acc_t>
+PNF_INLINE_CHUNK void gate_block(const scalar_t* g, const scalar_t* z, const acc_t* s, const acc_t* b, int64_t n,
+                                 scalar_t* out) {
+  _Pragma("omp simd")
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = static_cast<scalar_t>(s[i] * static_cast<acc_t>(z[i]) + b[i]) <= scalar_t(0) ? scalar_t(0) : g[i];
+}
+// The gate's two rows (scale; shift) in the compute type: [2 * C].
+template <typename acc_t>
+std::vector<acc_t> gate_values(const std::optional<at::Tensor>& gate) {
+  if (!gate.has_value()) return {};
+  const at::Tensor g = gate->to(at::kCPU).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  return std::vector<acc_t>(g.const_data_ptr<acc_t>(), g.const_data_ptr<acc_t>() + g.numel());
 }
 
 std::tuple<at::Tensor, at::Tensor> moments_rows(const std::vector<at::Tensor>& terms) {
@@ -139,7 +168,8 @@ std::tuple<at::Tensor, at::Tensor> moments_rows(const std::vector<at::Tensor>& t
   return {mean.to(sdt), var.to(sdt)};
 }
 
-at::Tensor weighted_sum_rows(const std::vector<at::Tensor>& terms, const at::Tensor& scale_, const at::Tensor& bias_) {
+at::Tensor weighted_sum_rows(const std::vector<at::Tensor>& terms, const at::Tensor& scale_, const at::Tensor& bias_,
+                             bool relu) {
   const at::Tensor& ref = terms[0];
   const int64_t K = terms.size();
   const RowPlan rp(ref);
@@ -171,7 +201,7 @@ at::Tensor weighted_sum_rows(const std::vector<at::Tensor>& terms, const at::Ten
           }
           scalar_t* o = op + b;
           _Pragma("omp simd")
-          for (int64_t j = 0; j < len; ++j) o[j] = static_cast<scalar_t>(a[j]);
+          for (int64_t j = 0; j < len; ++j) o[j] = static_cast<scalar_t>(relu_if(a[j], relu));
         }
       }
     });
@@ -179,7 +209,8 @@ at::Tensor weighted_sum_rows(const std::vector<at::Tensor>& terms, const at::Ten
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> dot_sums_rows(const at::Tensor& grad, const std::vector<at::Tensor>& terms) {
+std::tuple<at::Tensor, at::Tensor> dot_sums_rows(const at::Tensor& grad, const std::vector<at::Tensor>& terms,
+                                                 const std::optional<at::Tensor>& gate) {
   const int64_t K = terms.size();
   const RowPlan rp(grad);
   const int64_t C = rp.C, L = rp.L;
@@ -188,8 +219,12 @@ std::tuple<at::Tensor, at::Tensor> dot_sums_rows(const at::Tensor& grad, const s
     using acc_t = at::opmath_type<scalar_t>;
     const auto ptr = base_ptrs<scalar_t>(terms);
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const auto gv = gate_values<acc_t>(gate);
+    const auto gs = gate ? tiled(gv.data(), 1, C, L) : std::vector<acc_t>();
+    const auto gb = gate ? tiled(gv.data() + C, 1, C, L) : std::vector<acc_t>();
     run_chunks(rp.chunks, grain_for(rp.chunk_rows * C * (K + 1)), [&](int64_t begin, int64_t end) PNF_CHUNK_BODY {
       std::vector<acc_t> lane_g(L), lane_gz(K * L);
+      std::vector<scalar_t> gated(gate ? L : 0);
       for (int64_t chunk = begin; chunk < end; ++chunk) {
         const int64_t e0 = rp.begin(chunk), e1 = rp.end(chunk);
         std::fill(lane_g.begin(), lane_g.end(), acc_t(0));
@@ -198,6 +233,10 @@ std::tuple<at::Tensor, at::Tensor> dot_sums_rows(const at::Tensor& grad, const s
         for (int64_t b = e0; b < e1; b += L) {
           const int64_t len = std::min(L, e1 - b);
           const scalar_t* g = gp + b;
+          if (gate) {
+            gate_block(g, ptr[0] + b, gs.data(), gb.data(), len, gated.data());
+            g = gated.data();
+          }
           _Pragma("omp simd")
           for (int64_t j = 0; j < len; ++j) ag[j] += static_cast<acc_t>(g[j]);
           for (int64_t k = 0; k < K; ++k) {
@@ -230,7 +269,8 @@ std::tuple<at::Tensor, at::Tensor> dot_sums_rows(const at::Tensor& grad, const s
 }
 
 std::vector<at::Tensor> affine_combine_rows(const at::Tensor& grad, const std::vector<at::Tensor>& terms,
-                                            const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& c_) {
+                                            const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& c_,
+                                            const std::optional<at::Tensor>& gate) {
   const int64_t K = terms.size();
   const RowPlan rp(grad);
   const int64_t C = rp.C, L = rp.L;
@@ -249,12 +289,20 @@ std::vector<at::Tensor> affine_combine_rows(const at::Tensor& grad, const std::v
     std::vector<scalar_t*> optr;
     for (auto& o : outs) optr.push_back(o.mutable_data_ptr<scalar_t>());
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const auto gv = gate_values<acc_t>(gate);
+    const auto gs = gate ? tiled(gv.data(), 1, C, L) : std::vector<acc_t>();
+    const auto gb = gate ? tiled(gv.data() + C, 1, C, L) : std::vector<acc_t>();
     run_chunks(rp.chunks, grain_for(rp.chunk_rows * C * K), [&](int64_t begin, int64_t end) PNF_CHUNK_BODY {
+      std::vector<scalar_t> gated(gate ? L : 0);
       for (int64_t chunk = begin; chunk < end; ++chunk) {
         const int64_t e0 = rp.begin(chunk), e1 = rp.end(chunk);
         for (int64_t b0 = e0; b0 < e1; b0 += L) {
           const int64_t len = std::min(L, e1 - b0);
           const scalar_t* g = gp + b0;
+          if (gate) {
+            gate_block(g, ptr[0] + b0, gs.data(), gb.data(), len, gated.data());
+            g = gated.data();
+          }
           for (int64_t k = 0; k < K; ++k) {
             const acc_t* av = at_.data() + k * L;
             const acc_t* bv = bt.data() + k * L;
@@ -318,7 +366,8 @@ std::tuple<at::Tensor, at::Tensor> channel_moments_cpu(at::TensorList terms_) {
   return {mean.to(sdt), var.to(sdt)};
 }
 
-at::Tensor channel_weighted_sum_cpu(at::TensorList terms_, const at::Tensor& scale_, const at::Tensor& bias_) {
+at::Tensor channel_weighted_sum_cpu(at::TensorList terms_, const at::Tensor& scale_, const at::Tensor& bias_,
+                                    bool relu) {
   const bool rows = !terms_.empty() && rows_layout(terms_[0]);
   const auto terms = prepare_terms("channel_weighted_sum", terms_, nullptr, rows);
   const at::Tensor& ref = terms[0];
@@ -326,7 +375,7 @@ at::Tensor channel_weighted_sum_cpu(at::TensorList terms_, const at::Tensor& sca
   check_coeffs("channel_weighted_sum", "scale", scale_, K, C, ref);
   TORCH_CHECK_VALUE(bias_.dim() == 1 && bias_.size(0) == C, "channel_weighted_sum: bias must be [", C, "], got ",
                     bias_.sizes());
-  if (rows) return weighted_sum_rows(terms, scale_, bias_);
+  if (rows) return weighted_sum_rows(terms, scale_, bias_, relu);
   at::Tensor out = at::empty({N, C, ref.size(2), ref.size(3)}, ref.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, ref.scalar_type(), "channel_weighted_sum_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -352,18 +401,20 @@ at::Tensor channel_weighted_sum_cpu(at::TensorList terms_, const at::Tensor& sca
         }
         scalar_t* o = op + p * HW;
         _Pragma("omp simd")
-        for (int64_t i = 0; i < HW; ++i) o[i] = static_cast<scalar_t>(a[i]);
+        for (int64_t i = 0; i < HW; ++i) o[i] = static_cast<scalar_t>(relu_if(a[i], relu));
       }
     });
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> channel_dot_sums_cpu(const at::Tensor& grad_, at::TensorList terms_) {
+std::tuple<at::Tensor, at::Tensor> channel_dot_sums_cpu(const at::Tensor& grad_, at::TensorList terms_,
+                                                        const std::optional<at::Tensor>& gate) {
   const bool rows = rows_layout(grad_);
   const at::Tensor grad = rows || plane_contiguous(grad_) ? grad_ : grad_.contiguous();
   const auto terms = prepare_terms("channel_dot_sums", terms_, &grad, rows);
-  if (rows) return dot_sums_rows(grad, terms);
+  if (gate) check_gate("channel_dot_sums", *gate, terms.size(), grad.size(1), grad);
+  if (rows) return dot_sums_rows(grad, terms, gate);
   const int64_t K = terms.size(), N = grad.size(0), C = grad.size(1), HW = grad.size(2) * grad.size(3);
   const auto sdt = stats_dtype(grad.scalar_type());
   at::Tensor sg = at::zeros({C}, grad.options().dtype(at::kDouble));
@@ -376,11 +427,17 @@ std::tuple<at::Tensor, at::Tensor> channel_dot_sums_cpu(const at::Tensor& grad_,
     const int64_t gbs = grad.stride(0);
     double* sgp = sg.mutable_data_ptr<double>();
     double* sgzp = sgz.mutable_data_ptr<double>();
+    const auto gv = gate_values<acc_t>(gate);
     // One thread owns channel c: the gradient plane is loaded once per sample and dotted with every term.
     run_chunks(C, grain_for(N * (K + 1) * HW), [&](int64_t begin, int64_t end) PNF_CHUNK_BODY {
+      std::vector<scalar_t> gated(gate ? HW : 0);
       for (int64_t c = begin; c < end; ++c) {
         for (int64_t n = 0; n < N; ++n) {
           const scalar_t* g = gp + n * gbs + c * HW;
+          if (gate) {
+            gate_plane(g, ptr[0] + n * bs[0] + c * HW, gv[c], gv[C + c], HW, gated.data());
+            g = gated.data();
+          }
           acc_t s = 0;
           _Pragma("omp simd reduction(+ : s)")
           for (int64_t i = 0; i < HW; ++i) s += static_cast<acc_t>(g[i]);
@@ -400,7 +457,8 @@ std::tuple<at::Tensor, at::Tensor> channel_dot_sums_cpu(const at::Tensor& grad_,
 }
 
 std::vector<at::Tensor> channel_affine_combine_cpu(const at::Tensor& grad_, at::TensorList terms_,
-                                                   const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& c_) {
+                                                   const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& c_,
+                                                   const std::optional<at::Tensor>& gate) {
   const bool rows = rows_layout(grad_);
   const at::Tensor grad = rows || plane_contiguous(grad_) ? grad_ : grad_.contiguous();
   const auto terms = prepare_terms("channel_affine_combine", terms_, &grad, rows);
@@ -408,7 +466,8 @@ std::vector<at::Tensor> channel_affine_combine_cpu(const at::Tensor& grad_, at::
   check_coeffs("channel_affine_combine", "a", a_, K, C, grad);
   check_coeffs("channel_affine_combine", "b", b_, K, C, grad);
   check_coeffs("channel_affine_combine", "c", c_, K, C, grad);
-  if (rows) return affine_combine_rows(grad, terms, a_, b_, c_);
+  if (gate) check_gate("channel_affine_combine", *gate, K, C, grad);
+  if (rows) return affine_combine_rows(grad, terms, a_, b_, c_, gate);
   std::vector<at::Tensor> outs;
   for (int64_t k = 0; k < K; ++k) outs.push_back(at::empty({N, C, grad.size(2), grad.size(3)}, grad.options()));
   if (K == 0) return outs;
@@ -425,10 +484,16 @@ std::vector<at::Tensor> channel_affine_combine_cpu(const at::Tensor& grad_, at::
     for (auto& o : outs) optr.push_back(o.mutable_data_ptr<scalar_t>());
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     const int64_t gbs = grad.stride(0);
+    const auto gv = gate_values<acc_t>(gate);
     run_chunks(N * C, grain_for(K * HW), [&](int64_t begin, int64_t end) PNF_CHUNK_BODY {
+      std::vector<scalar_t> gated(gate ? HW : 0);
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / C, c = p % C;
         const scalar_t* g = gp + n * gbs + c * HW;
+        if (gate) {
+          gate_plane(g, ptr[0] + n * bs[0] + c * HW, gv[c], gv[C + c], HW, gated.data());
+          g = gated.data();
+        }
         for (int64_t k = 0; k < K; ++k) {
           const acc_t av = ap[k * C + c], bv = bp[k * C + c], cv = cp[k * C + c];
           const scalar_t* z = ptr[k] + n * bs[k] + c * HW;

@@ -163,7 +163,8 @@ std::tuple<at::Tensor, at::Tensor> channel_moments_cuda(at::TensorList terms_) {
   return {mean.to(sdt), var.to(sdt)};
 }
 
-at::Tensor channel_weighted_sum_cuda(at::TensorList terms_, const at::Tensor& scale_, const at::Tensor& bias_) {
+at::Tensor channel_weighted_sum_cuda(at::TensorList terms_, const at::Tensor& scale_, const at::Tensor& bias_,
+                                     bool relu) {
   const auto terms = prepare_terms("channel_weighted_sum", terms_);
   const bool rows = rows_layout(terms_[0]);  // the output's layout (computed in planes)
   const at::Tensor& ref = terms[0];
@@ -193,12 +194,18 @@ at::Tensor channel_weighted_sum_cuda(at::TensorList terms_, const at::Tensor& sc
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
+  if (relu) out.relu_();  // the CUDA path folds nothing: a ReLU pass (the CPU kernel clamps as it writes)
   return in_rows_layout_if(out, rows);
 }
 
-std::tuple<at::Tensor, at::Tensor> channel_dot_sums_cuda(const at::Tensor& grad_, at::TensorList terms_) {
-  const at::Tensor grad = plane_contiguous(grad_) ? grad_ : grad_.contiguous();
+std::tuple<at::Tensor, at::Tensor> channel_dot_sums_cuda(const at::Tensor& grad_, at::TensorList terms_,
+                                                         const std::optional<at::Tensor>& gate) {
+  at::Tensor grad = plane_contiguous(grad_) ? grad_ : grad_.contiguous();
   const auto terms = prepare_terms("channel_dot_sums", terms_, &grad);
+  if (gate.has_value()) {
+    check_gate("channel_dot_sums", *gate, terms.size(), grad.size(1), grad);
+    grad = gated_gradient(grad, terms[0], *gate).contiguous();
+  }
   const c10::cuda::CUDAGuard guard(grad.device());
   const int64_t K = terms.size(), N = grad.size(0), C = grad.size(1), HW = grad.size(2) * grad.size(3);
   at::Tensor sg = at::zeros({C}, grad.options().dtype(at::kDouble));
@@ -225,10 +232,15 @@ std::tuple<at::Tensor, at::Tensor> channel_dot_sums_cuda(const at::Tensor& grad_
 }
 
 std::vector<at::Tensor> channel_affine_combine_cuda(const at::Tensor& grad_, at::TensorList terms_,
-                                                    const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& c_) {
-  const at::Tensor grad = plane_contiguous(grad_) ? grad_ : grad_.contiguous();
+                                                    const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& c_,
+                                                    const std::optional<at::Tensor>& gate) {
+  at::Tensor grad = plane_contiguous(grad_) ? grad_ : grad_.contiguous();
   const bool rows = rows_layout(grad_);  // the outputs' layout (computed in planes)
   const auto terms = prepare_terms("channel_affine_combine", terms_, &grad);
+  if (gate.has_value()) {
+    check_gate("channel_affine_combine", *gate, terms.size(), grad.size(1), grad);
+    grad = gated_gradient(grad, terms[0], *gate).contiguous();
+  }
   const c10::cuda::CUDAGuard guard(grad.device());
   const int64_t K = terms.size(), N = grad.size(0), C = grad.size(1), HW = grad.size(2) * grad.size(3);
   check_coeffs("channel_affine_combine", "a", a_, K, C, grad);
