@@ -646,6 +646,39 @@ def test_fused_networks_fold_every_relu_that_follows_a_batch_norm(net):
     assert counts["reference"]["relu"] + counts["reference"]["relu_"] > expected + cells * 2 * (steps + 1)
 
 
+@pytest.mark.parametrize("reduction", [False, True])
+def test_fused_cell_backward_concatenates_no_gradients(reduction):
+    """Each edge's last pointwise convolution output is a tensor of its own (`pw_conv2d_groups`), so the backward
+    of a fused DARTS cell joins no per-edge gradients of the convolutional candidates (a split of one grouped
+    output made a cat per candidate type and state in its backward), and the gradients equal the reference
+    cell's."""
+    torch.manual_seed(2)
+    cell = Cell(4, 4, 6, 6, 4, reduction=reduction, reduction_prev=False).to(DTYPE)
+    ref = copy.deepcopy(cell)
+    s0, s1 = (torch.randn(2, 6, 8, 8, dtype=DTYPE, requires_grad=True) for _ in range(2))
+    w = torch.softmax(torch.randn(14, 8, dtype=DTYPE), -1).requires_grad_()
+    out = fused.cell_forward(cell, s0, s1, w)
+    g = torch.randn_like(out)
+    seen = _OpNames()
+    cats = []
+
+    class Cats(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.cat:
+                cats.append([tuple(t.shape) for t in args[0]])
+            return func(*args, **(kwargs or {}))
+
+    with seen, Cats():
+        got = torch.autograd.grad(out, [s0, s1, w] + list(cell.parameters()), g)
+    assert "pw_conv2d_groups_backward" in seen.names
+    # what is left: the per-node weight vectors (1-D), and in a reduction cell the strided skips of each input
+    # state (one aten convolution for the edges leaving it, split)
+    assert len([c for c in cats if len(c[0]) == 4]) == (2 if reduction else 0), cats
+    want = torch.autograd.grad(ref.reference_forward(s0, s1, w), [s0, s1, w] + list(ref.parameters()), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
 def test_shared_relu_computes_each_tensors_relu_once_inside_the_context():
     x = torch.randn(2, 3, 4, 4, requires_grad=True)
     y = x * 2

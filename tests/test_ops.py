@@ -308,6 +308,62 @@ def test_pw_conv2d_weight_gradient_does_not_depend_on_the_thread_count():
         assert torch.equal(gx, grads[0][0]) and torch.equal(gw, grads[0][1])
 
 
+@pytest.mark.parametrize("case", list(PW_CASES))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_pw_conv2d_groups(dtype, layout, case):
+    """pw_conv2d_groups: group e's output is its own tensor, equal to channel block e of pw_conv2d's (bit for bit:
+    the same kernel); its backward takes one gradient per group (None for a group the loss does not reach) and
+    gives pw_conv2d_backward's gradients of the concatenation."""
+    require_kernels("cpu")
+    E, Ci, Co, (H, W) = PW_CASES[case]
+    x = make_tensor((3, E * Ci, H, W), dtype, "cpu", layout)
+    w = make_tensor((E, Co, Ci, 1), dtype, "cpu", "contiguous", seed=1)[..., 0]
+    outs = ops.pw_conv2d_groups(x, w)
+    whole = ops.pw_conv2d(x, w)
+    assert len(outs) == E
+    for out, block in zip(outs, whole.split(Co, dim=1)):
+        assert out.dtype == dtype and out.shape == (3, Co, H, W)
+        assert out.is_contiguous(memory_format=kernel_layout_of(x))
+        assert torch.equal(out, block)
+    grads = [make_tensor((3, Co, H, W), dtype, "cpu", layout, seed=2 + e) for e in range(E)]
+    if E > 1:
+        grads[1] = None
+    full = torch.cat([torch.zeros(3, Co, H, W, dtype=dtype) if g is None else g for g in grads], dim=1)
+    gx, gw = ops.pw_conv2d_groups_backward(grads, x, w, [True, True])
+    want_x, want_w = ops.pw_conv2d_backward(full, x, w, [True, True])
+    assert gx.dtype == dtype and gx.is_contiguous(memory_format=kernel_layout_of(x))
+    torch.testing.assert_close(gx, want_x, rtol=0, atol=0)
+    torch.testing.assert_close(gw, want_w, rtol=0, atol=0)
+
+
+def test_pw_conv2d_groups_gradcheck_and_opcheck():
+    require_kernels("cpu")
+    x = make_tensor((2, 6, 5, 3), torch.float64, "cpu", "strided").requires_grad_()
+    w = make_tensor((2, 5, 3, 1), torch.float64, "cpu", "contiguous", seed=1)[..., 0].requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: tuple(ops.pw_conv2d_groups(a, b)), (x, w))
+    # only one group reaching the loss: the other's gradient is never made
+    assert torch.autograd.gradcheck(lambda a, b: ops.pw_conv2d_groups(a, b)[1], (x, w))
+    for layout in LAYOUTS:
+        xf = make_tensor((2, 6, 7, 8), torch.float32, "cpu", layout).requires_grad_()
+        wf = make_tensor((2, 4, 3, 1), torch.float32, "cpu", "contiguous", seed=1)[..., 0].requires_grad_()
+        torch.library.opcheck(ops.pw_conv2d_groups, (xf, wf))
+        g = [make_tensor((2, 4, 7, 8), torch.float32, "cpu", layout, seed=2), None]
+        torch.library.opcheck(ops.pw_conv2d_groups_backward, (g, xf.detach(), wf.detach(), [True, True]))
+
+
+def test_pw_conv2d_groups_backward_computes_only_the_gradients_the_pass_uses():
+    require_kernels("cpu")
+    x = make_tensor((2, 6, 5, 4), torch.float32, "cpu", "contiguous").requires_grad_()
+    w = make_tensor((2, 3, 3, 1), torch.float32, "cpu", "contiguous", seed=1)[..., 0].requires_grad_()
+    weight = torch.stack([w[0], w[1]])
+    with RecordMasks(ops.pw_conv2d_groups_backward) as recorded:
+        (gx,) = torch.autograd.grad(sum(y.square().sum() for y in ops.pw_conv2d_groups(x * 1.0, weight)), [x])
+        sum(y.square().sum() for y in ops.pw_conv2d_groups(x * 1.0, weight)).backward()
+    assert recorded.masks == [[True, False], [True, True]]
+    torch.testing.assert_close(gx, x.grad, rtol=0, atol=0)
+
+
 def test_pw_conv2d_bad_shapes_are_named():
     require_kernels("cpu")
     with pytest.raises(ValueError, match=r"pw_conv2d: input has 5 channels, weight \(2, 3, 3\)"):

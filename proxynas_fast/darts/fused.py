@@ -13,7 +13,8 @@ What is fused, relative to the reference (which evaluates 8 ops on each of the 1
 * the depthwise convolutions of one candidate type on all E edges that read the same node run as one depthwise
   convolution with channel multiplier E (`proxynas_fast.ops.dw_conv2d`, a fast CPU kernel), the pointwise
   convolutions as one grouped 1x1 convolution (`proxynas_fast.ops.pw_conv2d`: a CPU kernel, torch.matmul
-  elsewhere), the inner BatchNorm of the separable convolutions as one call;
+  elsewhere; the last one of a candidate gives each edge's output as a tensor of its own, `pw_conv2d_groups`, so
+  that the backward joins no per-edge gradients), the inner BatchNorm of the separable convolutions as one call;
 * the stride-2 FactorizedReduce skips of all edges leaving a cell input: one 2x2 stride-2 convolution;
 * per node, one autograd function (`_MixedNode`) evaluates pooling, identity, zero, every final BatchNorm
   (affine-free) and the weighted sum over candidates and incoming edges, with the `proxynas_fast.ops.mixed_node`
@@ -45,7 +46,7 @@ from proxynas_fast.ops.dw_conv2d import dw_conv2d
 from proxynas_fast.ops.mixed_node import (channel_affine_combine, channel_dot_sums, channel_moments,
                                           channel_weighted_sum, rows_layout)
 from proxynas_fast.ops.pool2d import pool2d, pool2d_backward
-from proxynas_fast.ops.pw_conv2d import pw_conv2d
+from proxynas_fast.ops.pw_conv2d import pw_conv2d, pw_conv2d_groups
 
 from .genotypes import PRIMITIVES
 from .operations import DilConv, FactorizedReduce, Identity, ReLUConvBN, SepConv, Zero, channel_shuffle
@@ -676,6 +677,13 @@ def _grouped_pointwise(x: Tensor, convs: Sequence[nn.Conv2d]) -> Tensor:
     return pw_conv2d(x, torch.stack([c.weight for c in convs]).view(len(convs), Co, Ci))
 
 
+def _pointwise_per_edge(x: Tensor, convs: Sequence[nn.Conv2d]) -> List[Tensor]:
+    """`_grouped_pointwise` with edge e's output [N, Co, H, W] a tensor of its own (each goes to another node:
+    their gradients need no concatenation, `pw_conv2d_groups`)."""
+    Co, Ci = convs[0].weight.shape[:2]
+    return pw_conv2d_groups(x, torch.stack([c.weight for c in convs]).view(len(convs), Co, Ci))
+
+
 def _grouped_depthwise(x: Tensor, convs: Sequence[nn.Conv2d], stride: int) -> Tensor:
     """E depthwise convolutions of the same x (one per edge), their outputs as E channel blocks."""
     weight = torch.cat([c.weight for c in convs]) if len(convs) > 1 else convs[0].weight
@@ -690,11 +698,13 @@ def _conv_branches(r: Tensor, readers: _StateReaders, stats: _RunningStats) -> L
     out: List[List[Tensor]] = [[] for _ in range(E)]
     for prim in _CONV_PRIMITIVES:
         op = readers.convs[prim]  # op[i]: the i-th module of the candidate's `.op`, of every edge
-        y = _grouped_pointwise(_grouped_depthwise(r, op[1], readers.stride), op[2])
+        y = _grouped_depthwise(r, op[1], readers.stride)
         if prim.startswith("sep"):
-            y = _batch_norm_group(y, op[3], stats, relu=True)
-            y = _grouped_pointwise(_grouped_depthwise(y, op[5], 1), op[6])
-        for e, part in enumerate(y.split(y.shape[1] // E, dim=1)):
+            y = _batch_norm_group(_grouped_pointwise(y, op[2]), op[3], stats, relu=True)
+            parts = _pointwise_per_edge(_grouped_depthwise(y, op[5], 1), op[6])
+        else:
+            parts = _pointwise_per_edge(y, op[2])
+        for e, part in enumerate(parts):
             out[e].append(part)
     if readers.skips:
         for e, part in enumerate(_factorized_reduce_group(r, readers.skips)):

@@ -3,13 +3,17 @@
 input [N, E*Ci, H, W], weight [E, Co, Ci] -> [N, E*Co, H, W]: output channels e*Co..(e+1)*Co are the 1x1
 convolution (no bias) of input channels e*Ci..(e+1)*Ci with weight[e]. The fused DARTS cell computes the
 pointwise convolutions of all E edges that read one node this way. With E = 1 it is
-`F.conv2d(input, weight[0, :, :, None, None])`.
+`F.conv2d(input, weight[0, :, :, None, None])`. `pw_conv2d_groups` is the same convolution returning each group's
+output as its own [N, Co, H, W] tensor: the fused cell hands each edge's block to a different node, and separate
+tensors get their gradients without the concatenation a split of one output makes in its backward.
 
 The CPU kernel computes each (sample, group) plane as a register-tiled matrix product (ops/cpu/pw_conv2d_kernel.cpp);
 on other devices, and without the extension, the wrapper runs the reference, a broadcast `torch.matmul` (cuBLAS
 batches it well).
 """
 from __future__ import annotations
+
+from typing import List
 
 import torch
 
@@ -54,6 +58,26 @@ def pw_conv2d(input: Tensor, weight: Tensor) -> Tensor:
         return torch.ops.proxynas_fast.pw_conv2d(input.to(dtype), weight.to(dtype))
 
 
+def pw_conv2d_groups_reference(input: Tensor, weight: Tensor) -> List[Tensor]:
+    """`pw_conv2d_reference` with group e's output channels as tensor e."""
+    return list(pw_conv2d_reference(input, weight).split(weight.shape[1], dim=1))
+
+
+def pw_conv2d_groups(input: Tensor, weight: Tensor) -> List[Tensor]:
+    """`pw_conv2d`, each group's output [N, Co, H, W] a tensor of its own (see module docstring); on CPU they are
+    separate tensors (in the input's layout), elsewhere the reference's views of one."""
+    _check(input, weight)
+    if input.device.type != "cpu" or not extension.has_cpu_kernels():
+        return pw_conv2d_groups_reference(input, weight)
+    if not torch.is_autocast_enabled("cpu"):
+        if weight.dtype != input.dtype:
+            raise ValueError(f"pw_conv2d: input ({input.dtype}) and weight ({weight.dtype}) dtypes differ")
+        return list(torch.ops.proxynas_fast.pw_conv2d_groups(input, weight))
+    dtype = torch.get_autocast_dtype("cpu")
+    with torch.autocast("cpu", enabled=False):
+        return list(torch.ops.proxynas_fast.pw_conv2d_groups(input.to(dtype), weight.to(dtype)))
+
+
 if extension.has_cpu_kernels():
 
     @torch.library.register_fake("proxynas_fast::pw_conv2d")
@@ -63,6 +87,16 @@ if extension.has_cpu_kernels():
 
     @torch.library.register_fake("proxynas_fast::pw_conv2d_backward")
     def _pw_conv2d_backward_fake(grad_output, input, weight, output_mask):
+        return (empty_in_layout_of(input, input.shape) if output_mask[0] else None,
+                weight.new_empty(weight.shape) if output_mask[1] else None)
+
+    @torch.library.register_fake("proxynas_fast::pw_conv2d_groups")
+    def _pw_conv2d_groups_fake(input, weight):
+        N, _, H, W = input.shape
+        return [empty_in_layout_of(input, (N, weight.shape[1], H, W)) for _ in range(weight.shape[0])]
+
+    @torch.library.register_fake("proxynas_fast::pw_conv2d_groups_backward")
+    def _pw_conv2d_groups_backward_fake(grads, input, weight, output_mask):
         return (empty_in_layout_of(input, input.shape) if output_mask[0] else None,
                 weight.new_empty(weight.shape) if output_mask[1] else None)
 

@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "ops/cpu/compute_dtype.h"
@@ -100,10 +101,39 @@ PNF_INLINE_CHUNK void plane_product(const T* A, int64_t R, int64_t K, const T* X
   for (int64_t r = 0; r < R; ++r) std::copy(ypad + r * VL, ypad + r * VL + P, Y + r * P);
 }
 
-// out[n, e*R + r, p] = sum_k A[e][k][r] * in[n, e*K + k, p] for every (n, e): the forward (A = W^T, [E, Ci, Co])
-// and the input gradient (A = W, [E, Co, Ci]).
+// Where the planes of each group are: group e of sample n starts at base[e] + n * sample_stride. One tensor
+// [N, E*X, H, W] (`in_one`: base[e] = data + e*X*P, stride E*X*P) or one tensor [N, X, H, W] per group
+// (`per_group`: pw_conv2d_groups' outputs and their gradients).
 template <typename T>
-void grouped_product(const T* in, const T* A, T* out, int64_t N, int64_t E, int64_t K, int64_t R, int64_t P) {
+struct GroupPlanes {
+  std::vector<T*> base;
+  int64_t sample_stride;
+  T* at(int64_t n, int64_t e) const { return base[e] + n * sample_stride; }
+};
+template <typename T>
+GroupPlanes<T> in_one(T* data, int64_t E, int64_t group_elems) {
+  GroupPlanes<T> g{std::vector<T*>(E), E * group_elems};
+  for (int64_t e = 0; e < E; ++e) g.base[e] = data + e * group_elems;
+  return g;
+}
+template <typename T, typename Tensors>
+GroupPlanes<T> per_group(Tensors& ts, int64_t group_elems) {  // contiguous [N, X, H, W] tensors
+  GroupPlanes<T> g{{}, group_elems};
+  for (auto& t : ts) {
+    if constexpr (std::is_const_v<T>) {
+      g.base.push_back(t.template const_data_ptr<std::remove_const_t<T>>());
+    } else {
+      g.base.push_back(t.template mutable_data_ptr<T>());
+    }
+  }
+  return g;
+}
+
+// out[n, e*R + r, p] = sum_k A[e][k][r] * in[n, e*K + k, p] for every (n, e): the forward (A = W^T, [E, Ci, Co])
+// and the input gradient (A = W, [E, Co, Ci]); `in` and `out` planes located by GroupPlanes.
+template <typename T>
+void grouped_product(const GroupPlanes<const T>& in, const T* A, const GroupPlanes<T>& out, int64_t N, int64_t E,
+                     int64_t K, int64_t R, int64_t P) {
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, K * R * P));
   run_chunks(N * E, grain, [&](auto level, int64_t begin, int64_t end) PNF_CHUNK_BODY {
     constexpr int L = decltype(level)::value;
@@ -111,8 +141,7 @@ void grouped_product(const T* in, const T* A, T* out, int64_t N, int64_t E, int6
     std::vector<T> xpad(K * VL), ypad(R * VL);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / E, e = item % E;
-      plane_product<T, L>(A + e * K * R, R, K, in + (n * E + e) * K * P, P, out + (n * E + e) * R * P,
-                          xpad.data(), ypad.data());
+      plane_product<T, L>(A + e * K * R, R, K, in.at(n, e), P, out.at(n, e), xpad.data(), ypad.data());
     }
   });
 }
@@ -165,17 +194,18 @@ int64_t grad_chunk_samples(int64_t K, int64_t R, int64_t P, int64_t elem) {
   return std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(1, (K + R) * P * elem));
 }
 
-// gw[e][r][k] = sum_n sum_p grad[n, e*R + r, p] * in[n, e*K + k, p]. Items are (group, chunk of samples): each
+// gw[e][r][k] = sum_n sum_p grad[n, e*R + r, p] * in[n, e*K + k, p] (grad's planes located by GroupPlanes). Items
+// are (group, chunk of samples): each
 // writes its own double partial [R, K] (register blocks summed over the chunk's samples and pixels); the
 // partials are then added chunk by chunk in order. The chunks depend on the shape only, so the result does not
 // depend on the thread count.
 template <typename T>
-void grouped_weight_grad(const T* grad, const T* in, double* gw, int64_t N, int64_t E, int64_t K, int64_t R,
-                         int64_t P) {
+void grouped_weight_grad(const GroupPlanes<const T>& grad, const T* in, double* gw, int64_t N, int64_t E, int64_t K,
+                         int64_t R, int64_t P) {
   const int64_t chunk = grad_chunk_samples(K, R, P, sizeof(T));
   const int64_t chunks = (N + chunk - 1) / chunk;
   std::vector<double> partial(E * chunks * R * K, 0.0);
-  const int64_t gs = E * R * P, xs = E * K * P;  // sample strides
+  const int64_t gs = grad.sample_stride, xs = E * K * P;  // sample strides
   run_chunks(E * chunks, 1, [&](auto level, int64_t begin, int64_t end) PNF_CHUNK_BODY {
     constexpr int L = decltype(level)::value;
     using Tl = Tiles<L>;
@@ -184,7 +214,7 @@ void grouped_weight_grad(const T* grad, const T* in, double* gw, int64_t N, int6
       const int64_t e = item / chunks, n0 = (item % chunks) * chunk;
       const int64_t samples = std::min<int64_t>(chunk, N - n0);
       double* out = partial.data() + item * R * K;
-      const T* G = grad + n0 * gs + e * R * P;
+      const T* G = grad.at(n0, e);
       const T* X = in + n0 * xs + e * K * P;
       if (P < VL) {  // planes shorter than a vector (e.g. 1x1): plain loops
         for (int64_t n = 0; n < samples; ++n)
@@ -234,47 +264,70 @@ PwGeometry pw_geometry(const at::Tensor& input, const at::Tensor& weight) {
   return g;
 }
 
-at::Tensor forward_impl(const at::Tensor& input_, const at::Tensor& weight, const PwGeometry& g) {
+// The output in one tensor [N, E*Co, H, W] or (`groups`) one [N, Co, H, W] per group.
+std::vector<at::Tensor> forward_impl(const at::Tensor& input_, const at::Tensor& weight, const PwGeometry& g,
+                                     bool groups) {
   const at::Tensor input = input_.contiguous();
   const at::Tensor wt = weight.transpose(1, 2).contiguous();  // [E, Ci, Co]: the Co weights of one ci adjacent
-  at::Tensor out = at::empty({g.N, g.E * g.Co, g.H, g.W}, input.options());
-  if (out.numel() == 0) return out;
+  const int64_t P = g.H * g.W;
+  std::vector<at::Tensor> outs;
+  if (groups) {
+    for (int64_t e = 0; e < g.E; ++e) outs.push_back(at::empty({g.N, g.Co, g.H, g.W}, input.options()));
+  } else {
+    outs.push_back(at::empty({g.N, g.E * g.Co, g.H, g.W}, input.options()));
+  }
+  if (g.N * g.Co * P == 0) return outs;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pw_conv2d_cpu", [&] {
-    grouped_product<scalar_t>(input.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(),
-                              out.mutable_data_ptr<scalar_t>(), g.N, g.E, g.Ci, g.Co, g.H * g.W);
+    const auto out = groups ? per_group<scalar_t>(outs, g.Co * P)
+                            : in_one(outs[0].mutable_data_ptr<scalar_t>(), g.E, g.Co * P);
+    grouped_product<scalar_t>(in_one(input.const_data_ptr<scalar_t>(), g.E, g.Ci * P), wt.const_data_ptr<scalar_t>(),
+                              out, g.N, g.E, g.Ci, g.Co, P);
   });
-  return out;
+  return outs;
 }
 
 at::Tensor pw_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight) {
   const PwGeometry g = pw_geometry(input, weight);
   const at::ScalarType ct = compute_dtype(input.scalar_type());
-  return as_output_for(forward_impl(input.to(ct), weight.to(ct), g), input);
+  return as_output_for(forward_impl(input.to(ct), weight.to(ct), g, false)[0], input);
 }
 
-std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_, const at::Tensor& input_,
-                                                 const at::Tensor& weight_, const PwGeometry& g, bool need_input,
-                                                 bool need_weight) {
-  const at::Tensor grad = grad_.contiguous();
+std::vector<at::Tensor> pw_conv2d_groups_cpu(const at::Tensor& input, const at::Tensor& weight) {
+  const PwGeometry g = pw_geometry(input, weight);
+  const at::ScalarType ct = compute_dtype(input.scalar_type());
+  std::vector<at::Tensor> outs = forward_impl(input.to(ct), weight.to(ct), g, true);
+  for (auto& o : outs) o = as_output_for(o, input);
+  return outs;
+}
+
+// The gradients from grad_output in one tensor [N, E*Co, H, W], or (pw_conv2d_groups) one [N, Co, H, W] per group.
+std::tuple<at::Tensor, at::Tensor> backward_impl(const std::vector<at::Tensor>& grads_, bool groups,
+                                                 const at::Tensor& input_, const at::Tensor& weight_,
+                                                 const PwGeometry& g, bool need_input, bool need_weight) {
+  std::vector<at::Tensor> grads;
+  for (const auto& t : grads_) grads.push_back(t.contiguous());
   const at::Tensor weight = weight_.contiguous();
+  const at::TensorOptions opts = weight.options();
   at::Tensor gin, gw;
   const int64_t P = g.H * g.W;
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "pw_conv2d_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "pw_conv2d_backward_cpu", [&] {
+    const auto G = groups ? per_group<const scalar_t>(grads, g.Co * P)
+                          : in_one(grads[0].const_data_ptr<scalar_t>(), g.E, g.Co * P);
     if (need_input) {
-      gin = at::empty({g.N, g.E * g.Ci, g.H, g.W}, grad.options());
+      gin = at::empty({g.N, g.E * g.Ci, g.H, g.W}, opts);
       if (gin.numel() > 0) {
-        grouped_product<scalar_t>(grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-                                  gin.mutable_data_ptr<scalar_t>(), g.N, g.E, g.Co, g.Ci, P);
+        grouped_product<scalar_t>(G, weight.const_data_ptr<scalar_t>(),
+                                  in_one(gin.mutable_data_ptr<scalar_t>(), g.E, g.Ci * P), g.N, g.E, g.Co, g.Ci, P);
       }
     }
     if (need_weight) {
       const at::Tensor input = input_.contiguous();
-      at::Tensor acc = at::zeros({g.E, g.Co, g.Ci}, grad.options().dtype(at::kDouble));
+      at::Tensor acc = at::zeros({g.E, g.Co, g.Ci}, opts.dtype(at::kDouble));
       if (g.N * P > 0) {
-        grouped_weight_grad<scalar_t>(grad.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-                                      acc.mutable_data_ptr<double>(), g.N, g.E, g.Ci, g.Co, P);
+        grouped_weight_grad<scalar_t>(G, input.const_data_ptr<scalar_t>(), acc.mutable_data_ptr<double>(), g.N, g.E,
+                                      g.Ci, g.Co, P);
       }
-      gw = acc.to(grad.scalar_type());
+      gw = acc.to(weight.scalar_type());
     }
   });
   return {gin, gw};
@@ -288,7 +341,34 @@ std::tuple<at::Tensor, at::Tensor> pw_conv2d_backward_cpu(const at::Tensor& grad
               "pw_conv2d_backward: grad_output has shape ", grad_output.sizes(), ", expected [", g.N, ", ",
               g.E * g.Co, ", ", g.H, ", ", g.W, "]");
   const at::ScalarType ct = compute_dtype(input.scalar_type());
-  auto [gin, gw] = backward_impl(grad_output.to(ct), input.to(ct), weight.to(ct), g, output_mask[0], output_mask[1]);
+  auto [gin, gw] = backward_impl({grad_output.to(ct)}, false, input.to(ct), weight.to(ct), g, output_mask[0],
+                                 output_mask[1]);
+  return {as_output_for(gin, input), as_dtype_of(gw, weight)};
+}
+
+// Gradients of pw_conv2d_groups: grads[e] is group e's output gradient [N, Co, H, W]; an undefined one is zeros.
+std::tuple<at::Tensor, at::Tensor> pw_conv2d_groups_backward_cpu(const c10::List<std::optional<at::Tensor>>& grads_,
+                                                                 const at::Tensor& input,
+                                                                 const at::Tensor& weight,
+                                                                 std::array<bool, 2> output_mask) {
+  const PwGeometry g = pw_geometry(input, weight);
+  TORCH_CHECK(static_cast<int64_t>(grads_.size()) == g.E, "pw_conv2d_groups_backward: ", grads_.size(),
+              " gradients for ", g.E, " groups");
+  const at::ScalarType ct = compute_dtype(input.scalar_type());
+  std::vector<at::Tensor> grads;
+  for (size_t e = 0; e < grads_.size(); ++e) {
+    const std::optional<at::Tensor> given = grads_[e];
+    if (!given.has_value() || !given->defined()) {
+      grads.push_back(at::zeros({g.N, g.Co, g.H, g.W}, input.options().dtype(ct)));
+      continue;
+    }
+    const at::Tensor& t = *given;
+    TORCH_CHECK(t.dim() == 4 && t.size(0) == g.N && t.size(1) == g.Co && t.size(2) == g.H && t.size(3) == g.W,
+                "pw_conv2d_groups_backward: gradient ", e, " has shape ", t.sizes(), ", expected [", g.N, ", ", g.Co,
+                ", ", g.H, ", ", g.W, "]");
+    grads.push_back(t.to(ct));
+  }
+  auto [gin, gw] = backward_impl(grads, true, input.to(ct), weight.to(ct), g, output_mask[0], output_mask[1]);
   return {as_output_for(gin, input), as_dtype_of(gw, weight)};
 }
 
@@ -297,6 +377,8 @@ std::tuple<at::Tensor, at::Tensor> pw_conv2d_backward_cpu(const at::Tensor& grad
 TORCH_LIBRARY_IMPL(proxynas_fast, CPU, m) {
   m.impl("pw_conv2d", &pw_conv2d_cpu);
   m.impl("pw_conv2d_backward", &pw_conv2d_backward_cpu);
+  m.impl("pw_conv2d_groups", &pw_conv2d_groups_cpu);
+  m.impl("pw_conv2d_groups_backward", &pw_conv2d_groups_backward_cpu);
 }
 
 }  // namespace proxynas_fast
