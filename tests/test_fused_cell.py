@@ -679,6 +679,27 @@ def test_fused_cell_backward_concatenates_no_gradients(reduction):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("k", [2, 4])
+def test_shuffled_join_is_the_channel_shuffle_of_the_concatenation(k):
+    """A PC-DARTS node's output, `_ShuffledJoin` (one pass each way), is channel_shuffle(cat([mixed, bypass]), k):
+    forward and gradients, in double (gradcheck) and float32, also for a non-contiguous incoming gradient."""
+    from proxynas_fast.darts.operations import channel_shuffle
+
+    torch.manual_seed(4)
+    N, c, H, W = 2, 3, 4, 5
+    mixed = torch.randn(N, c, H, W, dtype=DTYPE, requires_grad=True)
+    bypass = torch.randn(N, (k - 1) * c, H, W, dtype=DTYPE, requires_grad=True)
+    out = fused._ShuffledJoin.apply(mixed, bypass, k)
+    want = channel_shuffle(torch.cat([mixed, bypass], dim=1), k)
+    assert torch.equal(out, want) and out.is_contiguous()
+    g = torch.randn(N, H, W, k * c, dtype=DTYPE).permute(0, 3, 1, 2)  # channels_last: not contiguous
+    for a, b in zip(torch.autograd.grad(out, [mixed, bypass], g), torch.autograd.grad(want, [mixed, bypass], g)):
+        assert torch.equal(a, b)
+    assert torch.autograd.gradcheck(lambda m, b: fused._ShuffledJoin.apply(m, b, k), (mixed, bypass))
+    m32, b32 = mixed.detach().float(), bypass.detach().float()
+    assert torch.equal(fused._ShuffledJoin.apply(m32, b32, k), channel_shuffle(torch.cat([m32, b32], 1), k))
+
+
 def test_shared_relu_computes_each_tensors_relu_once_inside_the_context():
     x = torch.randn(2, 3, 4, 4, requires_grad=True)
     y = x * 2

@@ -49,7 +49,7 @@ from proxynas_fast.ops.pool2d import pool2d, pool2d_backward
 from proxynas_fast.ops.pw_conv2d import pw_conv2d, pw_conv2d_groups
 
 from .genotypes import PRIMITIVES
-from .operations import DilConv, FactorizedReduce, Identity, ReLUConvBN, SepConv, Zero, channel_shuffle
+from .operations import DilConv, FactorizedReduce, Identity, ReLUConvBN, SepConv, Zero
 
 Tensor = torch.Tensor
 
@@ -858,7 +858,7 @@ def _pc_combine(plan: _CellPlan, mixed_sum: Tensor, parts: Sequence[Tuple[Tensor
     """PC-DARTS node from the (beta-weighted) sum of the mixed parts: add the beta-weighted bypassed channels
     (`parts[j][1]`: state j's channels after the first C/k; max-pooled 2x2 on strided edges, once per state:
     `pooled` keeps them over the cell's nodes), then shuffle channels like each edge's output (a linear
-    permutation, so shuffling the sum equals summing the shuffled edges)."""
+    permutation, so shuffling the sum equals summing the shuffled edges): `_ShuffledJoin`."""
     bypassed = []
     for j, ((_, part), e) in enumerate(zip(parts, edges)):
         if e in plan.bypass_pools:
@@ -869,7 +869,32 @@ def _pc_combine(plan: _CellPlan, mixed_sum: Tensor, parts: Sequence[Tuple[Tensor
         bypassed.append(part)
     betas = edge_weights.narrow(0, edges[0], len(edges))  # a node's edges are consecutive rows
     bypass = _ScaledSum.apply(betas, *bypassed)
-    return channel_shuffle(torch.cat([mixed_sum, _as(bypass, mixed_sum.dtype)], dim=1), plan.pc_k)
+    return _ShuffledJoin.apply(mixed_sum, _as(bypass, mixed_sum.dtype), plan.pc_k)
+
+
+class _ShuffledJoin(torch.autograd.Function):
+    """channel_shuffle(cat([mixed, bypass], dim=1), k) written in one pass (a cat, then the shuffle's copy, before);
+    the backward gathers each input's gradient in one pass (the shuffle's copy, then a copy of each non-contiguous
+    part, before). Output channel i*k + g is input channel g*c + i, c = mixed's channels (the first group)."""
+
+    @staticmethod
+    def forward(ctx, mixed: Tensor, bypass: Tensor, k: int) -> Tensor:
+        N, c, H, W = mixed.shape
+        out = mixed.new_empty((N, c * k, H, W))
+        slots = out.view(N, c, k, H, W)
+        slots[:, :, 0].copy_(mixed)
+        slots[:, :, 1:].copy_(bypass.view(N, k - 1, c, H, W).transpose(1, 2))
+        ctx.k = k
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        N, C, H, W = grad.shape
+        k = ctx.k
+        slots = grad.reshape(N, C // k, k, H, W)
+        d_mixed = slots[:, :, 0].contiguous() if ctx.needs_input_grad[0] else None
+        d_bypass = slots[:, :, 1:].transpose(1, 2).reshape(N, C - C // k, H, W) if ctx.needs_input_grad[1] else None
+        return d_mixed, d_bypass, None
 
 
 class _ScaledSum(torch.autograd.Function):
