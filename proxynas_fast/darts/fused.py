@@ -671,17 +671,21 @@ def _input_gradients(node: _NodePlan, index: _NodeIndex, pools: Sequence[_Shared
 # --------------------------------------------------------------------------------------------------------------
 # Convolutional branches of all edges reading one state
 # --------------------------------------------------------------------------------------------------------------
+def _pointwise_weight(convs: Sequence[nn.Conv2d]) -> Tensor:
+    """The E 1x1 convs' weights (Ci -> Co each) as one [E, Co, Ci] tensor for pw_conv2d / pw_conv2d_groups."""
+    Co, Ci = convs[0].weight.shape[:2]
+    return torch.stack([c.weight for c in convs]).view(len(convs), Co, Ci)
+
+
 def _grouped_pointwise(x: Tensor, convs: Sequence[nn.Conv2d]) -> Tensor:
     """E pointwise convolutions at once: x [N, E*Ci, H, W], convs[e] a 1x1 conv Ci -> Co -> [N, E*Co, H, W]."""
-    Co, Ci = convs[0].weight.shape[:2]
-    return pw_conv2d(x, torch.stack([c.weight for c in convs]).view(len(convs), Co, Ci))
+    return pw_conv2d(x, _pointwise_weight(convs))
 
 
 def _pointwise_per_edge(x: Tensor, convs: Sequence[nn.Conv2d]) -> List[Tensor]:
     """`_grouped_pointwise` with edge e's output [N, Co, H, W] a tensor of its own (each goes to another node:
     their gradients need no concatenation, `pw_conv2d_groups`)."""
-    Co, Ci = convs[0].weight.shape[:2]
-    return pw_conv2d_groups(x, torch.stack([c.weight for c in convs]).view(len(convs), Co, Ci))
+    return pw_conv2d_groups(x, _pointwise_weight(convs))
 
 
 def _grouped_depthwise(x: Tensor, convs: Sequence[nn.Conv2d], stride: int) -> Tensor:

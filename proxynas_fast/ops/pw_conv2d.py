@@ -43,19 +43,29 @@ def pw_conv2d_reference(input: Tensor, weight: Tensor) -> Tensor:
     return y.reshape(N, E * Co, H, W)
 
 
+def _on_cpu_kernel(op, input: Tensor, weight: Tensor):
+    """`op(input, weight)` (pw_conv2d or pw_conv2d_groups) on CPU: under torch.autocast both operands cast to the
+    autocast dtype, else their dtypes must agree."""
+    if not torch.is_autocast_enabled("cpu"):
+        if weight.dtype != input.dtype:
+            raise ValueError(f"pw_conv2d: input ({input.dtype}) and weight ({weight.dtype}) dtypes differ")
+        return op(input, weight)
+    dtype = torch.get_autocast_dtype("cpu")
+    with torch.autocast("cpu", enabled=False):
+        return op(input.to(dtype), weight.to(dtype))
+
+
+def _uses_cpu_kernel(input: Tensor) -> bool:
+    return input.device.type == "cpu" and extension.has_cpu_kernels()
+
+
 def pw_conv2d(input: Tensor, weight: Tensor) -> Tensor:
     """Grouped 1x1 convolution (see module docstring). Under torch.autocast both operands are cast to the autocast
     dtype, like F.conv2d and torch.matmul; bfloat16/float16 are computed in float32 on CPU."""
     _check(input, weight)
-    if input.device.type != "cpu" or not extension.has_cpu_kernels():
+    if not _uses_cpu_kernel(input):
         return pw_conv2d_reference(input, weight)
-    if not torch.is_autocast_enabled("cpu"):
-        if weight.dtype != input.dtype:
-            raise ValueError(f"pw_conv2d: input ({input.dtype}) and weight ({weight.dtype}) dtypes differ")
-        return torch.ops.proxynas_fast.pw_conv2d(input, weight)
-    dtype = torch.get_autocast_dtype("cpu")
-    with torch.autocast("cpu", enabled=False):
-        return torch.ops.proxynas_fast.pw_conv2d(input.to(dtype), weight.to(dtype))
+    return _on_cpu_kernel(torch.ops.proxynas_fast.pw_conv2d, input, weight)
 
 
 def pw_conv2d_groups_reference(input: Tensor, weight: Tensor) -> List[Tensor]:
@@ -67,15 +77,9 @@ def pw_conv2d_groups(input: Tensor, weight: Tensor) -> List[Tensor]:
     """`pw_conv2d`, each group's output [N, Co, H, W] a tensor of its own (see module docstring); on CPU they are
     separate tensors (in the input's layout), elsewhere the reference's views of one."""
     _check(input, weight)
-    if input.device.type != "cpu" or not extension.has_cpu_kernels():
+    if not _uses_cpu_kernel(input):
         return pw_conv2d_groups_reference(input, weight)
-    if not torch.is_autocast_enabled("cpu"):
-        if weight.dtype != input.dtype:
-            raise ValueError(f"pw_conv2d: input ({input.dtype}) and weight ({weight.dtype}) dtypes differ")
-        return list(torch.ops.proxynas_fast.pw_conv2d_groups(input, weight))
-    dtype = torch.get_autocast_dtype("cpu")
-    with torch.autocast("cpu", enabled=False):
-        return list(torch.ops.proxynas_fast.pw_conv2d_groups(input.to(dtype), weight.to(dtype)))
+    return list(_on_cpu_kernel(torch.ops.proxynas_fast.pw_conv2d_groups, input, weight))
 
 
 if extension.has_cpu_kernels():

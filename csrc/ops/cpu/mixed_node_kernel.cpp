@@ -20,6 +20,7 @@
 
 #include <numeric>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "ops/cpu/cpu_isa.h"
@@ -98,6 +99,14 @@ std::vector<acc_t> gate_values(const std::optional<at::Tensor>& gate) {
   if (!gate.has_value()) return {};
   const at::Tensor g = gate->to(at::kCPU).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
   return std::vector<acc_t>(g.const_data_ptr<acc_t>(), g.const_data_ptr<acc_t>() + g.numel());
+}
+// The rows kernels' gate: scale and shift each tiled to L (see `tiled`); empty without a gate.
+template <typename acc_t>
+std::pair<std::vector<acc_t>, std::vector<acc_t>> tiled_gate(const std::optional<at::Tensor>& gate, int64_t C,
+                                                             int64_t L) {
+  if (!gate.has_value()) return {};
+  const auto gv = gate_values<acc_t>(gate);
+  return {tiled(gv.data(), 1, C, L), tiled(gv.data() + C, 1, C, L)};
 }
 
 std::tuple<at::Tensor, at::Tensor> moments_rows(const std::vector<at::Tensor>& terms) {
@@ -219,9 +228,9 @@ std::tuple<at::Tensor, at::Tensor> dot_sums_rows(const at::Tensor& grad, const s
     using acc_t = at::opmath_type<scalar_t>;
     const auto ptr = base_ptrs<scalar_t>(terms);
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
-    const auto gv = gate_values<acc_t>(gate);
-    const auto gs = gate ? tiled(gv.data(), 1, C, L) : std::vector<acc_t>();
-    const auto gb = gate ? tiled(gv.data() + C, 1, C, L) : std::vector<acc_t>();
+    const auto gate_rows = tiled_gate<acc_t>(gate, C, L);
+    const std::vector<acc_t>& gs = gate_rows.first;  // scale, shift (a lambda can't capture structured bindings
+    const std::vector<acc_t>& gb = gate_rows.second;  // before C++20)
     run_chunks(rp.chunks, grain_for(rp.chunk_rows * C * (K + 1)), [&](int64_t begin, int64_t end) PNF_CHUNK_BODY {
       std::vector<acc_t> lane_g(L), lane_gz(K * L);
       std::vector<scalar_t> gated(gate ? L : 0);
@@ -289,9 +298,9 @@ std::vector<at::Tensor> affine_combine_rows(const at::Tensor& grad, const std::v
     std::vector<scalar_t*> optr;
     for (auto& o : outs) optr.push_back(o.mutable_data_ptr<scalar_t>());
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
-    const auto gv = gate_values<acc_t>(gate);
-    const auto gs = gate ? tiled(gv.data(), 1, C, L) : std::vector<acc_t>();
-    const auto gb = gate ? tiled(gv.data() + C, 1, C, L) : std::vector<acc_t>();
+    const auto gate_rows = tiled_gate<acc_t>(gate, C, L);
+    const std::vector<acc_t>& gs = gate_rows.first;  // scale, shift (a lambda can't capture structured bindings
+    const std::vector<acc_t>& gb = gate_rows.second;  // before C++20)
     run_chunks(rp.chunks, grain_for(rp.chunk_rows * C * K), [&](int64_t begin, int64_t end) PNF_CHUNK_BODY {
       std::vector<scalar_t> gated(gate ? L : 0);
       for (int64_t chunk = begin; chunk < end; ++chunk) {
