@@ -1,5 +1,8 @@
 """Saving and restoring every random number generator a run draws from (python, numpy, torch, CUDA), so a
-resumed run continues exactly where an uninterrupted one would."""
+resumed run continues exactly where an uninterrupted one would.
+
+The state is tensors, numbers and tuples only (NumPy's key as an int64 tensor), so a checkpoint holding it loads
+with torch.load(weights_only=True); states that hold the key as a NumPy array restore as well."""
 from __future__ import annotations
 
 import random
@@ -10,7 +13,9 @@ import torch
 
 
 def capture_rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    numpy_state = (name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -18,7 +23,9 @@ def capture_rng_state() -> Dict[str, Any]:
 
 def restore_rng_state(state: Dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, key, *rest = state["numpy"]
+    key = key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
+    np.random.set_state((name, key.astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available():

@@ -7,6 +7,8 @@ from typing import Callable, Dict, List
 import torch
 import torch.nn as nn
 
+from ..safe_load import UnsafeFileError, load_plain
+
 from .resnet_cifar import resnet20, resnet32, resnet44, resnet56, resnet110
 from .resnet_imagenet import resnet18, resnet50
 
@@ -43,7 +45,9 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = load_plain(path)
+    except UnsafeFileError as e:
+        raise CheckpointError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - torch.load raises many types for foreign files
         raise CheckpointError(f"{path}: not a torch checkpoint ({type(e).__name__}: {e})") from None
     if isinstance(obj, dict):

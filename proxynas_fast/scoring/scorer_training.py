@@ -19,6 +19,7 @@ import torch.nn as nn
 from ..atomic import atomic_torch_save
 from ..loaders import ResidentLoader
 from ..rng import capture_rng_state, restore_rng_state
+from ..safe_load import UnsafeFileError, load_plain
 from ..selection.forgetting import ForgettingTracker
 from .entropy import _batches_from_arrays
 from .models import create_scorer
@@ -59,7 +60,9 @@ def load_progress(path, recipe: ScorerRecipe, map_location="cpu") -> dict:
     """The progress checkpoint at `path`, checked to be complete and of `recipe`; ValueError naming the file
     otherwise (a truncated or foreign file, or one saved with another recipe)."""
     try:
-        ck = torch.load(path, map_location=map_location, weights_only=False)
+        ck = load_plain(path, map_location=map_location)
+    except UnsafeFileError as e:
+        raise ValueError(f"--resume: {e}; delete it to start over") from None
     except Exception as e:  # noqa: BLE001 - torch.load raises many types for damaged files
         raise ValueError(f"{path}: not a readable progress checkpoint ({type(e).__name__}: {str(e)[:120]}); "
                          "delete it to start over") from None
@@ -164,7 +167,7 @@ def train_scorer(dataset, out_path, recipe: ScorerRecipe, *, mean, std, device="
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < recipe.epochs:
             return run.model
     atomic_torch_save({"state_dict": run.model.state_dict(), "best_prec1": run.best, "arch": recipe.arch,
-                       "forgetting": run.tracker.counts()}, out_path)
+                       "forgetting": torch.from_numpy(run.tracker.counts())}, out_path)
     return run.model
 
 

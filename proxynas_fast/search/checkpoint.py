@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from proxynas_fast.atomic import atomic_torch_save
+from proxynas_fast.safe_load import UnsafeFileError, load_plain
 
 from .errors import SearchError
 
@@ -31,10 +32,11 @@ def save_checkpoint(path, state: Dict[str, Any]) -> None:
 def load_checkpoint(path, map_location: Any = "cpu") -> Dict[str, Any]:
     path = Path(path)
     try:
-        # Our own file: it holds RNG tuples and numpy arrays, which weights_only loading refuses.
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = load_plain(path, map_location=map_location)
     except FileNotFoundError:
         raise
+    except UnsafeFileError as e:
+        raise SearchError(f"--resume: checkpoint {e}; delete it to start over") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure: say which file
         raise SearchError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to start over")
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
@@ -60,7 +62,7 @@ def find_checkpoint(folder) -> Optional[Path]:
 def read_epochs_done(path) -> Optional[Tuple[int, int]]:
     """(epochs done, epochs of the run) of a checkpoint, or None when it cannot be read."""
     try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=False)
+        state = load_plain(path)
         return int(state["epochs_done"]), int(state["config"]["epochs"])
     except Exception:  # noqa: BLE001 - only for a message
         return None

@@ -24,6 +24,7 @@ from proxynas_fast.atomic import atomic_torch_save, atomic_write_text, remove_st
 from proxynas_fast.progress import open_progress
 from proxynas_fast.rng import capture_rng_state, restore_rng_state
 from proxynas_fast.run_folder import check_output_dir, same_file
+from proxynas_fast.safe_load import UnsafeFileError, load_plain
 from proxynas_fast.train.config import TrainConfig
 from proxynas_fast.train.networks import count_parameters
 
@@ -68,10 +69,11 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     try:
-        # Our own file: it holds numpy/python RNG states, which the weights-only loader rejects.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_plain(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except UnsafeFileError as e:
+        raise CheckpointError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
         raise CheckpointError(f"{path}: cannot read the checkpoint: the file is truncated or corrupt "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
@@ -98,7 +100,7 @@ def describe_saved(out_dir) -> str:
     for p in (out / CHECKPOINT_NAME, out / PREVIOUS_CHECKPOINT_NAME):
         if p.is_file():
             try:
-                state = torch.load(p, map_location="cpu", weights_only=False)
+                state = load_plain(p)
                 return f"the checkpoint after epoch {int(state['epoch'])}/{int(state['config']['epochs'])} is saved in {p}"
             except Exception:  # noqa: BLE001 - only for a message; try the previous one
                 continue
