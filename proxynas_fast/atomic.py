@@ -1,13 +1,42 @@
 """Atomic file output: write to a temporary file in the target folder, then os.replace it into place.
 
-An interrupted run therefore leaves either the previous file or the new one, never half a file.
+An interrupted run therefore leaves either the previous file or the new one, never half a file. A write that
+fails because the disk is full raises `DiskFullError` (an OSError, ENOSPC) naming the file, with the previous
+file kept.
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+# torch.save's C++ writer reports a full disk as a RuntimeError ("basic_ios::clear", "PytorchStreamWriter failed
+# writing file", "unexpected pos N vs M") without the errno; the free space left tells it apart from other faults.
+_FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_NEARLY_FULL_BYTES = 16 << 20  # a writer that ran out fills the disk up to the last blocks
+
+
+class DiskFullError(OSError):
+    """No space left on the device while writing a file; the message names it and says what was kept."""
+
+
+def _free_bytes(folder) -> int:
+    st = os.statvfs(folder)
+    # root may write into the blocks reserved for it; other users stop at f_bavail
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+
+
+def _is_full_disk(error: BaseException, folder) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in _FULL_DISK_ERRNOS
+    if isinstance(error, RuntimeError):
+        try:
+            return _free_bytes(folder) < _NEARLY_FULL_BYTES
+        except OSError:
+            return False
+    return False
 
 
 def atomic_write(path, write: Callable[[str], None], keep_previous=None) -> Path:
@@ -29,9 +58,13 @@ def atomic_write(path, write: Callable[[str], None], keep_previous=None) -> Path
         if keep_previous is not None and path.exists():
             os.replace(path, keep_previous)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = _is_full_disk(e, path.parent)  # measured before the partial file is removed
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if full:
+            kept = f"the previous {path.name} is kept" if path.exists() else "no partial file is left"
+            raise DiskFullError(errno.ENOSPC, f"{path}: no space left on device while writing it; {kept}") from e
         raise
     return path
 

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import number_flags
 from .cli_errors import resume_command, run_cli
 from .data import DatasetError
 from .run_folder import check_output_file, hold_output
@@ -44,8 +45,11 @@ def check_args(args: argparse.Namespace) -> Path:
     """Mistakes visible without torch or data; returns the checked output path."""
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs} (0 epochs would write an untrained scorer)")
-    if not args.lr > 0:
-        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    for flag, problem in (("--lr", number_flags.positive(args.lr)), ("--seed", number_flags.seed(args.seed)),
+                          ("--batch-size", number_flags.at_most(args.batch_size, number_flags.MAX_BATCH_SIZE,
+                                                                "examples"))):
+        if problem:
+            raise ValueError(f"{flag}: {problem}")
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")

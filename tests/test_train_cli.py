@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from proxynas_fast.cli_errors import DivergedError
 from proxynas_fast.darts.genotypes import get_genotype
 from proxynas_fast.train.__main__ import main
 from proxynas_fast.train.config import TrainConfig, make_config
@@ -168,7 +169,7 @@ def test_step_schedule_bf16_and_progress_bar(tmp_path, single_thread, monkeypatc
 def test_non_finite_loss_stops_the_run(tmp_path, single_thread):
     trainer = _tiny_trainer(tmp_path, epochs=1)
     trainer.train_loader.x[:] = float("nan")
-    with pytest.raises(FloatingPointError, match="epoch 1"):
+    with pytest.raises(DivergedError, match="epoch 1/1, by step .*: non-finite training loss"):
         trainer.fit()
 
 

@@ -37,23 +37,62 @@ def _concat_form(nodes) -> Union[range, List[int]]:
     return nodes
 
 
+# Operations a fixed (trained) cell may use besides the search space's: the reference network's extra ones.
+EXTRA_OPERATIONS = ("sep_conv_7x7", "conv_7x1_1x7")
+MAX_NODES = 32  # intermediate nodes per cell; the papers' cells have 4
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked_edges(kind: str, edges) -> List[tuple]:
+    """The (operation, input) pairs of a cell, or ValueError naming the field and the entry."""
+    if not isinstance(edges, (list, tuple)):
+        raise ValueError(f"genotype {kind}: must be a list of [operation, input] pairs, got {type(edges).__name__}")
+    if not edges or len(edges) % 2 or len(edges) > 2 * MAX_NODES:
+        raise ValueError(f"genotype {kind}: must hold two edges per node, an even number from 2 to "
+                         f"{2 * MAX_NODES}, got {len(edges)}")
+    checked = []
+    for i, edge in enumerate(edges):
+        if not isinstance(edge, (list, tuple)) or len(edge) != 2:
+            raise ValueError(f"genotype {kind} edge {i}: must be an [operation, input] pair, got {edge!r}")
+        op, j = edge
+        if not isinstance(op, str) or (op not in PRIMITIVES and op not in EXTRA_OPERATIONS):
+            raise ValueError(f"genotype {kind} edge {i}: unknown operation {op!r}; choose one of "
+                             f"{', '.join(PRIMITIVES + list(EXTRA_OPERATIONS))}")
+        node = i // 2 + 2
+        if not _is_int(j) or not 0 <= j < node:
+            raise ValueError(f"genotype {kind} edge {i}: input {j!r} must be an integer node before node {node} "
+                             f"(0 to {node - 1})")
+        checked.append((op, j))
+    return checked
+
+
+def _checked_concat(kind: str, concat, nodes: int) -> Union[range, List[int]]:
+    field = f"{kind}_concat"
+    if not isinstance(concat, (list, tuple, range)) or not concat:
+        raise ValueError(f"genotype {field}: must be a non-empty list of node indices, got {concat!r}")
+    for c in concat:
+        if not _is_int(c) or not 0 <= c < nodes:
+            raise ValueError(f"genotype {field}: {c!r} is not a node of the cell (an integer 0 to {nodes - 1})")
+    return _concat_form(concat)
+
+
 def genotype_from_dict(d: dict) -> Genotype:
-    """Build a Genotype from its JSON form, checking operation names and input indices. A consecutive concat
+    """Build a Genotype from its JSON form, checking everything a network needs to build it: the fields, two
+    [operation, input] pairs per node with known operations and inputs from earlier nodes, and concat indices
+    among the cell's nodes (integers, not strings or floats). ValueError names the field. A consecutive concat
     becomes a `range` (see `_concat_form`)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a genotype must be an object with the fields {Genotype._fields}, got {type(d).__name__}")
     try:
         parts = {k: d[k] for k in Genotype._fields}
     except KeyError as e:
         raise ValueError(f"genotype is missing the field {e.args[0]!r}; expected {Genotype._fields}") from None
     for kind in ("normal", "reduce"):
-        edges = [(str(op), int(j)) for op, j in parts[kind]]
-        for i, (op, j) in enumerate(edges):
-            if op not in PRIMITIVES and op not in ("sep_conv_7x7", "conv_7x1_1x7"):
-                raise ValueError(f"genotype {kind} edge {i}: unknown operation {op!r}")
-            node = i // 2 + 2
-            if not 0 <= j < node:
-                raise ValueError(f"genotype {kind} edge {i}: input {j} must be an earlier node (< {node})")
-        parts[kind] = edges
-        parts[kind + "_concat"] = _concat_form(parts[kind + "_concat"])
+        parts[kind] = _checked_edges(kind, parts[kind])
+        parts[kind + "_concat"] = _checked_concat(kind, parts[kind + "_concat"], len(parts[kind]) // 2 + 2)
     return Genotype(**parts)
 
 
@@ -124,6 +163,11 @@ def get_genotype(name_or_path: Union[str, Path]) -> Genotype:
     if key.lstrip().startswith(("Genotype(", "genotypes.Genotype(")):
         return genotype_from_string(key)
     path = Path(key)
+    if path.is_dir():  # a search's run folder: its genotype.json
+        if not (path / "genotype.json").is_file():
+            raise FileNotFoundError(f"{path} is a folder without a genotype.json; pass a genotype.json file or the "
+                                    "run folder of a search (which holds genotype.json)")
+        path = path / "genotype.json"
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
             raise FileNotFoundError(f"genotype file {path} does not exist")

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .. import number_flags
 from ..atomic import atomic_torch_save
+from ..divergence import describe_kept, floating_state, stop_if_diverged
 from ..loaders import ResidentLoader
 from ..rng import capture_rng_state, restore_rng_state
 from ..safe_load import UnsafeFileError, load_plain
@@ -44,8 +46,11 @@ def check_recipe(recipe: ScorerRecipe) -> None:
     """ValueError for a recipe that would not train (no epochs, no step size, empty batches)."""
     if recipe.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {recipe.epochs} (0 epochs would write an untrained scorer)")
-    if not recipe.lr > 0:
-        raise ValueError(f"lr must be > 0, got {recipe.lr}")
+    for name, check in (("lr", number_flags.positive), ("momentum", number_flags.unit_interval),
+                        ("weight_decay", number_flags.non_negative), ("seed", number_flags.seed)):
+        problem = check(getattr(recipe, name))
+        if problem:
+            raise ValueError(f"{name}: {problem}")
     if recipe.batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {recipe.batch_size}")
 
@@ -159,6 +164,10 @@ def train_scorer(dataset, out_path, recipe: ScorerRecipe, *, mean, std, device="
     criterion = nn.CrossEntropyLoss()
     for epoch in range(run.start_epoch, recipe.epochs):
         acc = train_scorer_epoch(run, epoch, criterion, recipe.batch_size)
+        # Before the progress file is replaced: a NaN network must not become the one to resume from (or the scorer).
+        stop_if_diverged(f"epoch {epoch + 1}/{recipe.epochs}", {"weights": floating_state(run.model)},
+                         f"try a lower --lr (now {recipe.lr:g})",
+                         describe_kept(progress_path if progress_path.is_file() else None, epoch or None))
         if eval_dataset is not None:
             acc = 100.0 * evaluate(run.model, eval_dataset, mean=mean, std=std, device=device)
         run.best = max(run.best, acc)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from proxynas_fast.data import list_datasets  # numpy only: --help still answers without torch
+from proxynas_fast import number_flags
 
 from .errors import SearchError
 from .strategies import get_strategy, list_strategies
@@ -124,6 +125,7 @@ class SearchConfig:
         self._validate_names()
         self._validate_selection()
         self._validate_schedule()
+        self._validate_numbers()
         self._validate_run()
         return self
 
@@ -178,6 +180,23 @@ class SearchConfig:
                 _bad(name, f"must be >= 0, got {getattr(self, name)}")
         if not self.grad_clip > 0:
             _bad("grad_clip", f"must be > 0, got {self.grad_clip}")
+
+    def _validate_numbers(self) -> None:
+        """Rates finite and positive, decays finite, momentum in [0, 1), the seed in range, sizes capped."""
+        checks = [(name, number_flags.positive) for name in ("learning_rate", "arch_learning_rate", "grad_clip")]
+        checks += [(name, number_flags.non_negative) for name in ("learning_rate_min", "weight_decay",
+                                                                  "arch_weight_decay")]
+        checks += [("momentum", number_flags.unit_interval), ("seed", number_flags.seed)]
+        for name, check in checks:
+            problem = check(getattr(self, name))
+            if problem:
+                _bad(name, problem)
+        for name, limit, what in (("layers", number_flags.MAX_LAYERS, "cells"),
+                                  ("init_channels", number_flags.MAX_INIT_CHANNELS, "channels"),
+                                  ("batch_size", number_flags.MAX_BATCH_SIZE, "examples")):
+            problem = number_flags.at_most(getattr(self, name), limit, what)
+            if problem:
+                _bad(name, problem)
 
     def _validate_run(self) -> None:
         if self.image_size is not None:

@@ -21,6 +21,7 @@ import torch.nn as nn
 from proxynas_fast.darts import Architect
 from proxynas_fast.darts.genotypes import genotype_to_dict
 from proxynas_fast.data import dataset_info, load_dataset, materialize
+from proxynas_fast.divergence import describe_kept, floating_state, stop_if_diverged
 from proxynas_fast.entropy_file import EntropyTable, read_entropy_file, write_entropy_file
 from proxynas_fast.loaders import ResidentLoader, build_imagenet_loader, select_files
 from proxynas_fast.loaders.sharding import derived_seed
@@ -576,6 +577,18 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
     return SearchResult(out_dir, genotype, config.epochs, data.split, loaders, history, parts.model)
 
 
+def _stop_if_diverged(epoch: int, config: SearchConfig, parts: SearchComponents, train: EpochMetrics,
+                      val: EpochMetrics) -> None:
+    """DivergedError before the epoch's checkpoint and genotype.json are written from non-finite numbers."""
+    path = ckpt.find_checkpoint(Path(config.out))
+    stop_if_diverged(
+        f"epoch {epoch + 1}/{config.epochs}",
+        {"training loss": train.loss, "validation loss": val.loss, "alphas": parts.model.arch_parameters(),
+         "weights": floating_state(parts.model)},
+        f"try a lower --learning-rate (now {config.learning_rate:g}) or --arch-learning-rate "
+        f"(now {config.arch_learning_rate:g})", describe_kept(path, epoch if path else None))
+
+
 def search_epoch(epoch: int, config: SearchConfig, strategy, parts: SearchComponents, loaders, ctx: DistContext,
                  log: outputs.RunLog, progress: bool, steps_impl=None,
                  times: Optional[PhaseTimes] = None) -> Dict[str, Any]:
@@ -600,6 +613,7 @@ def search_epoch(epoch: int, config: SearchConfig, strategy, parts: SearchCompon
     if times is not None:
         times.add("search_steps", train.seconds)
         times.add("validation", val.seconds)
+    _stop_if_diverged(epoch, config, parts, train, val)
     parts.scheduler.step()
     return dict(epoch=epoch + 1, epochs=config.epochs, lr=lr, arch_updates=update_arch,
                 **_metrics("train", train), **_metrics("val", val),

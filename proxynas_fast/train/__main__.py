@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m proxynas_fast.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch",
-                   help="a registered genotype name (see --list-archs) or a genotype.json written by a search "
-                        "(required)")
+                   help="a registered genotype name (see --list-archs), a genotype.json written by a search, or "
+                        "that search's run folder (its genotype.json is read) (required)")
     p.add_argument("--list-archs", action="store_true", help="list the registered genotype names and exit")
     p.add_argument("--dataset", default="cifar10", choices=list_datasets())
     p.add_argument("--data-dir", default=None, help="data folder (default: $PROXYNAS_DATA, else ./data)")
@@ -87,6 +87,8 @@ def _default_out(arch: str) -> str:
     path = Path(arch)
     if path.suffix == ".json":
         name = path.parent.name if path.stem == "genotype" and path.parent.name else path.stem
+    elif path.is_dir():  # a search's run folder
+        name = path.resolve().name
     else:
         name = arch
     return str(Path("runs") / (name or "run"))

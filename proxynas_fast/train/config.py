@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from proxynas_fast.data import list_datasets
+from proxynas_fast import number_flags
 
 # The data sets registered when this module loaded; the checks ask `list_datasets()` when they run.
 DATASET_NAMES = tuple(list_datasets())
@@ -91,7 +92,28 @@ class TrainConfig:
             bad("cutout", f"must be >= 0, got {self.cutout}")
         if self.lr <= 0:
             bad("lr", f"must be positive, got {self.lr}")
+        if self.batch_size == 1:
+            bad("batch_size", "must be at least 2: BatchNorm needs more than one example per batch in training "
+                              "(the auxiliary head normalises 1x1 maps), got 1")
+        self._validate_numbers(bad)
         return self
+
+    def _validate_numbers(self, bad) -> None:
+        """Rates finite and positive, decays finite, momentum in [0, 1), the seed in range, sizes capped."""
+        checks = [("lr", number_flags.positive), ("lr_gamma", number_flags.positive),
+                  ("momentum", number_flags.unit_interval), ("weight_decay", number_flags.non_negative),
+                  ("grad_clip", number_flags.non_negative), ("auxiliary_weight", number_flags.non_negative),
+                  ("seed", number_flags.seed)]
+        for name, check in checks:
+            problem = check(getattr(self, name))
+            if problem:
+                bad(name, problem + (" (0 turns clipping off)" if name == "grad_clip" else ""))
+        for name, limit, what in (("layers", number_flags.MAX_LAYERS, "cells"),
+                                  ("init_channels", number_flags.MAX_INIT_CHANNELS, "channels"),
+                                  ("batch_size", number_flags.MAX_BATCH_SIZE, "examples")):
+            problem = number_flags.at_most(getattr(self, name), limit, what)
+            if problem:
+                bad(name, problem)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from proxynas_fast.divergence import describe_kept, floating_state, stop_if_diverged
 from proxynas_fast.atomic import atomic_torch_save, atomic_write_text, remove_stale_temporaries
 from proxynas_fast.progress import open_progress
 from proxynas_fast.rng import capture_rng_state, restore_rng_state
@@ -319,14 +320,22 @@ class Trainer:
         if count == 0:
             raise ValueError("the training loader yielded no batches (is --batch-size larger than the data?)")
         self._check_finite(loss_sum, epoch, step)
+        stop_if_diverged(f"epoch {epoch + 1}/{cfg.epochs}", {"weights": floating_state(model)},
+                         self._advice(), self._kept(epoch))
         loss_sum, correct = loss_sum.item(), correct.item()
         return {"train_loss": loss_sum / count, "train_acc": 100.0 * correct / count}
 
-    @staticmethod
-    def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
-        if not torch.isfinite(loss_sum):
-            raise FloatingPointError(f"epoch {epoch + 1}, by step {step + 1}: the training loss is not finite; "
-                                     f"lower --lr, or use --amp bf16 / none")
+    def _check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+        """DivergedError when the loss summed so far is not finite (one host read, with the progress read)."""
+        stop_if_diverged(f"epoch {epoch + 1}/{self.cfg.epochs}, by step {step + 1}", {"training loss": loss_sum},
+                         self._advice(), self._kept(epoch))
+
+    def _advice(self) -> str:
+        return f"try a lower --lr (now {self.cfg.lr:g})" + (", or --amp bf16 / none" if self.cfg.amp == "fp16" else "")
+
+    def _kept(self, epoch: int) -> str:
+        path = self.checkpoint_path if self.checkpoint_path.is_file() else None
+        return describe_kept(path, epoch if path else None)
 
     # -- the run
     def fit(self, resume: bool = False) -> Dict[str, Any]:
