@@ -16,6 +16,8 @@ MAX_SEED = 2 ** 32 - 1
 MAX_LAYERS = 100
 MAX_INIT_CHANNELS = 1024
 MAX_BATCH_SIZE = 65536
+# The optimisers turn a rate into a float32 scalar for the weights (and fail with an overflow beyond it).
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _finite(value) -> bool:
@@ -23,8 +25,10 @@ def _finite(value) -> bool:
 
 
 def positive(value) -> Optional[str]:
-    """A finite number > 0 (learning rates, a gradient clip)."""
-    return None if _finite(value) and value > 0 else f"must be a finite number > 0, got {value}"
+    """A finite number > 0 (learning rates, a gradient clip) that float32 holds."""
+    if not (_finite(value) and value > 0):
+        return f"must be a finite number > 0, got {value}"
+    return None if value <= FLOAT32_MAX else f"{value} is beyond float32's range (at most {FLOAT32_MAX:.3g})"
 
 
 def non_negative(value) -> Optional[str]:

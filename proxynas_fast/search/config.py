@@ -191,6 +191,11 @@ class SearchConfig:
             problem = check(getattr(self, name))
             if problem:
                 _bad(name, problem)
+        # Adam's first steps are the rate over (1 - beta1) as a float32 scalar.
+        adam_step = self.arch_learning_rate / (1 - self.arch_betas[0])
+        if adam_step > number_flags.FLOAT32_MAX:
+            _bad("arch_learning_rate", f"{self.arch_learning_rate:g} makes Adam's first step {adam_step:.3g}, beyond "
+                                       f"float32's range (at most {number_flags.FLOAT32_MAX:.3g})")
         for name, limit, what in (("layers", number_flags.MAX_LAYERS, "cells"),
                                   ("init_channels", number_flags.MAX_INIT_CHANNELS, "channels"),
                                   ("batch_size", number_flags.MAX_BATCH_SIZE, "examples")):
