@@ -19,11 +19,13 @@ def wait_for(predicate: Callable[[], bool], proc: Popen, timeout: float = 600) -
     raise AssertionError("timed out")
 
 
-def interrupt_when(predicate: Callable[[], bool], proc: Popen, timeout: float = 600) -> str:
-    """Ctrl-C (SIGINT) the child once `predicate` holds and return its stderr; the child never outlives the test."""
+def interrupt_when(predicate: Callable[[], bool], proc: Popen, timeout: float = 600,
+                   sig: int = signal.SIGINT) -> str:
+    """Ctrl-C (SIGINT, or `sig`) the child once `predicate` holds and return its stderr; the child never outlives
+    the test."""
     try:
         wait_for(predicate, proc, timeout)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
