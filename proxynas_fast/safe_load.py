@@ -8,6 +8,7 @@ go through the same restricted unpickler), so it runs nothing.
 
 `load_plain(path)` returns the object or raises:
 - `UnsafeFileError` (a ValueError) with one line naming the file and the object refused;
+- `pickle.UnpicklingError("neither a torch archive nor a pickle")` for junk;
 - whatever torch.load raises for a missing, truncated or foreign file (callers word those themselves).
 """
 from __future__ import annotations
@@ -47,9 +48,19 @@ def load_plain(path, map_location: Any = "cpu") -> Any:
             return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as e:
             found = _REFUSED.search(str(e))
-            if found is None and "Weights only load failed" not in str(e):
-                raise
-            what = found.group(1) if found else "an object that is not a tensor or plain data"
-            raise UnsafeFileError(
-                f"{path}: refused: it holds {what}, which is not a tensor or plain data, and loading it could run "
-                "code") from None
+            if found is None and not _looks_like_a_pickle(path):
+                # junk: torch's message would suggest weights_only=False; the caller says it cannot be read
+                raise pickle.UnpicklingError("neither a torch archive nor a pickle") from None
+            what = f"{found.group(1)}, which is" if found else "an object that is"
+            raise UnsafeFileError(f"{path}: refused: it holds {what} not a tensor or plain data, and loading it "
+                                  "could run code") from None
+
+
+def _looks_like_a_pickle(path: Path) -> bool:
+    """A torch zip archive or a pickle (protocol 2 and up start with PROTO); text and other junk are neither."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return head == b"PK" or head[:1] == b"\x80"

@@ -4,6 +4,7 @@ under weights_only=True."""
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 
@@ -62,6 +63,9 @@ def test_load_plain_refuses_the_payload_and_reads_tensors_arrays_and_containers(
         load_plain(write_payload(tmp_path / "p.pt", marker))
     assert not marker.exists()
     plain = {"w": torch.ones(2), "a": np.arange(3, dtype=np.uint32), "t": (1, 2.5, None, "x"), "l": [True]}
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(pickle.UnpicklingError, match="^neither a torch archive nor a pickle$"):
+        load_plain(tmp_path / "junk.pt")  # not called unsafe, and without torch's advice to load it unsafely
     torch.save(plain, tmp_path / "ok.pt")
     back = load_plain(tmp_path / "ok.pt")
     assert torch.equal(back["w"], plain["w"]) and np.array_equal(back["a"], plain["a"])
