@@ -8,7 +8,7 @@ go through the same restricted unpickler), so it runs nothing.
 
 `load_plain(path)` returns the object or raises:
 - `UnsafeFileError` (a ValueError) with one line naming the file and the object refused;
-- `pickle.UnpicklingError("neither a torch archive nor a pickle")` for junk;
+- a short `pickle.UnpicklingError` for junk or a pickle the restricted unpickler cannot read;
 - whatever torch.load raises for a missing, truncated or foreign file (callers word those themselves).
 """
 from __future__ import annotations
@@ -38,6 +38,7 @@ def _numpy_array_globals() -> List[Any]:
 
 
 _REFUSED = re.compile(r"GLOBAL (\S+)")
+_DETAIL = re.compile(r"Unsupported [^\n]*|invalid load key[^\n]*")
 
 
 def load_plain(path, map_location: Any = "cpu") -> Any:
@@ -48,19 +49,11 @@ def load_plain(path, map_location: Any = "cpu") -> Any:
             return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as e:
             found = _REFUSED.search(str(e))
-            if found is None and not _looks_like_a_pickle(path):
-                # junk: torch's message would suggest weights_only=False; the caller says it cannot be read
-                raise pickle.UnpicklingError("neither a torch archive nor a pickle") from None
-            what = f"{found.group(1)}, which is" if found else "an object that is"
-            raise UnsafeFileError(f"{path}: refused: it holds {what} not a tensor or plain data, and loading it "
-                                  "could run code") from None
-
-
-def _looks_like_a_pickle(path: Path) -> bool:
-    """A torch zip archive or a pickle (protocol 2 and up start with PROTO); text and other junk are neither."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-    except OSError:
-        return False
-    return head == b"PK" or head[:1] == b"\x80"
+            if found is None:
+                # Junk or an unsupported opcode (nothing it names is called): the caller says it cannot be read.
+                # torch's own message would advise loading with weights_only=False.
+                detail = _DETAIL.search(str(e))
+                what = detail.group(0) if detail else "unreadable"
+                raise pickle.UnpicklingError(f"not a torch file of plain data ({what})") from None
+            raise UnsafeFileError(f"{path}: refused: it holds {found.group(1)}, which is not a tensor or plain data, "
+                                  "and loading it could run code") from None
