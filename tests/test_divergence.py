@@ -72,6 +72,19 @@ def test_search_diverging_in_the_second_epoch_keeps_the_first(cifar10_jpeg_dir, 
     genotype = json.loads((out / "genotype.json").read_text())
     assert genotype["epochs_done"] == 1 and genotype["finished"] is False
 
+    # A checkpoint holding NaN alphas (as earlier versions wrote them) is not resumed from.
+    state["arch"] = {k: torch.full_like(v, float("nan")) for k, v in state["arch"].items()}
+    torch.save(state, out / "checkpoint.pt")
+    proc = run_module("proxynas_fast.search", *search_args(cifar10_jpeg_dir, out, "--arch-begin-epoch", "1",
+                                                           "--arch-learning-rate", "1.5e38", "--count", "128",
+                                                           "--resume"))
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    errors = error_lines(proc.stderr)
+    assert errors == [f"error: --resume: {out / 'checkpoint.pt'} (after epoch 1): non-finite alphas (the run "
+                      "diverged); start a new --out with a lower --learning-rate or --arch-learning-rate; the "
+                      "checkpoint is left as it is"], proc.stderr[-2000:]
+    assert json.loads((out / "genotype.json").read_text()) == genotype
+
 
 @pytest.mark.parametrize("flag,value,problem", [
     ("--learning-rate", "inf", "must be a finite number > 0, got inf"),

@@ -483,6 +483,11 @@ def _begin_epochs(config: SearchConfig, ctx: DistContext, log: outputs.RunLog, d
         _log_start(config, ctx, log, data, loaders, backend)
         return 0
     start_epoch = restore_state(data.saved_state, parts, loaders)
+    # A checkpoint of an earlier version may hold a diverged network; nothing (a genotype) is made from it.
+    stop_if_diverged(f"--resume: {data.checkpoint_path} (after epoch {start_epoch})",
+                     {"alphas": parts.model.arch_parameters(), "weights": floating_state(parts.model)},
+                     "start a new --out with a lower --learning-rate or --arch-learning-rate",
+                     "the checkpoint is left as it is")
     log.truncate_to_epoch(start_epoch)
     log.write("resume", epochs_done=start_epoch)
     _say(ctx, f"resuming {Path(config.out)} after epoch {start_epoch}/{config.epochs}")
