@@ -138,5 +138,6 @@ def test_interrupt_messages_do_not_run_a_payload_checkpoint(tmp_path):
     assert read_epochs_done(tmp_path / "search" / "checkpoint.pt") is None
     message = interrupted_message(str(tmp_path / "search"), ["--out", str(tmp_path / "search")])
     assert "resume with:" in message
-    assert describe_saved(tmp_path / "train").startswith("no epoch had finished")
+    assert describe_saved(tmp_path / "train") == (f"{tmp_path / 'train'} holds no readable checkpoint "
+                                                  f"({tmp_path / 'train' / 'checkpoint.pt'} cannot be read or is refused)")
     assert not marker.exists()

@@ -98,13 +98,16 @@ def check_train_output(out_dir, resume: bool) -> Path:
 def describe_saved(out_dir) -> str:
     """What a run folder holds to resume from, in words (for the Ctrl-C line)."""
     out = Path(out_dir)
+    unreadable = []
     for p in (out / CHECKPOINT_NAME, out / PREVIOUS_CHECKPOINT_NAME):
         if p.is_file():
             try:
                 state = load_plain(p)
                 return f"the checkpoint after epoch {int(state['epoch'])}/{int(state['config']['epochs'])} is saved in {p}"
             except Exception:  # noqa: BLE001 - only for a message; try the previous one
-                continue
+                unreadable.append(p)
+    if unreadable:
+        return f"{out} holds no readable checkpoint ({unreadable[0]} cannot be read or is refused)"
     return f"no epoch had finished, so {out} holds no checkpoint yet"
 
 
