@@ -6,6 +6,7 @@
 - KeyboardInterrupt: `interrupted: <interrupted_message()>` on one line, exit 130 (no traceback). The message
   says what was saved and the command that resumes (`resume_command` builds the latter). Exit 130 holds under
   `python -m` too, wherever the Ctrl-C landed (see `_forget_unhandled_interrupt`).
+Either line starts on a line of its own, also when a progress bar was left open on stderr.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import shlex
 import sys
 from typing import Callable, Iterable, Optional, Sequence, Tuple, Type
 
+from .progress import leave_open_bars
 from .run_folder import OutputError
 
 EXIT_USER_ERROR = 2
@@ -38,10 +40,12 @@ def run_cli(
             message = f"(what was saved is unknown: {e})"
         except KeyboardInterrupt:  # a second Ctrl-C while the message is built (it may read a checkpoint)
             message = "(interrupted again while looking at what was saved)"
+        leave_open_bars()
         print(f"interrupted: {one_line(message)}", file=sys.stderr, flush=True)
         _forget_unhandled_interrupt()
         return EXIT_INTERRUPTED
     except (OutputError, *user_errors) as e:
+        leave_open_bars()
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     return 0 if status is None else int(status)
