@@ -42,6 +42,25 @@ def quick_start_commands() -> list:
     return [part.strip() for line in block.splitlines() for part in line.split("&&")]
 
 
+def test_the_readme_opens_with_the_two_commands_ci_runs():
+    """Two lines: install + the main job, install + the test suite; the second is what .ci/run runs."""
+    lines = README.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("bash scripts/install.sh && ") for line in lines)
+    assert lines[1] in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_table_can_be_pasted_and_says_what_takes_long():
+    """The table's commands start with `python`: the README says once how to get the venv's python; the search and
+    training lines say how long they take on a CPU."""
+    assert "source .venv/bin/activate" in README.split("## Pipeline and commands", 1)[0]
+    rows = {cells[0]: cells for cells in (
+        [c.strip() for c in row.strip("|").split("|")]
+        for row in README.split("## Pipeline and commands", 1)[1].split("\n\n", 2)[1].splitlines()[2:])}
+    for step in ("search", "train"):
+        time_cell = rows[step][2]
+        assert re.search(r"\d+ (hours?|minutes?)", time_cell) and "--preset cpu-demo" in time_cell, time_cell
+
+
 def test_the_readme_lists_every_step():
     assert set(pipeline_commands()) == {"train a scorer (if none)", "score", "select", "search", "train"}
 
