@@ -13,6 +13,7 @@ exit status.
 - SIGTERM (a scheduler's or torchrun's stop, `kill PID`): handled like Ctrl-C, raised as `Terminated` wherever
   the run is, so the same state is saved and the same line printed (`interrupted: SIGTERM; ...`); exit 143
   (128 + 15, the status a shell reports for a process killed by SIGTERM).
+Each line starts on a line of its own, also when a progress bar was left open on stderr.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import threading
 from typing import Callable, Iterable, Optional, Sequence, Tuple, Type
 
 from .atomic import DiskFullError
+from .progress import leave_open_bars
 from .run_folder import OutputError
 
 EXIT_USER_ERROR = 2
@@ -68,18 +70,22 @@ def run_cli(
             message = f"(what was saved is unknown: {e})"
         except KeyboardInterrupt:  # a second Ctrl-C while the message is built (it may read a checkpoint)
             message = "(interrupted again while looking at what was saved)"
+        leave_open_bars()
         print(f"interrupted: {'SIGTERM; ' if terminated else ''}{one_line(message)}", file=sys.stderr, flush=True)
         _forget_unhandled_interrupt()
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except DivergedError as e:
+        leave_open_bars()
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_DIVERGED
     except (OutputError, *user_errors) as e:
+        leave_open_bars()
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
+        leave_open_bars()
         print(f"error: {one_line(_full_disk_message(e))}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     finally:

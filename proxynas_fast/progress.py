@@ -4,7 +4,8 @@ A redirected run used to print its header and then nothing until the epoch ended
 after the first step (the time per step shows at once), then one every `line_seconds()` (30 s, or
 $PROXYNAS_PROGRESS_SECONDS) and one after the last step (the loop's whole time), each with the step count, the elapsed time, an estimate of the time left and the
 latest loss/accuracy the loop reported. `LineProgress` has the part of tqdm's interface the loops use (update,
-set_postfix, close), so a loop does not care which one it got.
+set_postfix, close), so a loop does not care which one it got. `leave_open_bars()` ends the line of any bar still
+on screen, so that an error printed after it starts on a line of its own.
 """
 from __future__ import annotations
 
@@ -84,3 +85,14 @@ def open_progress(enabled: bool, total: int, description: str, *, stream: Option
 
         return tqdm(total=total, desc=description, leave=False, file=stream, dynamic_ncols=True)
     return LineProgress(total, description, stream=stream)
+
+
+def leave_open_bars() -> None:
+    """Close every tqdm bar still open, its last state kept on its own line: what is printed next (a CLI's
+    `error:` or `interrupted:` line, raised out of a loop that never closed its bar) starts on a fresh line."""
+    module = sys.modules.get("tqdm")
+    if module is None:
+        return  # tqdm was never imported: no bar is open
+    for bar in list(getattr(module.tqdm, "_instances", ())):
+        bar.leave = True
+        bar.close()

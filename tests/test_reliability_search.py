@@ -84,8 +84,11 @@ def test_failed_start_up_does_not_protect_the_folder(cifar10_jpeg_dir, tmp_path,
     assert main(args(cifar10_jpeg_dir, out)) == 0, capsys.readouterr().err
     events = [json.loads(line)["event"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert events.count("start") == 1
-    # With a checkpoint it is a run: refused without --resume.
-    assert main(args(cifar10_jpeg_dir, out)) == 2
+    # With a checkpoint it is a run: the same command finds it finished and redoes nothing (exit 0); other
+    # options are refused without --resume.
+    assert main(args(cifar10_jpeg_dir, out)) == 0
+    assert "already holds this search, finished after 1 epochs" in capsys.readouterr().out
+    assert main(args(cifar10_jpeg_dir, out, epochs=2)) == 2
     assert "already holds a search" in capsys.readouterr().err
 
 

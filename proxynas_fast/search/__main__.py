@@ -1,6 +1,7 @@
 """`python -m proxynas_fast.search`: proxy selection + architecture search (see --help)."""
 from __future__ import annotations
 
+import os
 import sys
 
 from proxynas_fast.cli_errors import run_cli
@@ -30,13 +31,19 @@ def main(argv=None) -> int:
     from proxynas_fast.entropy_file import EntropyFileError
     from proxynas_fast.loaders import ImageFileError
 
-    from .pipeline import run_search
-    from .run_ownership import interrupted_message
+    from .pipeline import RESUME_MAY_DIFFER, run_search
+    from .run_ownership import finished_run_message, interrupted_message
 
     print(f"threads: {threads.describe()}", flush=True)
 
     def body():
-        run_search(resolve_config(overrides_from_args(args)))
+        config = resolve_config(overrides_from_args(args))
+        finished = finished_run_message(config, RESUME_MAY_DIFFER)
+        if finished is not None:  # the same command again: its result is there, nothing is redone
+            if os.environ.get("RANK", "0") == "0":
+                print(finished, flush=True)
+            return 0
+        run_search(config)
 
     argv = sys.argv[1:] if argv is None else list(argv)
     return run_cli(body, user_errors=(SearchError, DatasetError, EntropyFileError, ImageFileError, FileNotFoundError),

@@ -8,11 +8,14 @@
 - `resume_differences(saved, mine)`: the options that make a resume a different run. The folder itself is not
   one (a moved run folder resumes; `runs/x/` and `runs/x` are the same), and file options compare by resolved
   path or, failing that, by content.
+- `finished_run_message(config, may_differ)`: when --out holds this same search, finished, the line that says
+  where its result is; the CLI then exits 0 without redoing it (a command can be run twice).
 - `interrupted_message(out, argv)`: the one line a Ctrl-C prints: what was saved and the command that resumes.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Optional, Sequence
@@ -22,6 +25,7 @@ from proxynas_fast.run_folder import OutputBusyError, OutputError, check_output_
 
 from .checkpoint import CHECKPOINT_NAME, find_checkpoint, read_epochs_done
 from .distributed import DistContext, broadcast_object
+from .outputs import CONFIG_NAME, GENOTYPE_NAME
 
 # Options naming files: equal when they resolve to the same file or the files have the same content.
 FILE_OPTIONS = ("entropy_file", "scorer_checkpoint", "proxy")
@@ -73,6 +77,24 @@ def resume_differences(saved: Mapping[str, Any], mine: Mapping[str, Any], may_di
         elif a != b:
             differ.append(key)
     return differ
+
+
+def finished_run_message(config, may_differ) -> Optional[str]:
+    """'--out X already holds this search, finished ...' when --out holds a finished run whose saved options are
+    these (up to `may_differ`); None otherwise (no run, an unfinished one, other options, or --resume, which
+    refreshes a finished run's outputs): the ordinary checks of --out then decide."""
+    out = Path(config.out)
+    if config.resume or not protected_run(out):
+        return None
+    try:
+        saved = json.loads((out / CONFIG_NAME).read_text())
+        result = json.loads((out / GENOTYPE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if result.get("finished") is not True or resume_differences(saved, config.to_dict(), may_differ):
+        return None
+    return (f"--out {config.out} already holds this search, finished after {result.get('epochs_done')} epochs: "
+            f"the cell is in {out / GENOTYPE_NAME}; nothing to do (another --out starts a new search)")
 
 
 def interrupted_message(out, argv: Optional[Sequence[str]] = None) -> str:
