@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from proxynas_fast.data import list_datasets  # numpy only: --help still answers without torch
+from proxynas_fast.scorer_weights import torchvision_resnet50_source
 
 from .errors import SearchError
 from .strategies import get_strategy, list_strategies
@@ -305,7 +306,9 @@ def _add_selection_flags(p: argparse.ArgumentParser) -> None:
                    help="search on the proxy chosen by `python -m proxynas_fast.select --out DIR` (its proxy.txt, "
                         "proxy_weights.txt and proxy_arch.txt), instead of selecting one here")
     g.add_argument("--entropy-file", help="per-example entropies: index<TAB>entropy<TAB>label")
-    g.add_argument("--scorer-checkpoint", help="score the training set with this scorer checkpoint first")
+    g.add_argument("--scorer-checkpoint",
+                   help="score the training set with this scorer checkpoint first (imagenet: "
+                        f"{torchvision_resnet50_source()})")
     g.add_argument("--scorer-arch", help="scorer network (default: the paper's for the data set)")
     g.add_argument("--selection", help="selection method (default p1; random needs no entropies)")
     g.add_argument("--portion", type=float, help="share of the training set to select (default 0.1)")
