@@ -31,7 +31,7 @@ from proxynas_fast.selection import PROXY_FILES, get_selector, select, split_pro
 
 from . import checkpoint as ckpt
 from . import outputs
-from .config import SearchConfig, default_backend
+from .config import PRESETS, SearchConfig, default_backend
 from .distributed import (DistContext, barrier, broadcast_, broadcast_object, max_difference_from_rank0,
                           process_group, wrap_model)
 from .errors import SearchError
@@ -242,8 +242,18 @@ def check_batches_fit(config: SearchConfig, split: ProxySplit, world_size: int) 
         raise SearchError(
             f"{size} selects {len(split.selected)} examples of {config.dataset} ({len(split.weights)} for the "
             f"weights, {len(split.arch)} for the architecture), but with --batch-size {config.batch_size} on "
-            f"{world_size} process(es) each half needs at least {need} examples for one batch; raise "
-            f"--portion/--count or lower --batch-size")
+            f"{world_size} process(es) each half needs at least {need} examples for one batch; "
+            + _batch_fit_hint(config, min(len(split.weights), len(split.arch)) // world_size))
+
+
+def _batch_fit_hint(config: SearchConfig, largest: int) -> str:
+    """How to make a batch fit: the largest --batch-size that does, or a larger proxy."""
+    spec = PRESETS[config.preset]
+    preset = (f" (--preset {config.preset} sets --batch-size {spec['common']['batch_size']} for the full "
+              f"{spec['fixed']['dataset']} training set)" if "fixed" in spec else "")
+    if largest < 1:
+        return "raise --portion/--count"
+    return f"pass --batch-size {largest} or less{preset}, or raise --portion/--count"
 
 
 # --------------------------------------------------------------------------------------------- loaders
