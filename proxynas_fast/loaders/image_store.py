@@ -119,7 +119,9 @@ def _write_atomically(path: Path, write: Callable) -> None:
         os.replace(tmp, path)
         tmp = None
     except OSError as e:
-        full = " (disk full)" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
+        full = {errno.ENOSPC: " (disk full)", errno.EDQUOT: " (disk quota exceeded)",
+                errno.EFBIG: " (file size limit)"}.get(e.errno, " (short write: is the disk full?)"
+                                                       if e.errno is None else "")  # numpy's short write: no errno
         raise ImageStoreError(f"cannot write image store file {path}{full}: {e.strerror or e}; the shards "
                               f"already written stay and the next run resumes from them") from e
     finally:
