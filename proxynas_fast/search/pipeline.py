@@ -622,7 +622,8 @@ def search_epoch(epoch: int, config: SearchConfig, strategy, parts: SearchCompon
                  log: outputs.RunLog, progress: bool, steps_impl=None,
                  times: Optional[PhaseTimes] = None) -> Dict[str, Any]:
     """Train one epoch (alpha updates from `arch_begin_epoch` on), validate, step the schedule; the log record.
-    `times` gets the training phase as `search_steps` and the validation pass as `validation`."""
+    `times` gets the training phase as `search_steps` (less its batch drawing, which is data `batches`) and the
+    validation pass as `validation`."""
     lr = parts.scheduler.get_last_lr()[0]
     for loader in loaders.values():
         loader.set_epoch(epoch)
@@ -643,9 +644,10 @@ def search_epoch(epoch: int, config: SearchConfig, strategy, parts: SearchCompon
     else:
         val = None
     if times is not None:
-        times.add("search_steps", train.seconds)
+        times.add("search_steps", train.seconds - train.data_seconds)
+        times.add("data", train.data_seconds, "batches")
         times.add("validation", val.seconds if val is not None else 0.0)
     parts.scheduler.step()
     return dict(epoch=epoch + 1, epochs=config.epochs, lr=lr, arch_updates=update_arch,
-                **_metrics("train", train), **_metrics("val", val),
+                **_metrics("train", train), data_seconds=round(train.data_seconds, 3), **_metrics("val", val),
                 alphas=outputs.softmaxed_arch(parts.model), genotype=genotype_to_dict(parts.model.genotype()))

@@ -7,8 +7,10 @@ metrics (one host read of the loss sums), which waits for the device work of tha
 Parts (each also broken down in a `*_detail` mapping):
   data          loading/decoding the training set (`load`), scoring it (`score`), reading or selecting and
                 splitting the proxy set (`select`), building the batch loaders (`loaders`), of which the ImageNet
-                image stores' one-time decode of the proxy's files is named (`decode`);
-  search_steps  the architecture and weight steps of every epoch, including drawing their batches;
+                image stores' one-time decode of the proxy's files is named (`decode`), and drawing the
+                training batches in every epoch (`batches`: the host time of the loaders' next(), see
+                `loop.EpochMetrics.data_seconds`);
+  search_steps  the architecture and weight steps of every epoch;
   validation    the per-epoch validation passes;
   outputs       checkpoints (`checkpoints`), epoch records in log.jsonl/TensorBoard (`log`), genotype.json and
                 alphas.pt (`genotype`), cell drawings (`graphs`), config.json (`config`).
