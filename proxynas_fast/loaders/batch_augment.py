@@ -151,7 +151,10 @@ def _blend_(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch
 
 
 def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend_(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+    # the mean grey level = the grey weights applied to the channel means (one reduction, no grey image)
+    weights = torch.tensor(GREY_WEIGHTS, dtype=x.dtype, device=x.device)
+    mean = (x.mean(dim=(2, 3)) * weights).sum(1).view(-1, 1, 1, 1)
+    return _blend_(x, mean, factor)
 
 
 def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -159,32 +162,29 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor, workspace: Workspace | None = None) -> torch.Tensor:
-    """Rotates each image's hue by `shift` (fraction of the circle).  HSV keeps V = max and the chroma
-    C = max - min under a hue rotation, so only H is computed, shifted and turned back into RGB with
-    channel_n = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + 6H) mod 6, n = 5, 3, 1 for R, G, B."""
+    """Rotates each image's hue by `shift` (fraction of the circle).  HSV keeps V = max and m = min under a hue
+    rotation, so only H is computed, shifted and turned back into RGB with C = V - m:
+    R = m + C clamp(|6H - 3| - 1, 0, 1), G = m + C clamp(2 - |6H - 2|, 0, 1), B = m + C clamp(2 - |6H - 4|, 0, 1)."""
     r, g, b = x.unbind(1)
     # Every intermediate lives in a workspace and each op writes into it (out= / in place): fresh [B, H, W]
     # temporaries cost a page fault per 4 KiB on the CPU, which measured several times the arithmetic.
     workspace = workspace or Workspace()
-    value, chroma, h6, tmp, other = workspace.get("hue", (5, *r.shape), x.dtype, x.device).unbind(0)
-    is_r, is_g = workspace.get("hue_flags", (2, *r.shape), torch.bool, x.device).unbind(0)
+    value, low, chroma, h6, tmp = workspace.get("hue", (5, *r.shape), x.dtype, x.device).unbind(0)
+    is_max = workspace.get("hue_flags", r.shape, torch.bool, x.device)
     torch.maximum(torch.maximum(r, g, out=value), b, out=value)
-    torch.sub(value, torch.minimum(torch.minimum(r, g, out=chroma), b, out=chroma), out=chroma)
-    torch.eq(value, r, out=is_r)
-    torch.eq(value, g, out=is_g).logical_and_(is_r.logical_not())
-    # 6H * C by the max channel's sector: r: g - b; g: b - r + 2C; b: r - g + 4C
+    torch.minimum(torch.minimum(r, g, out=low), b, out=low)
+    torch.sub(value, low, out=chroma)
+    # 6H * C by the max channel's sector (r first, then g, as torchvision): r: g - b; g: b - r + 2C; b: r - g + 4C
     torch.sub(r, g, out=h6).add_(chroma, alpha=4)
-    torch.sub(b, r, out=tmp).add_(chroma, alpha=2).sub_(h6).mul_(is_g)
-    h6.add_(tmp)
-    torch.sub(g, b, out=tmp).sub_(h6).mul_(is_r)
-    h6.add_(tmp)
+    torch.where(torch.eq(value, g, out=is_max), torch.sub(b, r, out=tmp).add_(chroma, alpha=2), h6, out=h6)
+    torch.where(torch.eq(value, r, out=is_max), torch.sub(g, b, out=tmp), h6, out=h6)
     h6.div_(torch.clamp_min(chroma, 1e-6, out=tmp))  # chroma 0: h6 is 0 too
     h6.add_(6 * shift.view(-1, 1, 1).to(x.dtype))
     h6.sub_(torch.mul(h6, 1 / 6, out=tmp).floor_().mul_(6))  # into [0, 6)
-    for channel, n in zip(x.unbind(1), (5.0, 3.0, 1.0)):
-        k = torch.add(h6, n, out=tmp).fmod_(6.0)
-        torch.minimum(k, torch.neg(k, out=other).add_(4), out=k).clamp_(0, 1).mul_(chroma)
-        torch.sub(value, k, out=channel)
+    for channel, centre in zip((r, g, b), (3.0, 2.0, 4.0)):
+        k = torch.sub(h6, centre, out=tmp).abs_()
+        k = k.sub_(1) if centre == 3.0 else k.neg_().add_(2)
+        torch.add(low, k.clamp_(0, 1).mul_(chroma), out=channel)
     return x
 
 
