@@ -108,20 +108,22 @@ def test_hue_matches_an_hsv_round_trip(real_images):
     assert np.abs(got - expected).max() < 1e-4
 
 
-def test_resample_matches_pil_resize_with_box(real_images):
-    x = _as_batch(real_images[:4]).float()
-    boxes = torch.tensor([[0, 0, 48, 64], [5, 7, 30, 22], [10, 3, 17, 40], [1, 20, 40, 40]], dtype=torch.float64)
-    flip = torch.tensor([False, True, False, True])
-    out = resample_boxes(x, boxes, 96, flip)
-    for i, image in enumerate(real_images[:4]):
-        top, left, h, w = boxes[i].tolist()
-        crop = image.resize((96, 96), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+def test_resample_matches_pil_crop_then_resize(real_images):
+    x = _as_batch(real_images[:5]).float()
+    # upsampled boxes, and one larger than the output (antialiased, as PIL's resize)
+    boxes = torch.tensor([[0, 0, 48, 64], [5, 7, 30, 22], [10, 3, 17, 40], [1, 20, 40, 40], [0, 0, 48, 64]],
+                         dtype=torch.float64)
+    flip = torch.tensor([False, True, False, True, True])
+    sizes = [96, 96, 96, 96, 24]
+    for i, image in enumerate(real_images[:5]):
+        out = resample_boxes(x[i:i + 1], boxes[i:i + 1], sizes[i], flip[i:i + 1])[0]
+        top, left, h, w = (int(v) for v in boxes[i].tolist())
+        crop = image.crop((left, top, left + w, top + h)).resize((sizes[i], sizes[i]), Image.Resampling.BILINEAR)
         if flip[i]:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         reference = torch.from_numpy(np.array(crop)).permute(2, 0, 1).float()
-        # interior pixels (PIL clamps its filter at the box edge, grid_sample at the image edge)
-        difference = (out[i] - reference)[:, 2:-2, 2:-2].abs()
-        assert difference.mean().item() < 1.0 and difference.max().item() <= 6
+        difference = (out - reference).abs()  # PIL rounds to whole levels (in fixed point)
+        assert difference.max().item() < 1.01, (i, difference.max().item())
 
 
 def _one_at_a_time(x, factors, order):
