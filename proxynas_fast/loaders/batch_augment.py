@@ -4,9 +4,9 @@ torchvision's train transforms for the paper's ImageNet search, one batch at a t
 
 * `sample_crop_boxes`  - RandomResizedCrop's box sampling (scale (0.08, 1), log-uniform ratio (3/4, 4/3), ten
                          attempts, then the centre crop with the ratio clamped), vectorised over the batch.
-* `resample_boxes`     - each image's box cropped and resized to S x S bilinearly (torchvision's resized_crop:
-                         crop, then resize with pixel centres aligned, antialiased when shrinking), mirrored where
-                         flipped.
+* `resample_boxes`     - each image's box resized to S x S bilinearly as torchvision's resized_crop does (pixel
+                         centres aligned, the box's edge pixels repeated at its borders), mirrored where flipped:
+                         one `grid_sample` call.
 * `color_jitter`       - ColorJitter(brightness, contrast, saturation, hue): factors uniform in
                          [max(0, 1 - x), 1 + x], hue shift uniform in [-h, h], the four ops in a random order drawn
                          per image (torchvision draws a permutation per call, i.e. per image).  The ops follow
@@ -97,22 +97,28 @@ def draw_train_params(count: int, height: int, width: int, generator: torch.Gene
 
 
 def resample_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None) -> torch.Tensor:
-    """float [B, C, size, size]: each image's (top, left, h, w) box of `images` (float [B, C, H, W]; boxes rounded to
-    whole pixels) cropped, then resized bilinearly to size x size, mirrored where `flip` -- torchvision's
-    resized_crop on a PIL image: the crop's own edge pixels repeat at its borders, and a box larger than `size` is
-    antialiased as PIL's resize does.  One resize kernel per image, writing into the batch's output."""
-    count, channels = images.shape[:2]
-    out = images.new_empty((count, channels, size, size))
-    flips = [False] * count if flip is None else flip.tolist()
-    for i, (top, left, h, w) in enumerate(boxes.round().long().tolist()):
-        crop = images[i:i + 1, :, top:top + h, left:left + w]
-        resize = _RESIZE_ANTIALIASED if h > size or w > size else _RESIZE
-        resize(crop.flip(3) if flips[i] else crop, [size, size], False, None, None, out=out[i:i + 1])
-    return out
+    """float [B, C, size, size]: each image's (top, left, h, w) box of `images` (float [B, C, H, W]) resized
+    bilinearly to size x size, mirrored where `flip` -- torchvision's resized_crop on a PIL image when the box is
+    no larger than `size`: pixel centres aligned, and sample positions clamped into the box, so that the crop's edge
+    pixels repeat at its borders (as cropping first does).  One `grid_sample` call for the batch.  (A box larger
+    than `size` is sampled, not averaged: the store keeps images no larger than the crop size by default.)"""
+    count, _, height, width = images.shape
+    device = images.device
+    top, left, h, w = boxes.to(device=device, dtype=torch.float32).unbind(1)
+    steps = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size  # output pixel centres in [0, 1)
+    x_steps = steps.expand(count, size)
+    if flip is not None:
+        x_steps = torch.where(flip.to(device).unsqueeze(1), steps.flip(0).expand(count, size), x_steps)
 
+    def grid_coordinate(start, length, steps, extent):
+        source = start.unsqueeze(1) + steps * length.unsqueeze(1) - 0.5  # source pixel coordinate
+        source = torch.minimum(torch.maximum(source, start.unsqueeze(1)), (start + length - 1).unsqueeze(1))
+        return (2 * source + 1) / extent - 1  # grid_sample's normalised coordinate (align_corners=False)
 
-_RESIZE = torch.ops.aten.upsample_bilinear2d.out  # F.interpolate's kernels, with out= (no per-image allocation)
-_RESIZE_ANTIALIASED = torch.ops.aten._upsample_bilinear2d_aa.out
+    gx = grid_coordinate(left, w, x_steps, width)
+    gy = grid_coordinate(top, h, steps.expand(count, size), height)
+    grid = torch.stack([gx.unsqueeze(1).expand(count, size, size), gy.unsqueeze(2).expand(count, size, size)], 3)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class Workspace:
