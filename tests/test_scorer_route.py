@@ -145,3 +145,21 @@ def test_help_names_torchvisions_files():
         assert "".join(TORCHVISION_MODELS_URL.split()) in flat
         assert all(name in flat for name in TORCHVISION_RESNET50_FILES)
     assert "torchvision'spretrainedResNet-50" in "".join(train_scorer.build_parser().format_help().split())
+
+
+def test_search_imagenet_with_an_absent_or_misfitting_scorer(imagenet_sample_dir, tmp_path, capsys):
+    from proxynas_fast.search.__main__ import main as search_main
+
+    wrong = tmp_path / "resnet18.pth"
+    torch.save(resnet18().state_dict(), wrong)
+    for checkpoint, expected in ((tmp_path / "absent.pth", "does not exist; for imagenet pass"),
+                                 (wrong, "does not fit resnet50 with 1000 classes")):
+        out = tmp_path / f"run-{checkpoint.stem}"
+        assert search_main(["--preset", "imagenet", "--data-dir", str(imagenet_sample_dir), "--scorer-checkpoint",
+                            str(checkpoint), "--out", str(out), "--device", "cpu", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        line = [t for t in err.splitlines() if t.startswith("error: ")]
+        assert len(line) == 1 and err.rstrip().endswith(line[0]), err
+        assert "--scorer-checkpoint" in line[0] and expected in line[0], line[0]
+        assert says_where_the_weights_come_from(line[0])
+        assert not (out / "entropy.txt").exists()

@@ -27,6 +27,7 @@ from proxynas_fast.loaders.imagenet import LoaderBackendError, check_backend
 from proxynas_fast.loaders.sharding import derived_seed
 from proxynas_fast.rng import capture_rng_state, restore_rng_state
 from proxynas_fast.run_folder import check_output_dir
+from proxynas_fast.scorer_weights import scorer_weights_source
 from proxynas_fast.scoring import CheckpointError, load_scorer, score_dataset
 from proxynas_fast.selection import PROXY_FILES, get_selector, select, split_proxy, write_proxy_files
 from proxynas_fast.threads import current_load, threads_for_load, usable_cores
@@ -188,7 +189,7 @@ def score_training_set(config: SearchConfig, dataset, out_dir: Path, ctx: DistCo
         return path
     ckpt_path = Path(config.scorer_checkpoint)
     if not ckpt_path.is_file():
-        raise SearchError(f"--scorer-checkpoint {ckpt_path} does not exist")
+        raise SearchError(f"--scorer-checkpoint {ckpt_path} does not exist; {scorer_weights_source(config.dataset)}")
     info = dataset_info(config.dataset)
     arch = config.scorer_arch or info.scorer_arch
     try:
