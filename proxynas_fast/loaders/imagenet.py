@@ -28,7 +28,8 @@ Bad files: before the first epoch the selected files are checked in parallel (`c
 still reads the whole JPEG stream and so catches truncated or corrupt data).  An unreadable file raises
 `ImageFileError` naming it; with skip_bad_images=True it is logged and dropped instead (the default
 check is then "decode", so that the epoch length is known before training starts).  A file that only
-fails later, while an epoch runs, also raises `ImageFileError` naming it.
+fails later, while an epoch runs, also raises `ImageFileError` naming it.  The store backend skips the separate
+check: building its store decodes every file, and a file that fails raises (or, skipped, is dropped) there.
 """
 from __future__ import annotations
 
