@@ -92,3 +92,12 @@ def test_a_ten_percent_proxy_of_the_sample_names_the_batch_that_fits(imagenet_sa
                                                    "the weights, 50 for the architecture), but with --batch-size 64")
     assert err.rstrip().endswith("pass --batch-size 50 or less (--preset imagenet sets --batch-size 64 for the full "
                                  "imagenet training set), or raise --portion/--count")
+
+
+def test_the_imagenet_preset_without_entropies_says_which_scorer_to_pass():
+    with pytest.raises(SearchError) as info:
+        resolve_config(dict(preset="imagenet", out="x"))
+    message = str(info.value)
+    assert message.startswith("--selection p1 ranks examples by entropy: pass --entropy-file FILE")
+    assert "for imagenet pass torchvision's pretrained ResNet-50 weights file" in message
+    assert "resnet50-11ad3fa6.pth" in message and "https://download.pytorch.org/models/" in message

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from proxynas_fast.data import list_datasets  # numpy only: --help still answers without torch
-from proxynas_fast.scorer_weights import torchvision_resnet50_source
+from proxynas_fast.scorer_weights import scorer_weights_source, torchvision_resnet50_source
 
 from .errors import SearchError
 from .strategies import get_strategy, list_strategies
@@ -168,8 +168,8 @@ class SearchConfig:
             raise SearchError(
                 f"--selection {self.selection} ranks examples by entropy: pass --entropy-file FILE (lines "
                 f"'index<TAB>entropy<TAB>label', e.g. from `python -m proxynas_fast.score`) or "
-                f"--scorer-checkpoint CKPT to score the {self.dataset} training set first. Only "
-                f"--selection random needs neither.")
+                f"--scorer-checkpoint CKPT to score the {self.dataset} training set first "
+                f"({scorer_weights_source(self.dataset)}). Only --selection random needs neither.")
         if self.proxy is None and self.portion is not None and self.count is not None:
             raise SearchError(f"give either --portion ({self.portion}) or --count ({self.count}), not both")
         if self.proxy is None and self.portion is None and self.count is None:
