@@ -18,6 +18,7 @@ from pathlib import Path
 from .cli_errors import resume_command, run_cli
 from .data import DATASETS, DatasetError
 from .run_folder import check_output_file, hold_output, same_file
+from .scorer_weights import scorer_weights_source, torchvision_resnet50_source
 
 SCORER_NAMES = "resnet20/32/44/56/110 (CIFAR, SVHN), resnet18/50 (ImageNet)"
 
@@ -26,11 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m proxynas_fast.score", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="data set to score (required)")
     p.add_argument("--data-dir", default=None, help="data folder (default: $PROXYNAS_DATA, else ./data)")
-    p.add_argument("--checkpoint", required=True,
-                   help="scorer weights file (.th/.pt: {'state_dict': ...} or a state_dict) (required)")
+    # --checkpoint and --out are checked in check_args, so that a missing one is answered with what to pass.
+    p.add_argument("--checkpoint",
+                   help="scorer weights file (required): {'state_dict': ...} or a bare state_dict, read as tensors "
+                        f"only. imagenet: {torchvision_resnet50_source()}; cifar10/cifar100/svhn: one written "
+                        "by `python -m proxynas_fast.train_scorer`")
     p.add_argument("--arch", default=None,
                    help=f"scorer network: {SCORER_NAMES} (default: the paper's for the data set)")
-    p.add_argument("--out", required=True, help="entropy file to write (index<TAB>entropy<TAB>label) (required)")
+    p.add_argument("--out", help="entropy file to write (index<TAB>entropy<TAB>label) (required)")
     p.add_argument("--split", default="train", choices=["train", "test"],
                    help="which split to score (default train, the one a proxy is drawn from)")
     p.add_argument("--batch-size", type=int, default=500,
@@ -52,11 +56,16 @@ def check_args(args: argparse.Namespace) -> None:
                         ("--limit", args.limit)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
+    if args.checkpoint is None:
+        raise ValueError(f"--checkpoint is required: {scorer_weights_source(args.dataset)}")
+    if args.out is None:
+        raise ValueError("--out is required: the entropy file to write")
     checkpoint = Path(args.checkpoint)
     if checkpoint.is_dir():
         raise ValueError(f"--checkpoint {args.checkpoint}: is a folder; name the scorer's weights file (.th/.pt)")
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: checkpoint does not exist")
+        hint = f"; {scorer_weights_source(args.dataset)}" if args.dataset == "imagenet" else ""
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: checkpoint does not exist{hint}")
     outputs = [("--out", args.out), ("--summary-out", args.summary_out or f"{args.out}.json")]
     if args.features_out:
         outputs.append(("--features-out", args.features_out))

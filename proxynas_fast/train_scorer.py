@@ -17,13 +17,17 @@ from . import number_flags
 from .cli_errors import resume_command, run_cli
 from .data import DatasetError
 from .run_folder import check_output_file, hold_output
+from .scorer_weights import TRAINABLE_SCORER_DATASETS, scorer_weights_source
 
-DATASETS = ["cifar10", "cifar100", "svhn"]
+DATASETS = list(TRAINABLE_SCORER_DATASETS)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m proxynas_fast.train_scorer", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", required=True, choices=DATASETS, help="data set to train on (required)")
+    # Checked in check_args (not argparse choices), so that --dataset imagenet is told what to pass instead.
+    p.add_argument("--dataset", required=True, metavar="{" + ",".join(DATASETS) + "}",
+                   help="data set to train on (required). ImageNet's scorer is not trained here: score imagenet "
+                        "with torchvision's pretrained ResNet-50 (`python -m proxynas_fast.score --help`)")
     p.add_argument("--data-dir", default=None, help="data folder (default: $PROXYNAS_DATA, else ./data)")
     p.add_argument("--out", required=True,
                    help="scorer checkpoint to write, e.g. scorer.th; progress goes to <out>.progress (required)")
@@ -43,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> Path:
     """Mistakes visible without torch or data; returns the checked output path."""
+    if args.dataset not in DATASETS:
+        if args.dataset == "imagenet":
+            raise ValueError("--dataset imagenet: train_scorer trains the CIFAR/SVHN scorers; score imagenet with "
+                             f"`python -m proxynas_fast.score --dataset imagenet --checkpoint FILE`: "
+                             f"{scorer_weights_source('imagenet')}")
+        raise ValueError(f"--dataset {args.dataset}: choose one of {', '.join(DATASETS)}")
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs} (0 epochs would write an untrained scorer)")
     for flag, problem in (("--lr", number_flags.positive(args.lr)), ("--seed", number_flags.seed(args.seed)),

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import proxynas_fast.loaders.imagenet_pil as imagenet_pil
+from proxynas_fast.loaders.imagenet import LoaderBackendError
 from proxynas_fast.data import load_dataset
 from proxynas_fast.loaders import (
     IMAGENET_MEAN,
@@ -261,7 +262,8 @@ def test_auto_backend_and_argument_errors(imagenet, proxy, monkeypatch):
     assert build_imagenet_loader(files, labels, 2, check_files="none").backend == expected
     monkeypatch.setattr("proxynas_fast.loaders.imagenet.dali_available", lambda: False)
     assert build_imagenet_loader(files, labels, 2, check_files="none").backend == "pil"
-    with pytest.raises(ImportError, match="DALI"):
+    monkeypatch.setattr("proxynas_fast.loaders.imagenet.dali_missing", lambda: "ModuleNotFoundError: no nvidia")
+    with pytest.raises(LoaderBackendError, match="DALI does not import .*use --loader-backend store or pil"):
         build_imagenet_loader(files, labels, 2, backend="dali")
     with pytest.raises(ValueError, match="backend"):
         build_imagenet_loader(files, labels, 2, backend="opencv")

@@ -46,6 +46,7 @@ class ImageNetLoaderOptions:
     seed: the epoch order and augmentation.  skip_bad_images: log and drop unreadable files instead of
     raising.  image_size: S of the [B, 3, S, S] output.  shuffle: default `train`.  drop_last: only full
     batches.  check_files: "header", "decode" or "none" (default "header", "decode" with skip_bad_images).
+    store_size: the image store's square side in pixels (store backend; None: its default).
     """
 
     batch_size: int
@@ -60,6 +61,7 @@ class ImageNetLoaderOptions:
     shuffle: bool | None = None
     drop_last: bool = False
     check_files: str | None = None
+    store_size: int | None = None
 
     def __post_init__(self):
         if int(self.image_size) < 1:

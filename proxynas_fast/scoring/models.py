@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..safe_load import UnsafeFileError, load_plain
-
+from ..scorer_weights import layout_hint
 from .resnet_cifar import resnet20, resnet32, resnet44, resnet56, resnet110
 from .resnet_imagenet import resnet18, resnet50
 
@@ -61,10 +61,14 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
 
 
 def load_scorer(arch: str, checkpoint, num_classes: int) -> nn.Module:
-    """Build `arch` and load its weights. BatchNorm step counters missing from older checkpoints are allowed;
-    anything else missing, unexpected or mis-shaped raises CheckpointError naming the file."""
+    """Build `arch` and load its weights. BatchNorm step counters missing from older checkpoints (saved before
+    PyTorch 0.4.1) are allowed; anything else missing, unexpected or mis-shaped raises
+    CheckpointError naming the file (and, for the torchvision-layout networks, which file fits)."""
     model = create_scorer(arch, num_classes)
-    state = read_state_dict(checkpoint)
+    try:
+        state = read_state_dict(checkpoint)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}{layout_hint(arch)}") from None
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
@@ -75,6 +79,6 @@ def load_scorer(arch: str, checkpoint, num_classes: int) -> nn.Module:
             f"{checkpoint}: does not fit {arch} with {num_classes} classes"
             + (f"; missing {missing[:4]}" if missing else "")
             + (f"; unexpected {unexpected[:4]}" if unexpected else "")
-            + (f"; shape mismatch {shapes[:3]}" if shapes else ""))
+            + (f"; shape mismatch {shapes[:3]}" if shapes else "") + layout_hint(arch))
     model.load_state_dict(state, strict=False)
     return model

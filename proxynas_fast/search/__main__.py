@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     from proxynas_fast.data import DatasetError
     from proxynas_fast.entropy_file import EntropyFileError
     from proxynas_fast.loaders import ImageFileError
+    from proxynas_fast.loaders.image_store import ImageStoreError
 
     from .pipeline import RESUME_MAY_DIFFER, run_search
     from .run_ownership import finished_run_message, interrupted_message
@@ -46,7 +47,8 @@ def main(argv=None) -> int:
         run_search(config)
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    return run_cli(body, user_errors=(SearchError, DatasetError, EntropyFileError, ImageFileError, FileNotFoundError),
+    return run_cli(body, user_errors=(SearchError, DatasetError, EntropyFileError, ImageFileError, ImageStoreError,
+                                      FileNotFoundError),
                    interrupted_message=lambda: interrupted_message(getattr(args, "out", None) or ".", argv))
 
 

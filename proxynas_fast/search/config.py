@@ -18,6 +18,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from proxynas_fast.data import list_datasets  # numpy only: --help still answers without torch
 from proxynas_fast import number_flags
+from proxynas_fast.scorer_weights import scorer_weights_source, torchvision_resnet50_source
 
 from .errors import SearchError
 from .strategies import get_strategy, list_strategies
@@ -28,6 +29,7 @@ DATASET_NAMES = tuple(list_datasets())
 # The cell implementations of `proxynas_fast.darts.model_search.BACKENDS`, named here so that parsing and checking a
 # configuration (--help, mistakes) answers without importing torch; tests/test_search_config.py checks they agree.
 BACKENDS = ("reference", "fused")
+LOADER_BACKEND_NAMES = ("store", "pil", "dali", "auto")  # = loaders.imagenet.BACKENDS (tests/test_image_store.py)
 
 # The proxy-data paper's search settings (those of DARTS, Liu et al. 2019, CIFAR-10).
 PAPER_DEFAULTS: Dict[str, Any] = dict(
@@ -36,7 +38,9 @@ PAPER_DEFAULTS: Dict[str, Any] = dict(
     init_channels=16, arch_begin_epoch=0, portion=0.1,
 )
 
-# Preset values, common to all strategies, then per strategy.
+# Preset values: "fixed" (the data set and strategy a preset is for: filled in when not given, refused when
+# given otherwise), "common" (all strategies), then per strategy. docs/IMAGENET.md cites the source file and
+# line of every value of the two ImageNet presets.
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "paper": {"common": {}},
     # Real CIFAR-10, 1000 proxy images (500 per half), a small supernet, 3 epochs: a few minutes on 2 cores.
@@ -44,6 +48,24 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
         "common": dict(portion=0.02, init_channels=8, layers=5, batch_size=32, epochs=3, learning_rate=0.025,
                        learning_rate_min=0.001),
         "pcdarts": dict(arch_begin_epoch=1),
+    },
+    # The proxy-data paper's ImageNet search (its train_search_proxy_data_imagenet.py and script.sh): first-order
+    # DARTS on a 10% P1 proxy split in halves, validation after the last epoch only.
+    "imagenet": {
+        "fixed": dict(dataset="imagenet", strategy="darts"),
+        "common": dict(selection="p1", portion=0.1, weight_fraction=0.5, batch_size=64, learning_rate=0.025,
+                       learning_rate_min=0.001, momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
+                       arch_betas=(0.5, 0.999), arch_weight_decay=1e-3, arch_begin_epoch=0, grad_clip=5.0,
+                       epochs=50, init_channels=16, layers=8, image_size=224, validate_every=0),
+    },
+    # PC-DARTS's ImageNet search (its train_search_imagenet.py): 10% of the images train the weights and 2.5%
+    # the architecture (12.5%, 0.8 of it for the weights), architecture updates from epoch 35.
+    "pcdarts-imagenet": {
+        "fixed": dict(dataset="imagenet", strategy="pcdarts"),
+        "common": dict(portion=0.125, weight_fraction=0.8, batch_size=1024, learning_rate=0.5,
+                       learning_rate_min=0.0, momentum=0.9, weight_decay=3e-4, arch_learning_rate=6e-3,
+                       arch_betas=(0.5, 0.999), arch_weight_decay=1e-3, arch_begin_epoch=35, grad_clip=5.0,
+                       epochs=50, init_channels=16, layers=8, image_size=224, validate_every=0),
     },
 }
 
@@ -93,11 +115,14 @@ class SearchConfig:
     backend: Optional[str] = None  # None: `default_backend()`
     cuda_graphs: bool = False  # first-order steps replayed from CUDA graphs (one process, CUDA)
     device: str = "auto"
-    loader_backend: str = "auto"  # ImageNet decoding backend
+    loader_backend: str = "store"  # ImageNet decoding backend: store (decode once), pil (the paper's), dali, auto
+    loader_threads: Optional[int] = None  # ImageNet decoding threads / workers; None: the free cores
+    store_size: int = 160  # side of the image store's squares in pixels (the store backend)
     resume: bool = False
     tensorboard: bool = False
     progress: Optional[bool] = None  # None: on when stderr is a terminal
     log_every: int = 50  # steps between step records in log.jsonl
+    validate_every: int = 1  # epochs between validation passes; 0: after the last epoch only
 
     # ----- (de)serialisation -----
     def to_dict(self) -> Dict[str, Any]:
@@ -145,8 +170,8 @@ class SearchConfig:
             raise SearchError(
                 f"--selection {self.selection} ranks examples by entropy: pass --entropy-file FILE (lines "
                 f"'index<TAB>entropy<TAB>label', e.g. from `python -m proxynas_fast.score`) or "
-                f"--scorer-checkpoint CKPT to score the {self.dataset} training set first. Only "
-                f"--selection random needs neither.")
+                f"--scorer-checkpoint CKPT to score the {self.dataset} training set first "
+                f"({scorer_weights_source(self.dataset)}). Only --selection random needs neither.")
         if self.proxy is None and self.portion is not None and self.count is not None:
             raise SearchError(f"give either --portion ({self.portion}) or --count ({self.count}), not both")
         if self.proxy is None and self.portion is None and self.count is None:
@@ -175,7 +200,7 @@ class SearchConfig:
             _bad("arch_learning_rate", f"must be > 0, got {self.arch_learning_rate}")
         if len(self.arch_betas) != 2 or not all(0 <= b < 1 for b in self.arch_betas):
             _bad("arch_betas", f"must be two numbers in [0, 1), got {self.arch_betas}")
-        for name in ("momentum", "weight_decay", "arch_weight_decay", "cutout"):
+        for name in ("momentum", "weight_decay", "arch_weight_decay", "cutout", "validate_every"):
             if getattr(self, name) < 0:
                 _bad(name, f"must be >= 0, got {getattr(self, name)}")
         if not self.grad_clip > 0:
@@ -210,6 +235,12 @@ class SearchConfig:
                                    "native 32x32")
             if self.image_size < 16:
                 _bad("image_size", f"must be at least 16 (the ImageNet stem downsamples 8x), got {self.image_size}")
+        if self.loader_threads is not None and self.loader_threads < 1:
+            _bad("loader_threads", f"must be >= 1, got {self.loader_threads}")
+        if self.store_size < 16:
+            _bad("store_size", f"must be at least 16 pixels, got {self.store_size}")
+        if self.loader_backend not in LOADER_BACKEND_NAMES:
+            _bad("loader_backend", f"must be one of {', '.join(LOADER_BACKEND_NAMES)}, got {self.loader_backend!r}")
         if self.backend is not None and self.backend not in BACKENDS:
             _bad("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -249,13 +280,24 @@ def _resolve_proxy(values: Dict[str, Any], overrides: Mapping[str, Any]) -> None
     values["proxy"] = str(Path(proxy).expanduser().resolve())
 
 
+def _preset_fixed(preset: str, overrides: Dict[str, Any]) -> None:
+    """Fill in the data set and strategy a preset is for; refuse others given with it."""
+    for key, value in PRESETS[preset].get("fixed", {}).items():
+        given = overrides.setdefault(key, value)
+        if str(given).lower() != value:
+            others = [name for name, spec in PRESETS.items() if spec.get("fixed", {}).get(key) == given]
+            raise SearchError(f"--preset {preset}: holds the settings of {key} {value}, not --{key} {given}"
+                              + (f"; use --preset {others[0]}" if others else "; drop --preset or --" + key))
+
+
 def resolve_config(overrides: Mapping[str, Any]) -> SearchConfig:
     """Layer paper defaults, strategy defaults, the preset and `overrides` (only keys the user set)."""
     overrides = dict(overrides)
-    strategy = get_strategy(overrides.get("strategy", "darts"))
     preset = overrides.get("preset", "paper")
     if preset not in PRESETS:
         raise SearchError(f"--preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    _preset_fixed(preset, overrides)
+    strategy = get_strategy(overrides.get("strategy", "darts"))
     values: Dict[str, Any] = dict(PAPER_DEFAULTS)
     values.update(strategy.defaults)
     values.update(PRESETS[preset]["common"])
@@ -284,15 +326,20 @@ def default_backend(device=None) -> str:
 
 
 # ----- command line -----
+def _as_flags(values: Mapping[str, Any]) -> str:
+    return " ".join(f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, tuple) else str(v))
+                    for k, v in values.items())
+
+
 def describe_presets() -> str:
     """What each non-empty preset sets, as flags (for --help)."""
     parts = []
     for name, spec in PRESETS.items():
-        common = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in spec["common"].items())
+        common = _as_flags({**spec.get("fixed", {}), **spec["common"]})
         if not common:
             continue
-        extra = "; ".join(f"with --strategy {s}, also " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in d.items())
-                          for s, d in spec.items() if s != "common")
+        extra = "; ".join(f"with --strategy {s}, also {_as_flags(d)}" for s, d in spec.items()
+                          if s not in ("fixed", "common"))
         parts.append(f"{name} sets {common}" + (f" ({extra})" if extra else ""))
     return "; ".join(parts) + ". Flags given explicitly override the preset." if parts else ""
 
@@ -320,7 +367,14 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
                    help="never download a missing data set")
     g.add_argument("--image-size", type=int, help="ImageNet crop size (default 224)")
     g.add_argument("--cutout", type=int, help="cutout length for the search batches (default 0: off)")
-    g.add_argument("--loader-backend", help="ImageNet decoding backend (auto, dali, pil, ...)")
+    g.add_argument("--loader-backend", help="ImageNet decoding: store (default: the proxy's images decoded once "
+                                            "into an on-disk store at --store-size px, augmented in batches on the "
+                                            "device), pil (the paper's loader: PIL decoding every epoch), dali "
+                                            "(NVIDIA DALI), auto (DALI if installed, else pil)")
+    g.add_argument("--loader-threads", type=int, help="ImageNet decoding threads (store build, DALI) or PIL "
+                                                      "workers (default: the free cores; the paper's loader used 2)")
+    g.add_argument("--store-size", type=int, help="side of the image store's stored squares in pixels (default "
+                                                  "160; 256 keeps the paper's detail at 2.56x the disk)")
 
 
 def _add_selection_flags(p: argparse.ArgumentParser) -> None:
@@ -329,7 +383,9 @@ def _add_selection_flags(p: argparse.ArgumentParser) -> None:
                    help="search on the proxy chosen by `python -m proxynas_fast.select --out DIR` (its proxy.txt, "
                         "proxy_weights.txt and proxy_arch.txt), instead of selecting one here")
     g.add_argument("--entropy-file", help="per-example entropies: index<TAB>entropy<TAB>label")
-    g.add_argument("--scorer-checkpoint", help="score the training set with this scorer checkpoint first")
+    g.add_argument("--scorer-checkpoint",
+                   help="score the training set with this scorer checkpoint first (imagenet: "
+                        f"{torchvision_resnet50_source()})")
     g.add_argument("--scorer-arch", help="scorer network (default: the paper's for the data set)")
     g.add_argument("--selection", help="selection method (default p1; random needs no entropies)")
     g.add_argument("--portion", type=float, help="share of the training set to select (default 0.1)")
@@ -348,7 +404,9 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
     d = _paper_default
     g = p.add_argument_group("search", "defaults: the paper's (shown), then the strategy's, then the preset's")
     g.add_argument("--strategy", help=f"one of {', '.join(list_strategies())} (default darts)")
-    g.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default paper). {describe_presets()}")
+    g.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default paper). imagenet: the proxy-data "
+                                    "paper's ImageNet search; pcdarts-imagenet: PC-DARTS's (docs/IMAGENET.md cites "
+                                    f"each value). {describe_presets()}")
     g.add_argument("--epochs", type=int, help=d("epochs"))
     g.add_argument("--batch-size", type=int, help=f"batch size per process, {d('batch_size')} (PC-DARTS 256)")
     g.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float,
@@ -384,6 +442,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     g.add_argument("--log-every", type=int, help="steps between step records in log.jsonl (default 50)")
+    g.add_argument("--validate-every", type=int, help="epochs between validation passes; 0: after the last epoch "
+                                                      "only (default 1; the imagenet presets 0)")
     g.add_argument("--threads", type=int, help="intra-op CPU threads (default: the cores not busy with other "
                                                "jobs, from the load average, or $OMP_NUM_THREADS if set)")
 

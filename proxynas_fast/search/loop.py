@@ -29,6 +29,9 @@ class EpochMetrics:
     accuracy: float  # top-1, percent
     examples: int  # over all ranks
     seconds: float
+    # Of `seconds`, the host time spent drawing batches from the loaders (waiting for decoding workers, reading an
+    # image store, augmenting on the host; device work a loader queues runs in the steps' time).
+    data_seconds: float = 0.0
 
 
 class _Running:
@@ -119,11 +122,14 @@ def train_epoch(*, model, forward_model, architect, optimizer, criterion, weight
     bar = open_progress(progress, steps, description, stream=sys.stderr)  # a bar, or lines when redirected
     arch_batches = iter(arch_loader)
     weight_batches = iter(weight_loader)
+    data_seconds = 0.0
     for step in range(steps):
+        drawn = time.perf_counter()
         x, y = next(weight_batches)
         x_arch = y_arch = None
         if update_arch:
             x_arch, y_arch = next(arch_batches)
+        data_seconds += time.perf_counter() - drawn
         if steps_impl is not None:
             logits, loss = steps_impl(x, y, x_arch, y_arch, update_arch)
         else:
@@ -134,7 +140,9 @@ def train_epoch(*, model, forward_model, architect, optimizer, criterion, weight
         _report_step(step + 1, steps, running, bar, on_step, log_every)
     if bar is not None:
         bar.close()
-    return running.reduce(ctx, time.perf_counter() - start)
+    metrics = running.reduce(ctx, time.perf_counter() - start)
+    metrics.data_seconds = data_seconds
+    return metrics
 
 
 @torch.no_grad()

@@ -24,15 +24,18 @@ from proxynas_fast.data import dataset_info, load_dataset, materialize
 from proxynas_fast.divergence import describe_kept, floating_state, stop_if_diverged
 from proxynas_fast.entropy_file import EntropyTable, read_entropy_file, write_entropy_file
 from proxynas_fast.loaders import ResidentLoader, build_imagenet_loader, select_files
+from proxynas_fast.loaders.imagenet import LoaderBackendError, check_backend
 from proxynas_fast.loaders.sharding import derived_seed
 from proxynas_fast.rng import capture_rng_state, restore_rng_state
 from proxynas_fast.run_folder import check_output_dir
+from proxynas_fast.scorer_weights import scorer_weights_source
 from proxynas_fast.scoring import CheckpointError, load_scorer, score_dataset
 from proxynas_fast.selection import PROXY_FILES, get_selector, select, split_proxy, write_proxy_files
+from proxynas_fast.threads import current_load, threads_for_load, usable_cores
 
 from . import checkpoint as ckpt
 from . import outputs
-from .config import SearchConfig, default_backend
+from .config import PRESETS, SearchConfig, default_backend
 from .distributed import (DistContext, barrier, broadcast_, broadcast_object, max_difference_from_rank0,
                           process_group, wrap_model)
 from .errors import SearchError
@@ -187,7 +190,7 @@ def score_training_set(config: SearchConfig, dataset, out_dir: Path, ctx: DistCo
         return path
     ckpt_path = Path(config.scorer_checkpoint)
     if not ckpt_path.is_file():
-        raise SearchError(f"--scorer-checkpoint {ckpt_path} does not exist")
+        raise SearchError(f"--scorer-checkpoint {ckpt_path} does not exist; {scorer_weights_source(config.dataset)}")
     info = dataset_info(config.dataset)
     arch = config.scorer_arch or info.scorer_arch
     try:
@@ -243,8 +246,18 @@ def check_batches_fit(config: SearchConfig, split: ProxySplit, world_size: int) 
         raise SearchError(
             f"{size} selects {len(split.selected)} examples of {config.dataset} ({len(split.weights)} for the "
             f"weights, {len(split.arch)} for the architecture), but with --batch-size {config.batch_size} on "
-            f"{world_size} process(es) each half needs at least {need} examples for one batch; raise "
-            f"--portion/--count or lower --batch-size")
+            f"{world_size} process(es) each half needs at least {need} examples for one batch; "
+            + _batch_fit_hint(config, min(len(split.weights), len(split.arch)) // world_size))
+
+
+def _batch_fit_hint(config: SearchConfig, largest: int) -> str:
+    """How to make a batch fit: the largest --batch-size that does, or a larger proxy."""
+    spec = PRESETS[config.preset]
+    preset = (f" (--preset {config.preset} sets --batch-size {spec['common']['batch_size']} for the full "
+              f"{spec['fixed']['dataset']} training set)" if "fixed" in spec else "")
+    if largest < 1:
+        return "raise --portion/--count"
+    return f"pass --batch-size {largest} or less{preset}, or raise --portion/--count"
 
 
 # --------------------------------------------------------------------------------------------- loaders
@@ -271,12 +284,14 @@ def build_loaders(config: SearchConfig, dataset, split: ProxySplit, *, rank: int
     parts = {"weights": split.weights, "arch": split.arch, "eval": split.arch}
     loaders = {}
     if config.dataset == "imagenet":
+        threads = config.loader_threads or free_cores()
         for key, part in parts.items():
             files, labels = select_files(dataset.files, dataset.labels, part)
             train = key != "eval"
             loaders[key] = build_imagenet_loader(
                 files, labels, config.batch_size, train=train, backend=config.loader_backend,
-                seed=seeds[key], image_size=config.image_size or 224, drop_last=train, **common)
+                seed=seeds[key], image_size=config.image_size or 224, drop_last=train, num_threads=threads,
+                store_size=config.store_size, **common)
     else:
         for key, part in parts.items():
             train = key != "eval"
@@ -288,6 +303,16 @@ def build_loaders(config: SearchConfig, dataset, split: ProxySplit, *, rank: int
 
 
 # ----------------------------------------------------------------------------------------------- model
+def free_cores() -> int:
+    """The cores the other jobs on this machine leave free (at least 1): the default --loader-threads."""
+    return threads_for_load(usable_cores(), current_load())
+
+
+def decode_seconds(loaders: Dict[str, Any]) -> float:
+    """Seconds the loaders spent building their image stores (decoding the proxy's files once)."""
+    return sum(loader.store_build.seconds for loader in loaders.values() if hasattr(loader, "store_build"))
+
+
 def build_components(config: SearchConfig, num_classes: int, device: torch.device, ctx: DistContext,
                      backend: str) -> SearchComponents:
     strategy = get_strategy(config.strategy)
@@ -332,8 +357,18 @@ def restore_state(state: Dict[str, Any], parts: SearchComponents, loaders) -> in
     return int(state["epochs_done"])
 
 
-def _metrics(prefix: str, m: EpochMetrics) -> Dict[str, float]:
+def _metrics(prefix: str, m: Optional[EpochMetrics]) -> Dict[str, Optional[float]]:
+    """The epoch record's entries of `m`; None (a skipped validation): loss and accuracy None, 0 seconds."""
+    if m is None:
+        return {f"{prefix}_loss": None, f"{prefix}_acc": None, f"{prefix}_seconds": 0.0}
     return {f"{prefix}_loss": m.loss, f"{prefix}_acc": m.accuracy, f"{prefix}_seconds": round(m.seconds, 3)}
+
+
+def validates_after(epoch: int, config: SearchConfig) -> bool:
+    """Whether epoch `epoch` (0-based) ends with a validation pass: every `validate_every` epochs and after the last
+    (validate_every 0: after the last only)."""
+    last = epoch + 1 == config.epochs
+    return last or (config.validate_every > 0 and (epoch + 1) % config.validate_every == 0)
 
 
 def write_results(out_dir: Path, parts: SearchComponents, config: SearchConfig, epochs_done: int,
@@ -435,6 +470,11 @@ def _start_run(config: SearchConfig, ctx: DistContext) -> str:
     check_out_dir(config)
     barrier(ctx)
     configure_determinism(config.deterministic, ctx.device)
+    if config.dataset == "imagenet":
+        try:
+            check_backend(config.loader_backend)  # DALI asked for but missing: refused before any work
+        except LoaderBackendError as e:
+            raise SearchError(str(e)) from None
     return config.backend or default_backend(ctx.device)
 
 
@@ -504,9 +544,10 @@ def _search_steps(config: SearchConfig, ctx: DistContext, parts: SearchComponent
 
 
 def _epoch_line(config: SearchConfig, record: Dict[str, Any]) -> str:
+    val = ("no validation" if record["val_loss"] is None
+           else f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.2f}%")
     return (f"epoch {record['epoch']}/{config.epochs} lr {record['lr']:.5f} train loss {record['train_loss']:.4f} "
-            f"acc {record['train_acc']:.2f}% | val loss {record['val_loss']:.4f} acc {record['val_acc']:.2f}% "
-            f"({record['train_seconds'] + record['val_seconds']:.1f}s)"
+            f"acc {record['train_acc']:.2f}% | {val} ({record['train_seconds'] + record['val_seconds']:.1f}s)"
             f"{'' if record['arch_updates'] else ' [weights only]'}")
 
 
@@ -516,7 +557,8 @@ def _save_epoch(config: SearchConfig, parts: SearchComponents, loaders, split: P
     out_dir, epochs_done = Path(config.out), record["epoch"]
     with times.phase("outputs", "log"):
         log.write("epoch", **record)
-        tb.scalars(epochs_done, **{k: v for k, v in record.items() if k.startswith(("train_", "val_", "lr"))})
+        tb.scalars(epochs_done, **{k: v for k, v in record.items()
+                                   if k.startswith(("train_", "val_", "lr")) and v is not None})
     with times.phase("outputs", "checkpoints"):
         ckpt.save_checkpoint(out_dir / ckpt.CHECKPOINT_NAME, dict(
             checkpoint_state(parts, loaders, epochs_done, config),
@@ -573,6 +615,7 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
     with times.phase("data", "loaders"):
         loaders = build_loaders(config, proxy_set, proxy_split, rank=ctx.rank, world_size=ctx.world_size,
                                 device=ctx.device)
+    times.move_detail("data", "loaders", "decode", decode_seconds(loaders))  # the image stores' one-time decode
     with times.phase("other", "model"):
         parts = build_components(config, data.dataset.num_classes, ctx.device, ctx, backend)
     log = outputs.RunLog(out_dir / outputs.LOG_NAME, enabled=ctx.is_main)
@@ -583,13 +626,16 @@ def _run(config: SearchConfig, ctx: DistContext) -> SearchResult:
 
 
 def _stop_if_diverged(epoch: int, config: SearchConfig, parts: SearchComponents, train: EpochMetrics,
-                      val: EpochMetrics) -> None:
-    """DivergedError before the epoch's checkpoint and genotype.json are written from non-finite numbers."""
+                      val: Optional[EpochMetrics]) -> None:
+    """DivergedError before the epoch's checkpoint and genotype.json are written from non-finite numbers
+    (`val` is None in an epoch that does not validate)."""
     path = ckpt.find_checkpoint(Path(config.out))
+    checks = {"training loss": train.loss}
+    if val is not None:
+        checks["validation loss"] = val.loss
+    checks.update({"alphas": parts.model.arch_parameters(), "weights": floating_state(parts.model)})
     stop_if_diverged(
-        f"epoch {epoch + 1}/{config.epochs}",
-        {"training loss": train.loss, "validation loss": val.loss, "alphas": parts.model.arch_parameters(),
-         "weights": floating_state(parts.model)},
+        f"epoch {epoch + 1}/{config.epochs}", checks,
         f"try a lower --learning-rate (now {config.learning_rate:g}) or --arch-learning-rate "
         f"(now {config.arch_learning_rate:g})", describe_kept(path, epoch if path else None))
 
@@ -598,7 +644,8 @@ def search_epoch(epoch: int, config: SearchConfig, strategy, parts: SearchCompon
                  log: outputs.RunLog, progress: bool, steps_impl=None,
                  times: Optional[PhaseTimes] = None) -> Dict[str, Any]:
     """Train one epoch (alpha updates from `arch_begin_epoch` on), validate, step the schedule; the log record.
-    `times` gets the training phase as `search_steps` and the validation pass as `validation`."""
+    `times` gets the training phase as `search_steps` (less its batch drawing, which is data `batches`) and the
+    validation pass as `validation`."""
     lr = parts.scheduler.get_last_lr()[0]
     for loader in loaders.values():
         loader.set_epoch(epoch)
@@ -613,13 +660,17 @@ def search_epoch(epoch: int, config: SearchConfig, strategy, parts: SearchCompon
                         unrolled=strategy.unrolled, ctx=ctx, device=ctx.device, progress=progress,
                         description=f"epoch {epoch + 1}/{config.epochs}", on_step=on_step,
                         log_every=config.log_every, steps_impl=steps_impl)
-    val = validate(parts.model, parts.criterion, loaders["eval"], ctx, ctx.device, progress=progress,
-                   description=f"epoch {epoch + 1}/{config.epochs} validation")
+    if validates_after(epoch, config):
+        val = validate(parts.model, parts.criterion, loaders["eval"], ctx, ctx.device, progress=progress,
+                       description=f"epoch {epoch + 1}/{config.epochs} validation")
+    else:
+        val = None
     if times is not None:
-        times.add("search_steps", train.seconds)
-        times.add("validation", val.seconds)
+        times.add("search_steps", train.seconds - train.data_seconds)
+        times.add("data", train.data_seconds, "batches")
+        times.add("validation", val.seconds if val is not None else 0.0)
     _stop_if_diverged(epoch, config, parts, train, val)
     parts.scheduler.step()
     return dict(epoch=epoch + 1, epochs=config.epochs, lr=lr, arch_updates=update_arch,
-                **_metrics("train", train), **_metrics("val", val),
+                **_metrics("train", train), data_seconds=round(train.data_seconds, 3), **_metrics("val", val),
                 alphas=outputs.softmaxed_arch(parts.model), genotype=genotype_to_dict(parts.model.genotype()))

@@ -6,8 +6,11 @@ metrics (one host read of the loss sums), which waits for the device work of tha
 
 Parts (each also broken down in a `*_detail` mapping):
   data          loading/decoding the training set (`load`), scoring it (`score`), reading or selecting and
-                splitting the proxy set (`select`), building the resident batch loaders (`loaders`);
-  search_steps  the architecture and weight steps of every epoch, including drawing their batches;
+                splitting the proxy set (`select`), building the batch loaders (`loaders`), of which the ImageNet
+                image stores' one-time decode of the proxy's files is named (`decode`), and drawing the
+                training batches in every epoch (`batches`: the host time of the loaders' next(), see
+                `loop.EpochMetrics.data_seconds`);
+  search_steps  the architecture and weight steps of every epoch;
   validation    the per-epoch validation passes;
   outputs       checkpoints (`checkpoints`), epoch records in log.jsonl/TensorBoard (`log`), genotype.json and
                 alphas.pt (`genotype`), cell drawings (`graphs`), config.json (`config`).
@@ -49,6 +52,15 @@ class PhaseTimes:
             self.parts[part] += seconds
         if detail is not None:
             self.details[part][detail] = self.details[part].get(detail, 0.0) + seconds
+
+    def move_detail(self, part: str, source: str, target: str, seconds: float) -> None:
+        """Name `seconds` of `part`'s `source` detail `target` instead (the part's total stays)."""
+        if seconds <= 0:
+            return
+        detail = self.details[part]
+        seconds = min(seconds, detail.get(source, 0.0))
+        detail[source] = detail.get(source, 0.0) - seconds
+        detail[target] = detail.get(target, 0.0) + seconds
 
     @contextmanager
     def phase(self, part: str, detail: Optional[str] = None) -> Iterator[None]:
