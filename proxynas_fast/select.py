@@ -18,8 +18,8 @@ import numpy as np
 from .cli_errors import run_cli
 from .entropy_file import EntropyFileError, read_entropy_file
 from .run_folder import check_output_dir, hold_output
-from .selection import (BIN_WIDTHS, describe_selectors, get_selector, list_selectors, load_forgetting_counts,
-                        select, summarize_selection, write_proxy_files, write_summary)
+from .selection import (BIN_WIDTHS, DEFAULT_SEED, describe_selectors, get_selector, list_selectors,
+                        load_forgetting_counts, select, summarize_selection, write_proxy_files, write_summary)
 from .selection.dataset_fit import TRAIN_SIZES, check_fits_dataset, infer_dataset
 
 DEFAULT_OUT = "runs/proxy"  # under runs/, which .gitignore covers
@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--count", type=int, help="number of examples to select")
     p.add_argument("--round-to", type=int,
                    help="round the count down to a multiple of this (paper: 1000 on ImageNet; default: no rounding)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the random draws and of the weight/architecture split (default 0)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help="seed of the random draws and of the weight/architecture split (default "
+                        f"{DEFAULT_SEED}, as in search)")
     p.add_argument("--dataset", choices=sorted(BIN_WIDTHS),
                    help="data set of the score file: sets the paper's log10 bin width "
                         f"({', '.join(f'{k} {v}' for k, v in sorted(BIN_WIDTHS.items()))}) and checks every "
@@ -144,7 +145,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.count is not None and args.count > len(table):
         raise ValueError(f"--count must be in 1..{len(table)} (the number of examples in {args.entropy_file}), "
                          f"got {args.count}")
-    dataset, inferred = resolve_dataset(args, table)
+    dataset, inferred = resolve_dataset(args, table)  # in file order: a bad row is named by its line
+    # By data-set index: the selection depends on the file's content, not on the order of its lines (and is
+    # the one `search` makes from the same file, which orders it so too).
+    table = table.sorted_by_index()
     width = resolve_cli_bin_width(args, spec, dataset, table)
     options = {"class_balanced": args.class_balanced}
     if args.round_to is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from proxynas_fast.data import list_datasets  # numpy only: --help still answers without torch
+from proxynas_fast.selection.split import DEFAULT_SEED
 
 from .errors import SearchError
 from .strategies import get_strategy, list_strategies
@@ -87,7 +88,7 @@ class SearchConfig:
     image_size: Optional[int] = None  # ImageNet only (default 224)
     cutout: int = 0
     # run
-    seed: int = 2
+    seed: int = DEFAULT_SEED  # shared with `select`
     deterministic: bool = False
     backend: Optional[str] = None  # None: `default_backend()`
     cuda_graphs: bool = False  # first-order steps replayed from CUDA graphs (one process, CUDA)
@@ -349,7 +350,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (starts fresh if it has none)")
     g.add_argument("--seed", type=int, help="seed of the selection, the split, the weights and the loaders "
-                                            "(default 2)")
+                                            f"(default {DEFAULT_SEED}, as in select)")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels and seeded loaders (bitwise-reproducible on CPU)")
     g.add_argument("--backend", help="supernet cell implementation: reference or fused "

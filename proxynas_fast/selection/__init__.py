@@ -18,11 +18,11 @@ from .histogram import BIN_WIDTHS, Binning, bin_numbers, log_entropy_histogram, 
 from .kcenter import greedy_k_center
 from .methods import example_probabilities, histogram_bin_weights
 from .sampling import top_k, weighted_sample_without_replacement
-from .split import PROXY_FILES, split_proxy, write_proxy_files
+from .split import DEFAULT_SEED, PROXY_FILES, split_proxy, write_proxy_files
 from .summary import distribution_entropy, format_summary, summarize_selection, write_summary
 
 __all__ = [
-    "BIN_WIDTHS", "Binning", "ForgettingTracker", "PROXY_FILES", "SelectorSpec", "bin_numbers", "class_quotas",
+    "BIN_WIDTHS", "Binning", "DEFAULT_SEED", "ForgettingTracker", "PROXY_FILES", "SelectorSpec", "bin_numbers", "class_quotas",
     "describe_selectors", "distribution_entropy", "example_probabilities", "format_summary", "get_selector",
     "greedy_k_center", "histogram_bin_weights", "list_selectors", "load_forgetting_counts",
     "log_entropy_histogram", "positions_to_indices", "register_selector", "resolve_bin_width", "resolve_count",
