@@ -18,8 +18,9 @@ import numpy as np
 from .cli_errors import run_cli
 from .entropy_file import EntropyFileError, read_entropy_file
 from .run_folder import check_output_dir, hold_output
-from .selection import (BIN_WIDTHS, DEFAULT_SEED, describe_selectors, get_selector, list_selectors,
-                        load_forgetting_counts, select, summarize_selection, write_proxy_files, write_summary)
+from .selection import (BIN_WIDTHS, DEFAULT_SEED, check_bin_count, class_quotas, describe_selectors, get_selector,
+                        list_selectors, load_forgetting_counts, resolve_count, select, summarize_selection,
+                        write_proxy_files, write_summary)
 from .selection.dataset_fit import TRAIN_SIZES, check_fits_dataset, infer_dataset
 
 DEFAULT_OUT = "runs/proxy"  # under runs/, which .gitignore covers
@@ -137,6 +138,22 @@ def check_request(args: argparse.Namespace, spec) -> None:
         raise ValueError(f"--method {spec.name} does not use {' or '.join(unused)}")
 
 
+def check_degenerate_request(args: argparse.Namespace, table, width: float) -> None:
+    """Requests that would run into warnings or a silently different result, refused with the reason and the
+    flag: a bin width giving an absurd histogram (it bins the summary of every method), a class balance that
+    cannot give every class its share."""
+    try:
+        check_bin_count(table.entropy, width)
+    except ValueError as e:
+        raise ValueError(f"--bin-width: {e}" if args.bin_width is not None else str(e)) from None
+    if args.class_balanced:
+        size = f"--count {args.count}" if args.count is not None else f"--portion {args.portion}"
+        try:
+            class_quotas(table.label, resolve_count(len(table), args.portion, args.count, args.round_to))
+        except ValueError as e:
+            raise ValueError(f"--class-balanced with {size}: {e}") from None
+
+
 def run(args: argparse.Namespace) -> dict:
     spec = get_selector(args.method)  # an unknown method is the first thing to report
     check_request(args, spec)
@@ -150,6 +167,7 @@ def run(args: argparse.Namespace) -> dict:
     # the one `search` makes from the same file, which orders it so too).
     table = table.sorted_by_index()
     width = resolve_cli_bin_width(args, spec, dataset, table)
+    check_degenerate_request(args, table, width)
     options = {"class_balanced": args.class_balanced}
     if args.round_to is not None:
         options["round_to"] = args.round_to

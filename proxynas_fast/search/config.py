@@ -154,6 +154,8 @@ class SearchConfig:
             _bad("portion", f"must be in (0, 1], got {self.portion}")
         if self.count is not None and self.count < 2:
             _bad("count", f"must be at least 2 (one example per half), got {self.count}")
+        if self.bin_width is not None and not (math.isfinite(self.bin_width) and self.bin_width > 0):
+            _bad("bin_width", f"must be a finite number > 0, got {self.bin_width}")
         if not 0 < self.weight_fraction < 1:
             _bad("weight_fraction", f"must be strictly between 0 and 1, got {self.weight_fraction}")
 
