@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .cli_errors import resume_command, run_cli
 from .data import DATASETS, DatasetError
+from .dependencies import refuse_missing
 from .run_folder import check_output_file, hold_output, same_file
 
 SCORER_NAMES = "resnet20/32/44/56/110 (CIFAR, SVHN), resnet18/50 (ImageNet)"
@@ -78,6 +79,8 @@ def _is_main_rank() -> bool:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if (status := refuse_missing("score")) is not None:
+        return status
 
     def body() -> None:
         check_args(args)

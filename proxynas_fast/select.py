@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli_errors import run_cli
+from .dependencies import refuse_missing
 from .entropy_file import EntropyFileError, read_entropy_file
 from .run_folder import check_output_dir, hold_output
 from .selection import (BIN_WIDTHS, DEFAULT_SEED, check_bin_count, class_quotas, describe_selectors, get_selector,
@@ -207,6 +208,8 @@ def main(argv=None) -> int:
     if args.list_methods:
         print(describe_selectors())
         return 0
+    if (status := refuse_missing("select")) is not None:
+        return status
 
     def body() -> int:
         summary = run(args)

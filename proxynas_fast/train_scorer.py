@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .cli_errors import resume_command, run_cli
 from .data import DatasetError
+from .dependencies import refuse_missing
 from .run_folder import check_output_file, hold_output
 
 DATASETS = ["cifar10", "cifar100", "svhn"]
@@ -64,6 +65,8 @@ def _interrupted(args, argv) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if (status := refuse_missing("train_scorer")) is not None:
+        return status
 
     def body() -> None:
         out = check_args(args)
