@@ -18,6 +18,7 @@ from pathlib import Path
 from .cli_errors import resume_command, run_cli
 from .data import DATASETS, DatasetError
 from .dependencies import refuse_missing
+from .output_owner import check_file_owner
 from .run_folder import check_output_file, hold_output, same_file
 
 SCORER_NAMES = "resnet20/32/44/56/110 (CIFAR, SVHN), resnet18/50 (ImageNet)"
@@ -66,6 +67,7 @@ def check_args(args: argparse.Namespace) -> None:
         # Written over at the end: naming the checkpoint would destroy the scorer's weights.
         if same_file(path, args.checkpoint):
             raise ValueError(f"{flag} {path}: is the --checkpoint file; name another output file")
+        check_file_owner(path, "score", flag=flag)
     for i, (flag, path) in enumerate(outputs):
         for other_flag, other in outputs[i + 1:]:
             if os.path.realpath(path) == os.path.realpath(other):

@@ -19,9 +19,9 @@ from .cli_errors import run_cli
 from .dependencies import refuse_missing
 from .entropy_file import EntropyFileError, read_entropy_file
 from .run_folder import check_output_dir, hold_output
-from .selection import (BIN_WIDTHS, DEFAULT_SEED, check_bin_count, class_quotas, describe_selectors, get_selector,
-                        list_selectors, load_forgetting_counts, resolve_count, select, summarize_selection,
-                        write_proxy_files, write_summary)
+from .selection import (BIN_WIDTHS, DEFAULT_SEED, PROXY_FILES, check_bin_count, class_quotas, describe_selectors,
+                        get_selector, list_selectors, load_forgetting_counts, resolve_count, select,
+                        summarize_selection, write_proxy_files, write_summary)
 from .selection.dataset_fit import TRAIN_SIZES, check_fits_dataset, infer_dataset
 
 DEFAULT_OUT = "runs/proxy"  # under runs/, which .gitignore covers
@@ -179,11 +179,15 @@ def run(args: argparse.Namespace) -> dict:
     if args.forgetting_counts:
         counts = load_forgetting_counts(args.forgetting_counts)
         options["forgetting_counts"] = _rows_by_index(counts, table, args.forgetting_counts)
+    # Refuses a folder another tool or run owns (`output_owner`), then stamps it as select's.
     with hold_output(out, what="select", kind="folder", flag="--out"):
         positions = select(spec.name, table.entropy, portion=args.portion, count=args.count, labels=table.label,
                            seed=args.seed, bin_width=width, **options)
         files = {}
-        if not args.no_proxy_files:
+        if args.no_proxy_files:  # a selection made earlier in this folder must not pass for this one
+            for name in PROXY_FILES.values():
+                (out / name).unlink(missing_ok=True)
+        else:
             files = {k: str(v) for k, v in write_proxy_files(out, table, positions, fraction=args.split_fraction,
                                                               seed=args.seed).items()}
         summary = summarize_selection(

@@ -16,6 +16,7 @@ from pathlib import Path
 from .cli_errors import resume_command, run_cli
 from .data import DatasetError
 from .dependencies import refuse_missing
+from .output_owner import check_file_owner
 from .run_folder import check_output_file, hold_output
 
 DATASETS = ["cifar10", "cifar100", "svhn"]
@@ -51,6 +52,7 @@ def check_args(args: argparse.Namespace) -> Path:
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     out = check_output_file(args.out, flag="--out")
+    check_file_owner(out, "train_scorer", flag="--out")
     check_output_file(f"{args.out}.progress", flag="--out")
     return out
 
