@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -45,11 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None,
                    help="score only the first N examples, for quick checks (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: one on a terminal)")
+    p.add_argument("--dist-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before giving up, so a frozen rank "
+                        "cannot hang the job (default 1800)")
     return p
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Every mistake that can be seen without torch or data, as a one-line ValueError/OutputError."""
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise ValueError(f"--dist-timeout must be a number of seconds > 0, got {args.dist_timeout}")
     for flag, value in (("--batch-size", args.batch_size), ("--image-size", args.image_size),
                         ("--limit", args.limit)):
         if value is not None and value < 1:

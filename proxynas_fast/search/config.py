@@ -98,6 +98,9 @@ class SearchConfig:
     tensorboard: bool = False
     progress: Optional[bool] = None  # None: on when stderr is a terminal
     log_every: int = 50  # steps between step records in log.jsonl
+    # under torchrun: how long a collective waits for the other ranks (distributed.DEFAULT_TIMEOUT_S)
+    dist_timeout: float = 1800.0
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (distributed.SyncBatchNorm)
 
     # ----- (de)serialisation -----
     def to_dict(self) -> Dict[str, Any]:
@@ -193,6 +196,11 @@ class SearchConfig:
             _bad("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             _bad("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if not (math.isfinite(self.dist_timeout) and self.dist_timeout > 0):
+            _bad("dist_timeout", f"must be a number of seconds > 0, got {self.dist_timeout}")
+        if self.sync_bn and self.backend != "reference":
+            _bad("sync_bn", "synchronises nn.BatchNorm2d modules, which only --backend reference runs (the fused "
+                            "cells compute BatchNorm in their own kernels); add --backend reference")
         if self.cuda_graphs:
             if get_strategy(self.strategy).unrolled:
                 _bad("cuda_graphs", f"captures first-order steps; strategy {self.strategy} is second order")
@@ -363,6 +371,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     g.add_argument("--log-every", type=int, help="steps between step records in log.jsonl (default 50)")
+    g.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before the run ends with the resume "
+                        "command, so a frozen rank cannot hang the job (default 1800)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm over the global batch instead of each rank's share (needs "
+                        "--backend reference; docs/DISTRIBUTED.md says why it differs) (default off)")
     g.add_argument("--threads", type=int, help="intra-op CPU threads (default: the cores not busy with other "
                                                "jobs, from the load average, or $OMP_NUM_THREADS if set)")
 
