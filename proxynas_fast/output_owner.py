@@ -104,8 +104,9 @@ def check_folder_owner(path, tool: str, *, flag: str = "--out") -> None:
                              f"a {flag} outside it")
 
 
-def check_file_owner(path, tool: str, *, flag: str = "--out") -> None:
-    """Refuse (OwnershipError) a file output of `tool` inside a run folder, or replacing another kind of file."""
+def check_file_owner(path, tool: str, *, flag: str = "--out", kind: Optional[str] = None) -> None:
+    """Refuse (OwnershipError) a file output of `tool` inside a run folder, or replacing another kind of file.
+    kind: what the file is (a key of KIND_NAMES; default: the tool's main output)."""
     file = Path(os.path.abspath(os.path.expanduser(str(path))))
     parent = file.parent
     owner = folder_owner(parent)
@@ -113,16 +114,18 @@ def check_file_owner(path, tool: str, *, flag: str = "--out") -> None:
     if above is not None:
         raise OwnershipError(f"{flag} {path}: is inside {_describe(*above)}, whose files belong to that run; "
                              f"write {tool}'s output outside it")
-    if file.is_file() and not _same_kind(file, tool):
-        raise OwnershipError(f"{flag} {path}: exists and is not {KIND_NAMES[tool]}; {tool} replaces only its own "
+    kind = kind or tool
+    if file.is_file() and not _same_kind(file, kind):
+        raise OwnershipError(f"{flag} {path}: exists and is not {KIND_NAMES[kind]}; {tool} replaces only its own "
                              "kind of file: choose another path or remove it first")
 
 
-KIND_NAMES = {"score": "a score file (index entropy label lines)", "train_scorer": "a scorer checkpoint"}
+KIND_NAMES = {"score": "a score file (index entropy label lines)", "train_scorer": "a scorer checkpoint",
+              "json": "a JSON file", "npy": "a .npy array"}
 
 
-def _same_kind(file: Path, tool: str) -> bool:
-    """Whether an existing file looks like `tool`'s output (an empty file is anyone's)."""
+def _same_kind(file: Path, kind: str) -> bool:
+    """Whether an existing file looks like an output of `kind` (an empty file is anyone's)."""
     try:
         with open(file, "rb") as f:
             head = f.read(4096)
@@ -130,10 +133,14 @@ def _same_kind(file: Path, tool: str) -> bool:
         return True  # unreadable: the write itself will say why
     if not head:
         return True
-    if tool == "train_scorer":
+    if kind == "train_scorer":
         return head.startswith((b"PK\x03\x04", b"\x80"))  # torch.save: a zip archive, or a pickle
-    if tool == "score":
+    if kind == "score":
         return _looks_like_score_text(head)
+    if kind == "json":
+        return head.lstrip()[:1] in (b"{", b"[")
+    if kind == "npy":
+        return head.startswith(b"\x93NUMPY")
     return True
 
 

@@ -68,12 +68,13 @@ def check_args(args: argparse.Namespace) -> None:
     outputs = [("--out", args.out), ("--summary-out", args.summary_out or f"{args.out}.json")]
     if args.features_out:
         outputs.append(("--features-out", args.features_out))
+    kinds = {"--out": "score", "--summary-out": "json", "--features-out": "npy"}
     for flag, path in outputs:
         check_output_file(path, flag=flag)
         # Written over at the end: naming the checkpoint would destroy the scorer's weights.
         if same_file(path, args.checkpoint):
             raise ValueError(f"{flag} {path}: is the --checkpoint file; name another output file")
-        check_file_owner(path, "score", flag=flag)
+        check_file_owner(path, "score", flag=flag, kind=kinds[flag])
     for i, (flag, path) in enumerate(outputs):
         for other_flag, other in outputs[i + 1:]:
             if os.path.realpath(path) == os.path.realpath(other):

@@ -186,6 +186,11 @@ def test_same_tool_file_outputs_replace_their_own_kind(tmp_path, scores, scorer,
     own_scorer = make_owned("train_scorer", tmp_path / "s.th", scores, capsys)
     check_file_owner(own_scores, "score")
     check_file_owner(own_scorer, "train_scorer")
+    summary = tmp_path / "e.txt.json"  # score's summary beside its score file: replaced by the next score
+    summary.write_text('{"examples": 1000}\n')
+    check_file_owner(summary, "score", flag="--summary-out", kind="json")
+    with pytest.raises(OwnershipError, match=r"^--summary-out .*: exists and is not a JSON file"):
+        check_file_owner(own_scorer, "score", flag="--summary-out", kind="json")
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes\n")
     for tool in ("score", "train_scorer"):
