@@ -120,6 +120,9 @@ def check_out_dir(config: SearchConfig) -> Optional[Dict[str, Any]]:
     except (OSError, ValueError) as e:
         raise SearchError(f"--resume: {saved_path} cannot be read ({e}); it says which options the run used") from None
     mine = config.to_dict()
+    # Options added since the run was saved had their defaults then (e.g. sync_bn: off).
+    saved = {**{k: v for k, v in SearchConfig(config.dataset, config.out).to_dict().items() if k not in saved},
+             **saved}
     differ = resume_differences(saved, mine, RESUME_MAY_DIFFER)
     if differ:
         detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {mine.get(k)!r}" for k in differ[:6])
