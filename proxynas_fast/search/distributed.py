@@ -71,6 +71,14 @@ def restarted_by_torchrun() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
 
 
+def _store_of_this_attempt(rank: int, world_size: int, timeout: datetime.timedelta):
+    """torchrun's store, with this attempt's keys under a prefix of their own: the agent's store outlives a failed
+    attempt, and the gloo addresses that attempt's ranks left in it sent the restarted ranks to dead peers
+    ("connectFullMesh failed ... Connection refused")."""
+    store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+    return dist.PrefixStore(f"proxynas_fast/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
+
+
 def init_distributed(device: str = "auto", *, init_method: Optional[str] = None, rank: Optional[int] = None,
                      world_size: Optional[int] = None, timeout_s: Optional[float] = None) -> DistContext:
     """A DistContext for this process; joins the process group when there is more than one process. Its
@@ -86,8 +94,12 @@ def init_distributed(device: str = "auto", *, init_method: Optional[str] = None,
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
-        dist.init_process_group(backend, init_method=init_method or "env://", rank=rank, world_size=world_size,
-                                timeout=timeout)
+        if init_method in (None, "env://") and restarted_by_torchrun():
+            dist.init_process_group(backend, store=_store_of_this_attempt(rank, world_size, timeout), rank=rank,
+                                    world_size=world_size, timeout=timeout)
+        else:
+            dist.init_process_group(backend, init_method=init_method or "env://", rank=rank, world_size=world_size,
+                                    timeout=timeout)
     return DistContext(rank, world_size, local_rank, dev, backend)
 
 
