@@ -64,13 +64,15 @@ def test_a_frozen_rank_ends_the_others_after_the_timeout(tmp_path):
 
 
 DRIVER = """
-import os, sys
+import os, signal, sys
 from proxynas_fast.search import pipeline
 if os.environ["RANK"] == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
     real, calls = pipeline.train_epoch, []
 
     def dies_in_the_second_epoch(*args, **kwargs):
         calls.append(1)
+        if len(calls) == 2 and os.environ.get("FAULT") == "freeze":
+            os.kill(os.getpid(), signal.SIGSTOP)  # frozen: its sockets stay open, it never answers
         if len(calls) == 2:
             os._exit(9)  # as kill -9: no exception, no message, its sockets close
         return real(*args, **kwargs)
@@ -81,11 +83,11 @@ sys.exit(main())
 """
 
 
-def _search_args(data_dir, out):
+def _search_args(data_dir, out, timeout="120"):
     return ["--dataset", "cifar10", "--data-dir", str(data_dir), "--selection", "random", "--count", "64",
             "--batch-size", "8", "--epochs", "2", "--layers", "3", "--init-channels", "4", "--seed", "11",
             "--device", "cpu", "--backend", "reference", "--no-progress", "--no-download", "--out", str(out),
-            "--dist-timeout", "120"]
+            "--dist-timeout", timeout]
 
 
 def _free_port() -> int:
@@ -94,13 +96,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_dead_rank_ends_the_survivor_with_one_line_and_the_resume_command(cifar10_jpeg_dir, tmp_path):
+@pytest.mark.parametrize("fault, timeout, what", [("die", "120", "another rank died"),
+                                                  ("freeze", "30", "another rank did not answer")])
+def test_a_dead_or_frozen_rank_ends_the_survivor_with_one_line_and_the_resume_command(cifar10_jpeg_dir, tmp_path,
+                                                                                     fault, timeout, what):
     # Two ranks started as torchrun starts them, without its agent (which would SIGTERM the survivor at once):
-    # what every surviving rank does when its collective finds the other rank gone.
+    # what every surviving rank does when its collective finds the other rank gone, or silent past the timeout.
     out, driver = tmp_path / "ddp", tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    args = _search_args(cifar10_jpeg_dir, out)
-    env = dict(ENV, WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    args = _search_args(cifar10_jpeg_dir, out, timeout)
+    env = dict(ENV, WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+               FAULT=fault)
     ranks = [subprocess.Popen([sys.executable, str(driver), *args], cwd=REPO, env=dict(env, RANK=str(r),
                               LOCAL_RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in (0, 1)]
@@ -112,8 +118,8 @@ def test_a_dead_rank_ends_the_survivor_with_one_line_and_the_resume_command(cifa
             p.wait()
     assert ranks[0].returncode == 2, err[-3000:]
     lines = [line for line in err.splitlines() if not line.startswith(("  ", "/")) and "Warning" not in line]
-    assert lines == [f"error: rank 0 of 2: another rank died (a rank that dies ends the run at once; one that "
-                     f"freezes, after --dist-timeout 120 s); the checkpoint after epoch 1/2 is saved in "
+    assert lines == [f"error: rank 0 of 2: {what} (a rank that dies ends the run at once; one that "
+                     f"freezes, after --dist-timeout {timeout} s); the checkpoint after epoch 1/2 is saved in "
                      f"{out / 'checkpoint.pt'}; resume with: torchrun --nproc-per-node 2 -m proxynas_fast.search "
                      f"{' '.join(args)} --resume"], err[-3000:]
 
