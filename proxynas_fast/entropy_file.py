@@ -50,7 +50,8 @@ def read_entropy_file(path: PathLike, *, allow_nonfinite: bool = False) -> Entro
         raise FileNotFoundError(f"entropy file {path} does not exist")
     idx, ent, lab = [], [], []
     first_line = {}  # example index -> the line it is first on
-    with open(path, "r", encoding="utf-8", errors="strict") as f:
+    # utf-8-sig: a byte order mark (what some editors save) is no part of the first index
+    with open(path, "r", encoding="utf-8-sig", errors="strict") as f:
         try:
             lines = f.readlines()
         except UnicodeDecodeError as e:

@@ -7,7 +7,10 @@
 - `hold_output(path, what=...)`: an exclusive, non-blocking `fcntl.flock` on a lock file beside the output
   (`<folder>/.lock` for a folder, `<parent>/.<name>.lock` for a file) holding the holder's pid, host, start time
   and command line. A second run is refused with `OutputBusyError` naming the holder. The kernel drops the lock
-  when the process dies, so kill -9 leaves no stale lock (the file may stay; it is not the lock).
+  when the process dies, so kill -9 leaves no stale lock (the file may stay; it is not the lock). When `what`
+  names a tool (`output_owner.FOLDER_TOOLS`, `FILE_TOOLS`), the output must be that tool's to write
+  (`output_owner`: no tool writes into another tool's or run's outputs): a file is checked before its lock
+  file is made, a folder under its lock, which then stamps it as the tool's.
 
 No torch here: the CLIs check their outputs before torch loads.
 """
@@ -26,6 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Optional
+
+from .output_owner import (FILE_TOOLS, FOLDER_TOOLS, OWNER_FILE, OwnershipError, check_file_owner, check_folder_owner,
+                           stamp_folder)
 
 
 class OutputError(ValueError):
@@ -198,6 +204,8 @@ def hold_output(path, *, what: str, kind: str = "auto", flag: str = "--out") -> 
     """
     p = _resolved(path)
     is_file = _is_file_output(path, p, kind)
+    if is_file and what in FILE_TOOLS:
+        _check_owner(check_file_owner, path, what, flag)  # before a lock file is made in someone's folder
     folder = p.parent if is_file else p
     created = not folder.exists()
     try:
@@ -214,6 +222,10 @@ def hold_output(path, *, what: str, kind: str = "auto", flag: str = "--out") -> 
     try:
         os.ftruncate(fd, 0)
         os.write(fd, (json.dumps(_holder_record(what)) + "\n").encode())
+        if not is_file and what in FOLDER_TOOLS:
+            # Under the lock: a live holder is reported as busy (above), and no one stamps it meanwhile.
+            _check_owner(check_folder_owner, path, what, flag)
+            stamp_folder(p, what)
         yield p
     finally:
         # Unlink before unlocking: a run waiting on this inode sees it replaced and opens the new one.
@@ -224,6 +236,16 @@ def hold_output(path, *, what: str, kind: str = "auto", flag: str = "--out") -> 
             _remove_if_empty(folder)
 
 
+def _check_owner(check, path, tool: str, flag: str) -> None:
+    try:
+        check(path, tool, flag=flag)
+    except OwnershipError as e:
+        raise OutputError(str(e)) from None
+
+
 def _remove_if_empty(folder: Path) -> None:
+    """Remove a folder this run created and left without outputs (its owner stamp alone is none)."""
     with contextlib.suppress(OSError):
+        if os.listdir(folder) == [OWNER_FILE]:
+            (folder / OWNER_FILE).unlink()
         folder.rmdir()

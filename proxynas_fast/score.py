@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from pathlib import Path
 
 from .cli_errors import resume_command, run_cli
 from .data import DATASETS, DatasetError
+from .dependencies import refuse_missing
+from .output_owner import check_file_owner
 from .run_folder import check_output_file, hold_output, same_file
 from .scorer_weights import scorer_weights_source, torchvision_resnet50_source
 
@@ -47,11 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None,
                    help="score only the first N examples, for quick checks (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: one on a terminal)")
+    p.add_argument("--dist-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before giving up, so a frozen rank "
+                        "cannot hang the job (default 1800)")
     return p
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Every mistake that can be seen without torch or data, as a one-line ValueError/OutputError."""
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise ValueError(f"--dist-timeout must be a number of seconds > 0, got {args.dist_timeout}")
     for flag, value in (("--batch-size", args.batch_size), ("--image-size", args.image_size),
                         ("--limit", args.limit)):
         if value is not None and value < 1:
@@ -69,11 +77,13 @@ def check_args(args: argparse.Namespace) -> None:
     outputs = [("--out", args.out), ("--summary-out", args.summary_out or f"{args.out}.json")]
     if args.features_out:
         outputs.append(("--features-out", args.features_out))
+    kinds = {"--out": "score", "--summary-out": "json", "--features-out": "npy"}
     for flag, path in outputs:
         check_output_file(path, flag=flag)
         # Written over at the end: naming the checkpoint would destroy the scorer's weights.
         if same_file(path, args.checkpoint):
             raise ValueError(f"{flag} {path}: is the --checkpoint file; name another output file")
+        check_file_owner(path, "score", flag=flag, kind=kinds[flag])
     for i, (flag, path) in enumerate(outputs):
         for other_flag, other in outputs[i + 1:]:
             if os.path.realpath(path) == os.path.realpath(other):
@@ -87,6 +97,8 @@ def _is_main_rank() -> bool:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if (status := refuse_missing("score")) is not None:
+        return status
 
     def body() -> None:
         check_args(args)

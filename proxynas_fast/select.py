@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from .cli_errors import run_cli
+from .dependencies import refuse_missing
 from .entropy_file import EntropyFileError, read_entropy_file
 from .run_folder import check_output_dir, hold_output
-from .selection import (BIN_WIDTHS, describe_selectors, get_selector, list_selectors, load_forgetting_counts,
-                        select, summarize_selection, write_proxy_files, write_summary)
+from .selection import (BIN_WIDTHS, DEFAULT_SEED, PROXY_FILES, check_bin_count, class_quotas, describe_selectors,
+                        get_selector, list_selectors, load_forgetting_counts, resolve_count, select,
+                        summarize_selection, write_proxy_files, write_summary)
 from .selection.dataset_fit import TRAIN_SIZES, check_fits_dataset, infer_dataset
 
 DEFAULT_OUT = "runs/proxy"  # under runs/, which .gitignore covers
@@ -36,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--count", type=int, help="number of examples to select")
     p.add_argument("--round-to", type=int,
                    help="round the count down to a multiple of this (paper: 1000 on ImageNet; default: no rounding)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the random draws and of the weight/architecture split (default 0)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help="seed of the random draws and of the weight/architecture split (default "
+                        f"{DEFAULT_SEED}, as in search)")
     p.add_argument("--dataset", choices=sorted(BIN_WIDTHS),
                    help="data set of the score file: sets the paper's log10 bin width "
                         f"({', '.join(f'{k} {v}' for k, v in sorted(BIN_WIDTHS.items()))}) and checks every "
@@ -136,6 +139,22 @@ def check_request(args: argparse.Namespace, spec) -> None:
         raise ValueError(f"--method {spec.name} does not use {' or '.join(unused)}")
 
 
+def check_degenerate_request(args: argparse.Namespace, table, width: float) -> None:
+    """Requests that would run into warnings or a silently different result, refused with the reason and the
+    flag: a bin width giving an absurd histogram (it bins the summary of every method), a class balance that
+    cannot give every class its share."""
+    try:
+        check_bin_count(table.entropy, width)
+    except ValueError as e:
+        raise ValueError(f"--bin-width: {e}" if args.bin_width is not None else str(e)) from None
+    if args.class_balanced:
+        size = f"--count {args.count}" if args.count is not None else f"--portion {args.portion}"
+        try:
+            class_quotas(table.label, resolve_count(len(table), args.portion, args.count, args.round_to))
+        except ValueError as e:
+            raise ValueError(f"--class-balanced with {size}: {e}") from None
+
+
 def run(args: argparse.Namespace) -> dict:
     spec = get_selector(args.method)  # an unknown method is the first thing to report
     check_request(args, spec)
@@ -144,8 +163,12 @@ def run(args: argparse.Namespace) -> dict:
     if args.count is not None and args.count > len(table):
         raise ValueError(f"--count must be in 1..{len(table)} (the number of examples in {args.entropy_file}), "
                          f"got {args.count}")
-    dataset, inferred = resolve_dataset(args, table)
+    dataset, inferred = resolve_dataset(args, table)  # in file order: a bad row is named by its line
+    # By data-set index: the selection depends on the file's content, not on the order of its lines (and is
+    # the one `search` makes from the same file, which orders it so too).
+    table = table.sorted_by_index()
     width = resolve_cli_bin_width(args, spec, dataset, table)
+    check_degenerate_request(args, table, width)
     options = {"class_balanced": args.class_balanced}
     if args.round_to is not None:
         options["round_to"] = args.round_to
@@ -156,11 +179,15 @@ def run(args: argparse.Namespace) -> dict:
     if args.forgetting_counts:
         counts = load_forgetting_counts(args.forgetting_counts)
         options["forgetting_counts"] = _rows_by_index(counts, table, args.forgetting_counts)
+    # Refuses a folder another tool or run owns (`output_owner`), then stamps it as select's.
     with hold_output(out, what="select", kind="folder", flag="--out"):
         positions = select(spec.name, table.entropy, portion=args.portion, count=args.count, labels=table.label,
                            seed=args.seed, bin_width=width, **options)
         files = {}
-        if not args.no_proxy_files:
+        if args.no_proxy_files:  # a selection made earlier in this folder must not pass for this one
+            for name in PROXY_FILES.values():
+                (out / name).unlink(missing_ok=True)
+        else:
             files = {k: str(v) for k, v in write_proxy_files(out, table, positions, fraction=args.split_fraction,
                                                               seed=args.seed).items()}
         summary = summarize_selection(
@@ -185,6 +212,8 @@ def main(argv=None) -> int:
     if args.list_methods:
         print(describe_selectors())
         return 0
+    if (status := refuse_missing("select")) is not None:
+        return status
 
     def body() -> int:
         summary = run(args)

@@ -16,6 +16,8 @@ from pathlib import Path
 from . import number_flags
 from .cli_errors import resume_command, run_cli
 from .data import DatasetError
+from .dependencies import refuse_missing
+from .output_owner import check_file_owner
 from .run_folder import check_output_file, hold_output
 from .scorer_weights import TRAINABLE_SCORER_DATASETS, scorer_weights_source
 
@@ -64,6 +66,7 @@ def check_args(args: argparse.Namespace) -> Path:
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     out = check_output_file(args.out, flag="--out")
+    check_file_owner(out, "train_scorer", flag="--out")
     check_output_file(f"{args.out}.progress", flag="--out")
     return out
 
@@ -78,6 +81,8 @@ def _interrupted(args, argv) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if (status := refuse_missing("train_scorer")) is not None:
+        return status
 
     def body() -> None:
         out = check_args(args)

@@ -116,3 +116,54 @@ def test_cache_is_bounded_least_recently_used_out_first(tmp_path, cifar10_jpeg_d
     shutil.rmtree(cache)
     load_dataset("cifar10", roots[0], "train", download=False)  # bigger than the whole cap: not cached
     assert _entries(cache) == []
+
+
+STRESS_WRITER = """
+import sys
+import numpy as np
+from proxynas_fast.data import image_cache
+writer, writes = int(sys.argv[1]), int(sys.argv[2])
+images = np.zeros((4, 8, 8, 3), np.uint8)
+failed = 0
+for i in range(writes):
+    key = f"{writer:04x}{i:012x}"
+    failed += not image_cache.store_entry(image_cache.entry_path("stress", "train", key), images)
+print(failed, flush=True)
+"""
+
+
+WRITES = 240  # in all: enough that the race showed in every run before the fix, a few seconds
+
+
+@pytest.mark.parametrize("writers", [2, 4])
+def test_concurrent_writers_never_delete_each_others_partial_files(cache, writers):
+    # Every write sweeps the folder; a sweep used to delete a partial file another process had created but not
+    # yet locked, and that writer's rename then failed (1-4% of writes with 2-4 writers).
+    cache.mkdir()
+    env = dict(os.environ, PROXYNAS_CACHE=str(cache), PROXYNAS_CACHE_MAX_BYTES=str(1 << 30))
+    procs = [subprocess.Popen([sys.executable, "-c", STRESS_WRITER, str(w), str(WRITES // writers)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(writers)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * writers, [err for _, err in results]
+    assert [int(out) for out, _ in results] == [0] * writers, [err[-500:] for _, err in results]
+    left = _entries(cache)
+    assert [n for n in left if n.startswith(".partial-")] == []
+    assert len([n for n in left if n.startswith("stress-train-")]) == (WRITES // writers) * writers
+
+
+def test_partial_file_of_a_live_writer_is_kept_even_unlocked(cache):
+    # The window the lock cannot cover: created, not yet locked. Its writer's pid is alive, so it stays.
+    from proxynas_fast.data import image_cache
+
+    cache.mkdir()
+    mine = cache / f"{image_cache._partial_prefix()}abc.npy"
+    mine.write_bytes(b"partial")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = cache / f"{image_cache.PARTIAL_PREFIX}{int(dead.stdout)}@{image_cache._host()}-abc.npy"
+    gone.write_bytes(b"partial")
+    foreign = cache / f"{image_cache.PARTIAL_PREFIX}1@elsewhere-abc.npy"
+    foreign.write_bytes(b"partial")
+    assert image_cache.sweep_orphans(cache) == [gone]
+    os.utime(foreign, (time.time() - 7200,) * 2)  # another host's, an hour old: an orphan
+    assert image_cache.sweep_orphans(cache) == [foreign]
+    assert mine.exists()

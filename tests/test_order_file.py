@@ -54,3 +54,32 @@ def test_unreadable_order_file_is_named(root):
     order.mkdir()  # exists, but cannot be read as a file
     with pytest.raises(DatasetError, match=rf"^{order}: cannot read the order file \(Is a directory\)$"):
         load_dataset("cifar10", root, "train", download=False)
+
+
+def test_byte_order_mark_is_accepted(root):
+    # Editors on Windows save UTF-8 with a BOM; it is no part of the first index.
+    order = root / "train_order.txt"
+    order.write_bytes(b"\xef\xbb\xbf" + order.read_bytes())
+    data = load_dataset("cifar10", root, "train", download=False)
+    assert len(data) == 20 and data.labels[0] == 9
+
+
+def test_path_listed_twice_names_both_lines(root):
+    order = root / "train_order.txt"
+    lines = order.read_text().splitlines(keepends=True)
+    index, path, label = lines[4].split("\t")
+    lines.append(f"20\t{path}\t{label}")  # one image twice: 21 lines for 20 images, none missing
+    order.write_text("".join(lines))
+    with pytest.raises(DatasetError) as e:
+        load_dataset("cifar10", root, "train", download=False)
+    assert str(e.value) == f"{order}:21: {path} is also listed on line 5; each image needs exactly one line"
+
+
+def test_order_file_not_utf8_names_the_line(root):
+    order = root / "train_order.txt"
+    lines = order.read_bytes().splitlines(keepends=True)
+    lines[6] = lines[6].replace(b"train", b"tr\xffin")
+    order.write_bytes(b"".join(lines))
+    with pytest.raises(DatasetError, match=rf"^{order}:7: not UTF-8 text \(byte b'\\xff'\); save the order file "
+                                           "as UTF-8$"):
+        load_dataset("cifar10", root, "train", download=False)

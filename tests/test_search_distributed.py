@@ -83,7 +83,8 @@ def test_two_gloo_ranks_match_one_process_on_the_same_half_batches(cifar10_jpeg_
     end = records[-1]
     assert end["event"] == "end" and end["rank_max_abs_diff"] == {"alphas": 0.0, "weights": 0.0}
     assert len([r for r in records if r["event"] == "epoch"]) == 2
-    assert sorted(os.listdir(out)) == sorted(["alphas.pt", "checkpoint.pt", "config.json", "genotype.json",
+    assert sorted(os.listdir(out)) == sorted([".proxynas-owner.json", "alphas.pt", "checkpoint.pt", "config.json",
+                                              "genotype.json",
                                               "log.jsonl", "normal.png", "reduction.png", "proxy.txt",
                                               "proxy_arch.txt", "proxy_weights.txt"])  # one writer
 

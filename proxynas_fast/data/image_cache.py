@@ -7,11 +7,14 @@ Location: `$PROXYNAS_CACHE`, default `~/.cache/proxynas_fast`. Size: at most `$P
 (default 2 GiB; the CIFAR-10 training set is ~150 MB); after each write the least recently used entries
 (by modification time, refreshed on every hit) go first, never the one just written.
 
-An entry is written to `.partial-*.npy` beside it, held under an `fcntl.flock` while it is written, then renamed
-into place. Every exit path of the writer removes its partial file (an exception or Ctrl-C, in `finally`); what
-a kill -9 leaves is removed by the next run's sweep (reader or writer), which deletes only partial files no live
-process holds (and, from before this scheme, `tmp*.npy` files older than an hour). Failing to write the cache is
-a warning, never an error: it is only a cache.
+An entry is written to `.partial-<pid>@<host>-*.npy` beside it, held under an `fcntl.flock` while it is written,
+then renamed into place. Every exit path of the writer removes its partial file (an exception or Ctrl-C, in
+`finally`); what a kill -9 leaves is removed by the next run's sweep (reader or writer). The sweep deletes a
+partial file only when its writer is gone (the pid in its name is not a live process of this host) AND no process
+holds its lock: the lock alone leaves a window between the writer creating the file and locking it, in which
+another process's sweep used to delete it. A partial file of another host is left until it is an hour old (its
+pid cannot be checked from here); so are `tmp*.npy` files of the earlier writer. Failing to write the cache is a
+warning, never an error: it is only a cache.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import fcntl
 import logging
 import os
 import re
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +36,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 2 << 30
 PARTIAL_PREFIX = ".partial-"
 LEGACY_PARTIAL_AGE_S = 3600  # tmp*.npy of the earlier writer carry no lock: only old ones are surely orphans
+FOREIGN_PARTIAL_AGE_S = 3600  # another host's writer cannot be checked from here: only old partials are orphans
+PARTIAL_OWNER = re.compile(r"^\.partial-(\d+)@([^-/]*)-")
 ENTRY_NAME = re.compile(r"^[a-z0-9_]+-[a-z]+-[0-9a-f]{16}\.npy$")
 
 
@@ -89,7 +95,7 @@ def store_entry(path: Path, images: np.ndarray) -> bool:
         return False
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=".npy", dir=str(folder))
+        fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(), suffix=".npy", dir=str(folder))
         with os.fdopen(fd, "wb") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # "being written": the sweep leaves it alone
             np.save(f, images)
@@ -107,10 +113,45 @@ def store_entry(path: Path, images: np.ndarray) -> bool:
     return True
 
 
+def _host() -> str:
+    return socket.gethostname().replace("-", "_").replace("/", "_")
+
+
+def _partial_prefix() -> str:
+    return f"{PARTIAL_PREFIX}{os.getpid()}@{_host()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _writer_may_be_alive(p: Path) -> bool:
+    """Whether the process that created the partial file `p` may still be writing it (see the module doc)."""
+    owner = PARTIAL_OWNER.match(p.name)
+    if owner is None:
+        return False  # no pid in the name: only the lock says whether it is being written
+    pid, host = int(owner.group(1)), owner.group(2)
+    if host == _host():
+        return _pid_alive(pid)
+    try:
+        return time.time() - p.stat().st_mtime <= FOREIGN_PARTIAL_AGE_S
+    except OSError:
+        return True
+
+
 def sweep_orphans(folder: Path) -> List[Path]:
-    """Remove partial files that no live writer holds (left by a kill -9); the paths removed."""
+    """Remove partial files whose writer is gone and that no process holds (left by a kill -9); the paths
+    removed."""
     removed = []
     for p in sorted(folder.glob(PARTIAL_PREFIX + "*.npy")):
+        if _writer_may_be_alive(p):
+            continue
         try:
             fd = os.open(p, os.O_RDONLY)
         except OSError:

@@ -120,16 +120,18 @@ def read_order_file(order_file: Path, root: Path, classes: List[str],
     """`index<TAB>path<TAB>label` lines mapping the original example index to its file (relative to root).
 
     listed: the images found in the class folders (`list_image_folder`); when given, every line must name one
-    of them and every one of them must have a line (a missing last line would otherwise drop an image)."""
+    of them and every one of them must have a line (a missing last line would otherwise drop an image). A path
+    listed on two lines is an error naming both; a UTF-8 byte order mark (what some editors save) is skipped."""
     entries = {}
+    line_of_path: dict = {}
     known = {os.path.normpath(p) for p in listed} if listed is not None else None
     root_str = str(root)  # plain string joins: Path objects cost seconds over 50k lines
     try:
-        f = open(order_file, encoding="utf-8")
+        f = open(order_file, "rb")
     except OSError as e:
         raise DatasetError(f"{order_file}: cannot read the order file ({e.strerror})") from None
     with f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, line in _numbered_lines(f, order_file):
             s = line.strip()
             if not s or s.startswith("#"):
                 continue
@@ -151,6 +153,10 @@ def read_order_file(order_file: Path, root: Path, classes: List[str],
             if known is not None and path not in known:
                 why = "no such file" if not os.path.exists(path) else "not an image in the class folders"
                 raise DatasetError(f"{order_file}:{lineno}: {rel}: {why}")
+            if path in line_of_path:
+                raise DatasetError(f"{order_file}:{lineno}: {rel} is also listed on line {line_of_path[path]}; "
+                                   "each image needs exactly one line")
+            line_of_path[path] = lineno
             entries[idx] = (path, label)
     n = len(entries)
     if sorted(entries) != list(range(n)):
@@ -163,6 +169,19 @@ def read_order_file(order_file: Path, root: Path, classes: List[str],
                            f"line, e.g. {os.path.relpath(unlisted[0], root_str)} (a line missing at the end?)")
     labels = np.asarray([entries[i][1] for i in range(n)], np.int64)
     return files, labels
+
+
+def _numbered_lines(f, order_file):
+    """(line number, text) of each line; a UTF-8 byte order mark is dropped, a line that is not UTF-8 is an error
+    naming it (decoded line by line, so the number is exact)."""
+    for lineno, raw in enumerate(f, 1):
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            yield lineno, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DatasetError(f"{order_file}:{lineno}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r}); save "
+                               "the order file as UTF-8") from None
 
 
 def cache_key(files: List[str]) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 from ..atomic import atomic_write, atomic_write_text
 from ..data import dataset_info, load_dataset
 from ..entropy_file import write_entropy_file
-from ..search.distributed import process_group
+from ..search.distributed import RanksLost, process_group
 from .entropy import score_dataset
 from .models import load_scorer
 
@@ -19,11 +19,15 @@ from .models import load_scorer
 def score_to_files(args: argparse.Namespace) -> None:
     """Score as `args` (the CLI's, already checked) asks. An error leaves the process group at once; a success
     waits for every rank."""
-    with process_group(args.device) as ctx:
-        info = dataset_info(args.dataset)
-        result = _score(args, info, ctx.device)
-        if ctx.is_main:
-            _write_outputs(args, info, result)
+    try:
+        with process_group(args.device, timeout_s=getattr(args, "dist_timeout", None)) as ctx:
+            info = dataset_info(args.dataset)
+            result = _score(args, info, ctx.device)
+            if ctx.is_main:
+                _write_outputs(args, info, result)
+    except RanksLost as e:  # one line (the CLI's ValueError); nothing is written before every rank is done
+        raise ValueError(f"{e}; nothing was written ({args.out} is written whole at the end): run the same "
+                         "command again") from None
 
 
 def _score(args: argparse.Namespace, info, device):

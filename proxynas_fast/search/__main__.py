@@ -5,6 +5,7 @@ import os
 import sys
 
 from proxynas_fast.cli_errors import run_cli
+from proxynas_fast.dependencies import refuse_missing
 from proxynas_fast.threads import configure_threads
 
 from .config import build_parser, overrides_from_args, resolve_config
@@ -21,6 +22,8 @@ def main(argv=None) -> int:
             extra = ", ".join(f"{k}={v}" for k, v in s.defaults.items())
             print(f"{name}: {s.description}" + (f" (defaults: {extra})" if extra else ""))
         return 0
+    if (status := refuse_missing("search")) is not None:
+        return status
     try:
         threads = configure_threads(getattr(args, "threads", None))
     except ValueError as e:

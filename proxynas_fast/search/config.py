@@ -19,6 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from proxynas_fast.data import list_datasets  # numpy only: --help still answers without torch
 from proxynas_fast import number_flags
 from proxynas_fast.scorer_weights import scorer_weights_source, torchvision_resnet50_source
+from proxynas_fast.selection.split import DEFAULT_SEED
 
 from .errors import SearchError
 from .strategies import get_strategy, list_strategies
@@ -110,7 +111,7 @@ class SearchConfig:
     image_size: Optional[int] = None  # ImageNet only (default 224)
     cutout: int = 0
     # run
-    seed: int = 2
+    seed: int = DEFAULT_SEED  # shared with `select`
     deterministic: bool = False
     backend: Optional[str] = None  # None: `default_backend()`
     cuda_graphs: bool = False  # first-order steps replayed from CUDA graphs (one process, CUDA)
@@ -123,6 +124,9 @@ class SearchConfig:
     progress: Optional[bool] = None  # None: on when stderr is a terminal
     log_every: int = 50  # steps between step records in log.jsonl
     validate_every: int = 1  # epochs between validation passes; 0: after the last epoch only
+    # under torchrun: how long a collective waits for the other ranks (distributed.DEFAULT_TIMEOUT_S)
+    dist_timeout: float = 1800.0
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (distributed.SyncBatchNorm)
 
     # ----- (de)serialisation -----
     def to_dict(self) -> Dict[str, Any]:
@@ -180,6 +184,8 @@ class SearchConfig:
             _bad("portion", f"must be in (0, 1], got {self.portion}")
         if self.count is not None and self.count < 2:
             _bad("count", f"must be at least 2 (one example per half), got {self.count}")
+        if self.bin_width is not None and not (math.isfinite(self.bin_width) and self.bin_width > 0):
+            _bad("bin_width", f"must be a finite number > 0, got {self.bin_width}")
         if not 0 < self.weight_fraction < 1:
             _bad("weight_fraction", f"must be strictly between 0 and 1, got {self.weight_fraction}")
 
@@ -245,6 +251,11 @@ class SearchConfig:
             _bad("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             _bad("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if not (math.isfinite(self.dist_timeout) and self.dist_timeout > 0):
+            _bad("dist_timeout", f"must be a number of seconds > 0, got {self.dist_timeout}")
+        if self.sync_bn and self.backend != "reference":
+            _bad("sync_bn", "synchronises nn.BatchNorm2d modules, which only --backend reference runs (the fused "
+                            "cells compute BatchNorm in their own kernels); add --backend reference")
         if self.cuda_graphs:
             if get_strategy(self.strategy).unrolled:
                 _bad("cuda_graphs", f"captures first-order steps; strategy {self.strategy} is second order")
@@ -431,7 +442,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (starts fresh if it has none)")
     g.add_argument("--seed", type=int, help="seed of the selection, the split, the weights and the loaders "
-                                            "(default 2)")
+                                            f"(default {DEFAULT_SEED}, as in select)")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels and seeded loaders (bitwise-reproducible on CPU)")
     g.add_argument("--backend", help="supernet cell implementation: reference or fused "
@@ -444,6 +455,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-every", type=int, help="steps between step records in log.jsonl (default 50)")
     g.add_argument("--validate-every", type=int, help="epochs between validation passes; 0: after the last epoch "
                                                       "only (default 1; the imagenet presets 0)")
+    g.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before the run ends with the resume "
+                        "command, so a frozen rank cannot hang the job (default 1800)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm over the global batch instead of each rank's share (needs "
+                        "--backend reference; docs/DISTRIBUTED.md says why it differs) (default off)")
     g.add_argument("--threads", type=int, help="intra-op CPU threads (default: the cores not busy with other "
                                                "jobs, from the load average, or $OMP_NUM_THREADS if set)")
 

@@ -3,9 +3,16 @@
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `init_distributed` reads them (or
 takes an explicit init_method such as file:///tmp/x for tests) and picks the backend: NCCL on CUDA, gloo on
 CPU. Every rank runs the same search on its shard of both proxy halves; only rank 0 writes files.
+
+Faults: every collective waits at most `timeout_s` (the CLIs' --dist-timeout, default DEFAULT_TIMEOUT_S) for
+the other ranks; a rank that froze (SIGSTOP, a hung file system) makes the others fail after that long instead of
+hanging forever, and a rank that died makes them fail at once (its sockets close). `process_group` turns either
+failure into `RanksLost`, one line naming this rank and the cause, which the CLIs complete with what was saved
+and the command that resumes.
 """
 from __future__ import annotations
 
+import datetime
 import gc
 import os
 from contextlib import contextmanager
@@ -14,6 +21,18 @@ from typing import Iterable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+
+# How long a collective waits for the other ranks: longer than any step or checkpoint write of a healthy run
+# (rank 0 writes the outputs while the others wait at the barrier), short enough that a frozen rank does not
+# hold the others for the rest of the job.
+DEFAULT_TIMEOUT_S = 1800.0
+# What gloo and NCCL say when a peer died or never answered.
+_LOST_RANK_SIGNS = ("Timed out", "timed out", "Connection reset", "Connection closed", "Broken pipe",
+                    "Connection refused", "NCCL communicator was aborted", "ProcessGroupNCCL", "Socket Timeout")
+
+
+class RanksLost(RuntimeError):
+    """Another rank died or stopped answering within the process group's timeout."""
 
 
 @dataclass
@@ -47,9 +66,23 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def restarted_by_torchrun() -> bool:
+    """Whether torchrun (--max-restarts) started this process again after a failure of the job."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
+def _store_of_this_attempt(rank: int, world_size: int, timeout: datetime.timedelta):
+    """torchrun's store, with this attempt's keys under a prefix of their own: the agent's store outlives a failed
+    attempt, and the gloo addresses that attempt's ranks left in it sent the restarted ranks to dead peers
+    ("connectFullMesh failed ... Connection refused")."""
+    store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+    return dist.PrefixStore(f"proxynas_fast/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
+
+
 def init_distributed(device: str = "auto", *, init_method: Optional[str] = None, rank: Optional[int] = None,
-                     world_size: Optional[int] = None) -> DistContext:
-    """A DistContext for this process; joins the process group when there is more than one process."""
+                     world_size: Optional[int] = None, timeout_s: Optional[float] = None) -> DistContext:
+    """A DistContext for this process; joins the process group when there is more than one process. Its
+    collectives wait at most `timeout_s` (default DEFAULT_TIMEOUT_S) for the other ranks."""
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -60,7 +93,13 @@ def init_distributed(device: str = "auto", *, init_method: Optional[str] = None,
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend, init_method=init_method or "env://", rank=rank, world_size=world_size)
+        timeout = datetime.timedelta(seconds=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
+        if init_method in (None, "env://") and restarted_by_torchrun():
+            dist.init_process_group(backend, store=_store_of_this_attempt(rank, world_size, timeout), rank=rank,
+                                    world_size=world_size, timeout=timeout)
+        else:
+            dist.init_process_group(backend, init_method=init_method or "env://", rank=rank, world_size=world_size,
+                                    timeout=timeout)
     return DistContext(rank, world_size, local_rank, dev, backend)
 
 
@@ -79,16 +118,33 @@ def shutdown(ctx: DistContext, *, synchronize: bool = False) -> None:
     dist.destroy_process_group()
 
 
+def lost_rank_error(e: BaseException) -> bool:
+    """Whether `e`, raised by a collective, says another rank died or did not answer in time."""
+    if isinstance(e, RanksLost):
+        return True
+    return isinstance(e, RuntimeError) and any(sign in str(e) for sign in _LOST_RANK_SIGNS)
+
+
+def describe_lost_ranks(ctx: DistContext, e: BaseException, timeout_s: Optional[float]) -> str:
+    timeout = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+    what = ("another rank did not answer" if "imed out" in str(e) else "another rank died")
+    return (f"rank {ctx.rank} of {ctx.world_size}: {what} (a rank that dies ends the run at once; one that "
+            f"freezes, after --dist-timeout {timeout:g} s)")
+
+
 @contextmanager
 def process_group(device: str = "auto", *, init_method: Optional[str] = None, rank: Optional[int] = None,
-                  world_size: Optional[int] = None) -> Iterator[DistContext]:
+                  world_size: Optional[int] = None, timeout_s: Optional[float] = None) -> Iterator[DistContext]:
     """`init_distributed` for the body, then `shutdown`: after every rank has arrived when the body ended
-    normally, at once when it raised."""
-    ctx = init_distributed(device, init_method=init_method, rank=rank, world_size=world_size)
+    normally, at once when it raised. A collective failing because another rank died or froze is re-raised as
+    `RanksLost` (one line)."""
+    ctx = init_distributed(device, init_method=init_method, rank=rank, world_size=world_size, timeout_s=timeout_s)
     try:
         yield ctx
-    except BaseException:
+    except BaseException as e:
         shutdown(ctx)
+        if ctx.enabled and not isinstance(e, RanksLost) and lost_rank_error(e):
+            raise RanksLost(describe_lost_ranks(ctx, e, timeout_s)) from None
         raise
     shutdown(ctx, synchronize=True)
 
@@ -163,3 +219,62 @@ def max_difference_from_rank0(tensors: Sequence[torch.Tensor], ctx: DistContext)
     diff = (local - reference).abs().max().reshape(1)
     dist.all_reduce(diff, op=dist.ReduceOp.MAX)
     return float(diff.item())
+
+
+class SyncBatchNorm2d(torch.nn.BatchNorm2d):
+    """nn.BatchNorm2d whose training-mode statistics are those of the global batch (all ranks' examples), as one
+    process over the concatenated batch computes them; `--sync-bn`. Eval mode, and a single process, are
+    nn.BatchNorm2d's. torch's nn.SyncBatchNorm runs on GPUs only; this one runs on any process group (gloo on
+    CPU too): two differentiable all-reduces (`torch.distributed.nn.functional.all_reduce`: the backward sums
+    the gradients of every rank's share), one of the per-channel sums and counts for the mean, one of the
+    squared deviations from it for the variance (two passes: no cancellation in E[x^2] - E[x]^2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        self._check_input_dim(x)
+        channels = x.shape[1]
+        count = x.new_full((1,), x.numel() // channels)
+        totals = all_reduce(torch.cat([x.sum((0, 2, 3)), count]))
+        n = totals[-1]
+        mean = totals[:channels] / n
+        centred = x - mean.view(1, -1, 1, 1)
+        var = all_reduce((centred * centred).sum((0, 2, 3))) / n
+        if self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach(), float(n))
+        y = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: float) -> None:
+        self.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        self.running_var.mul_(1 - momentum).add_(var * (n / max(n - 1.0, 1.0)), alpha=momentum)  # unbiased
+
+
+def convert_sync_batchnorm(module: torch.nn.Module) -> int:
+    """Replace every nn.BatchNorm2d inside `module` by a SyncBatchNorm2d with the same settings and state; the
+    number replaced."""
+    replaced = 0
+    for name, child in list(module.named_children()):
+        if type(child) is torch.nn.BatchNorm2d:
+            sync = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats, device=_device_of(child))
+            sync.load_state_dict(child.state_dict())
+            sync.train(child.training)
+            setattr(module, name, sync)
+            replaced += 1
+        else:
+            replaced += convert_sync_batchnorm(child)
+    return replaced
+
+
+def _device_of(bn: torch.nn.BatchNorm2d) -> Optional[torch.device]:
+    for t in list(bn.parameters()) + list(bn.buffers()):
+        return t.device
+    return None

@@ -36,11 +36,11 @@ from proxynas_fast.threads import current_load, threads_for_load, usable_cores
 from . import checkpoint as ckpt
 from . import outputs
 from .config import PRESETS, SearchConfig, default_backend
-from .distributed import (DistContext, barrier, broadcast_, broadcast_object, max_difference_from_rank0,
-                          process_group, wrap_model)
+from .distributed import (DistContext, RanksLost, barrier, broadcast_, broadcast_object, convert_sync_batchnorm,
+                          max_difference_from_rank0, process_group, restarted_by_torchrun, wrap_model)
 from .errors import SearchError
 from .loop import EpochMetrics, train_epoch, validate
-from .run_ownership import own_search_output, protected_run, resume_differences
+from .run_ownership import interrupted_message, own_search_output, protected_run, resume_differences
 from .proxy_dir import ProxyFolder, check_proxy_matches, read_proxy_dir, write_proxy_copy
 from .steps import SearchSteps
 from .strategies import get_strategy
@@ -49,7 +49,7 @@ from .timing import PhaseTimes, describe_split
 # Fields that may change between a run and its resume without changing its result.
 RESUME_MAY_DIFFER = {"proxy",  # a resume reads the copy of the proxy files saved in --out
                      "resume", "progress", "tensorboard", "log_every", "data_dir", "loader_backend", "device",
-                     "download", "cuda_graphs"}
+                     "download", "cuda_graphs", "dist_timeout"}
 SCORED_ENTROPY_NAME = "entropy.txt"
 
 
@@ -124,6 +124,9 @@ def check_out_dir(config: SearchConfig) -> Optional[Dict[str, Any]]:
     except (OSError, ValueError) as e:
         raise SearchError(f"--resume: {saved_path} cannot be read ({e}); it says which options the run used") from None
     mine = config.to_dict()
+    # Options added since the run was saved had their defaults then (e.g. sync_bn: off).
+    saved = {**{k: v for k, v in SearchConfig(config.dataset, config.out).to_dict().items() if k not in saved},
+             **saved}
     differ = resume_differences(saved, mine, RESUME_MAY_DIFFER)
     if differ:
         detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {mine.get(k)!r}" for k in differ[:6])
@@ -319,6 +322,8 @@ def build_components(config: SearchConfig, num_classes: int, device: torch.devic
     criterion = nn.CrossEntropyLoss().to(device)
     model = strategy.build_model(dataset=config.dataset, C=config.init_channels, num_classes=num_classes,
                                  layers=config.layers, criterion=criterion, backend=backend).to(device)
+    if config.sync_bn and ctx.enabled:  # before DDP and the optimizer see the modules
+        convert_sync_batchnorm(model)
     broadcast_(model.arch_parameters(), ctx)  # same start everywhere (DDP broadcasts the weights)
     # foreach: one call per update stage for all weights (torch's CPU default loops over the ~500 tensors in
     # Python); the same updates, bitwise
@@ -390,9 +395,12 @@ def run_search(config: SearchConfig, *, init_method: Optional[str] = None, rank:
                world_size: Optional[int] = None) -> SearchResult:
     """Run the whole pipeline; under torchrun (or with init_method/rank/world_size) as one of several ranks."""
     config.validate()
-    with process_group(config.device, init_method=init_method, rank=rank, world_size=world_size) as ctx, \
-            own_search_output(config, ctx):
-        return _run(config, ctx)
+    try:
+        with process_group(config.device, init_method=init_method, rank=rank, world_size=world_size,
+                           timeout_s=config.dist_timeout) as ctx, own_search_output(config, ctx):
+            return _run(config, ctx)
+    except RanksLost as e:
+        raise SearchError(f"{e}; {interrupted_message(config.out)}") from None
 
 
 def _say(ctx: DistContext, text: str) -> None:
@@ -466,7 +474,11 @@ class _RunData:
 
 
 def _start_run(config: SearchConfig, ctx: DistContext) -> str:
-    """Check --out (every rank, before rank 0 writes into it), set determinism; the backend the run uses."""
+    """Check --out (every rank, before rank 0 writes into it), set determinism; the backend the run uses. A job
+    torchrun restarted (--max-restarts) continues the checkpoint its failed attempt left, as with --resume."""
+    if restarted_by_torchrun() and not config.resume and protected_run(config.out):
+        config.resume = True
+        _say(ctx, f"torchrun restarted the job: resuming {config.out} from its checkpoint")
     check_out_dir(config)
     barrier(ctx)
     configure_determinism(config.deterministic, ctx.device)

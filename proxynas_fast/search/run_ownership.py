@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Optional, Sequence
@@ -24,7 +25,7 @@ from proxynas_fast.cli_errors import resume_command
 from proxynas_fast.run_folder import OutputBusyError, OutputError, check_output_dir, hold_output, same_file
 
 from .checkpoint import CHECKPOINT_NAME, find_checkpoint, read_epochs_done
-from .distributed import DistContext, broadcast_object
+from .distributed import DistContext, broadcast_object, launched_by_torchrun
 from .outputs import CONFIG_NAME, GENOTYPE_NAME
 
 # Options naming files: equal when they resolve to the same file or the files have the same content.
@@ -101,6 +102,9 @@ def interrupted_message(out, argv: Optional[Sequence[str]] = None) -> str:
     """'<what is saved in out>; resume with: python -m proxynas_fast.search ... --resume'."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = resume_command("proxynas_fast.search", argv)
+    if launched_by_torchrun():  # the job is resumed as it was started: by torchrun, with as many processes
+        per_node = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE"))
+        command = command.replace("python -m ", f"torchrun --nproc-per-node {per_node} -m ", 1)
     path = Path(out) / CHECKPOINT_NAME
     if not path.is_file():
         return f"no epoch had finished, so {out} holds no checkpoint yet; start again with: {command}"

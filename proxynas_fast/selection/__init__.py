@@ -14,16 +14,17 @@ from . import kcenter as _kcenter  # noqa: F401  (registers kcenter)
 from . import forgetting as _forgetting  # noqa: F401  (registers forgetting)
 from .api import class_quotas, positions_to_indices, resolve_count, select, select_from_table
 from .forgetting import ForgettingTracker, load_forgetting_counts
-from .histogram import BIN_WIDTHS, Binning, bin_numbers, log_entropy_histogram, resolve_bin_width
+from .histogram import (BIN_WIDTHS, MAX_BINS, Binning, bin_numbers, check_bin_count, log_entropy_histogram,
+                        resolve_bin_width)
 from .kcenter import greedy_k_center
 from .methods import example_probabilities, histogram_bin_weights
 from .sampling import top_k, weighted_sample_without_replacement
-from .split import PROXY_FILES, split_proxy, write_proxy_files
+from .split import DEFAULT_SEED, PROXY_FILES, split_proxy, write_proxy_files
 from .summary import distribution_entropy, format_summary, summarize_selection, write_summary
 
 __all__ = [
-    "BIN_WIDTHS", "Binning", "ForgettingTracker", "PROXY_FILES", "SelectorSpec", "bin_numbers", "class_quotas",
-    "describe_selectors", "distribution_entropy", "example_probabilities", "format_summary", "get_selector",
+    "BIN_WIDTHS", "Binning", "DEFAULT_SEED", "ForgettingTracker", "MAX_BINS", "PROXY_FILES", "SelectorSpec",
+    "bin_numbers", "check_bin_count", "class_quotas", "describe_selectors", "distribution_entropy", "example_probabilities", "format_summary", "get_selector",
     "greedy_k_center", "histogram_bin_weights", "list_selectors", "load_forgetting_counts",
     "log_entropy_histogram", "positions_to_indices", "register_selector", "resolve_bin_width", "resolve_count",
     "select", "select_from_table", "split_proxy", "summarize_selection", "top_k",

@@ -58,15 +58,20 @@ def _check_labels(labels, n: int) -> np.ndarray:
 
 def class_quotas(labels: np.ndarray, count: int) -> dict:
     """Equal share per class (classes in ascending label order); the remainder goes one each to the
-    lowest labels. Raises when a class has fewer examples than its share."""
+    lowest labels. Raises when there are fewer examples to select than classes (some class would get none) or a
+    class has fewer examples than its share."""
     classes, available = np.unique(labels, return_counts=True)
+    if count < len(classes):
+        raise ValueError(f"class-balanced selection of {count} example(s) over {len(classes)} classes leaves "
+                         f"{len(classes) - count} class(es) without any; select at least {len(classes)}")
     base, remainder = divmod(count, len(classes))
     quotas = {int(c): base + (1 if i < remainder else 0) for i, c in enumerate(classes)}
     short = [(int(c), quotas[int(c)], int(a)) for c, a in zip(classes, available) if quotas[int(c)] > a]
     if short:
         detail = ", ".join(f"class {c}: wants {q}, has {a}" for c, q, a in short[:5])
         raise ValueError(f"class-balanced selection of {count} over {len(classes)} classes asks more "
-                         f"than some classes have ({detail})")
+                         f"than some classes have ({detail}); select at most "
+                         f"{len(classes) * int(available.min())} or drop the class balance")
     return quotas
 
 

@@ -28,6 +28,11 @@ import numpy as np
 
 # Bin widths in log10 units used by the paper for each data set.
 BIN_WIDTHS = {"cifar10": 0.5, "cifar100": 0.25, "svhn": 0.2, "imagenet": 0.25}
+# The paper's histograms have ~30 bins. A width that cuts the data into more is a mistake (1e-5 would make
+# millions, 1e-12 trillions: memory runs out); one whose bin numbers k = v / w pass 2**40 has edges k * w that
+# no longer resolve the values (1e-300 overflows them outright).
+MAX_BINS = 10_000
+MAX_BIN_NUMBER = 2.0 ** 40
 
 
 def resolve_bin_width(bin_width: Optional[float] = None, dataset: Optional[str] = None) -> float:
@@ -71,6 +76,29 @@ def check_entropy(entropy, name: str = "entropy") -> np.ndarray:
         raise ValueError(f"{name} contains {neg.size} negative value(s) (an entropy is >= 0), "
                          f"first at position(s) {neg[:5].tolist()}: {values[neg[:5]].tolist()}")
     return values
+
+
+def check_bin_count(entropy, width: float) -> int:
+    """The number of finite bins `log_entropy_histogram(entropy, width)` makes; a ValueError saying why and which
+    width would do when that is more than MAX_BINS, or the width is too small for the values' magnitude."""
+    values = np.asarray(entropy, dtype=np.float64)
+    positive = values[values > 0]
+    if positive.size == 0:
+        return 0
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        lo, hi = float(np.log10(positive.min())), float(np.log10(positive.max()))
+        bins = np.floor(hi / width) - np.floor(lo / width) + 1
+        largest = max(abs(lo), abs(hi)) / width
+    if not (np.isfinite(bins) and bins <= MAX_BINS):
+        shown = f"{bins:.3g}" if np.isfinite(bins) else "more than 1e308"
+        raise ValueError(f"bin width {width:g} cuts log10(entropy), which spans {lo:.4g}..{hi:.4g}, into {shown} "
+                         f"bins (at most {MAX_BINS}); use a width of at least {(hi - lo) / (MAX_BINS - 1):.3g} "
+                         f"(the paper's: {', '.join(f'{k} {v}' for k, v in BIN_WIDTHS.items())})")
+    if not largest <= MAX_BIN_NUMBER:
+        raise ValueError(f"bin width {width:g} is too small for log10(entropy) values as large as "
+                         f"{max(abs(lo), abs(hi)):.4g}: the bin edges would not resolve them; use a width of at least "
+                         f"{max(abs(lo), abs(hi)) / MAX_BIN_NUMBER:.3g}")
+    return int(bins)
 
 
 def bin_numbers(log_values: np.ndarray, width: float) -> np.ndarray:
@@ -124,6 +152,7 @@ def log_entropy_histogram(entropy, width: float) -> Binning:
     values = check_entropy(entropy)
     if not np.isfinite(width) or width <= 0:
         raise ValueError(f"bin width must be a finite number > 0, got {width!r}")
+    check_bin_count(values, width)
     zero = values == 0
     has_zero_bin = bool(zero.any())
     finite = ~zero

@@ -9,6 +9,9 @@ import numpy as np
 from ..entropy_file import write_entropy_file
 
 PROXY_FILES = {"all": "proxy.txt", "weights": "proxy_weights.txt", "arch": "proxy_arch.txt"}
+# The seed `select` and `search` use when none is given: one default, so that `select` then `search --proxy`
+# trains on the examples `search` alone would select. 2 is DARTS's search seed, which `search` always used.
+DEFAULT_SEED = 2
 
 
 def split_proxy(positions, fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

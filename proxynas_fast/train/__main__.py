@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from proxynas_fast.cli_errors import resume_command, run_cli
+from proxynas_fast.dependencies import refuse_missing
 from proxynas_fast.run_folder import check_output_dir, hold_output
 from proxynas_fast.threads import configure_threads
 from proxynas_fast.data import list_datasets
@@ -108,6 +109,8 @@ def _configure_determinism(deterministic: bool, device) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if (status := refuse_missing("train")) is not None:
+        return status
     try:
         threads = configure_threads(args.threads)
     except ValueError as e:
