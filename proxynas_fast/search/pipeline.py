@@ -49,7 +49,7 @@ from .timing import PhaseTimes, describe_split
 # Fields that may change between a run and its resume without changing its result.
 RESUME_MAY_DIFFER = {"proxy",  # a resume reads the copy of the proxy files saved in --out
                      "resume", "progress", "tensorboard", "log_every", "data_dir", "loader_backend", "device",
-                     "download", "cuda_graphs", "dist_timeout"}
+                     "download", "cuda_graphs", "dist_timeout", "loader_threads"}
 SCORED_ENTROPY_NAME = "entropy.txt"
 
 
