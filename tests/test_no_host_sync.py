@@ -133,7 +133,7 @@ def _update_running_stats_before_the_fix(bns: Sequence[nn.BatchNorm2d], means, v
 
 def test_check_catches_the_list_indexed_running_stats_update(fake_cuda, monkeypatch):
     """Fault 1 of issue 12: with the old running-statistics update the same check fails, naming the line."""
-    monkeypatch.setattr(fused, "_update_running_stats", _update_running_stats_before_the_fix)
+    monkeypatch.setattr(fused.kernel_batch_norm, "_update_running_stats", _update_running_stats_before_the_fix)
     model, step, batch = _search_step()
     with torch.no_grad():
         model(batch[0])  # warm-up: builds the cell plans (their device index tensors)
