@@ -108,6 +108,25 @@ def _grad(loss, inputs) -> List[torch.Tensor]:
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
+def first_order_arch_gradients(model, input_valid, target_valid):
+    """(d L_val / d alpha for each architecture tensor, the detached validation loss), the weights held fixed.
+    autograd.grad rather than backward(): the weights' .grad stay untouched and their gradients are never
+    computed, which the reference (whose loop zeroes them right after) pays for."""
+    loss = model._loss(input_valid, target_valid)
+    return _grad(loss, model.arch_parameters()), loss.detach()
+
+
+def apply_arch_gradients(optimizer: torch.optim.Optimizer, arch_parameters, grads) -> None:
+    """Set each architecture tensor's .grad to its gradient and take one optimiser step. An existing .grad is
+    written in place, so that it stays the same tensor (a captured CUDA graph reads it at a fixed address)."""
+    for alpha, grad in zip(arch_parameters, grads):
+        if alpha.grad is None:
+            alpha.grad = grad.detach().clone()
+        else:
+            alpha.grad.copy_(grad)
+    optimizer.step()
+
+
 class Architect:
     """Updates `model.arch_parameters()` with Adam on the validation loss.
 
@@ -142,10 +161,7 @@ class Architect:
         """
         grads, val_loss = self.arch_gradients(input_train, target_train, input_valid, target_valid,
                                               eta, network_optimizer, unrolled)
-        self.optimizer.zero_grad()
-        for alpha, grad in zip(self.model.arch_parameters(), grads):
-            alpha.grad = grad
-        self.optimizer.step()
+        apply_arch_gradients(self.optimizer, self.model.arch_parameters(), grads)
         return val_loss
 
     def arch_gradients(self, input_train, target_train, input_valid, target_valid, eta,
@@ -155,14 +171,7 @@ class Architect:
         if unrolled:
             return self._unrolled_gradients(input_train, target_train, input_valid, target_valid,
                                             eta, network_optimizer)
-        return self._first_order_gradients(input_valid, target_valid)
-
-    # ----- first order -----
-    def _first_order_gradients(self, input_valid, target_valid):
-        # autograd.grad rather than backward(): the weights' .grad stay untouched and their gradients are
-        # never computed, which the reference (whose loop zeroes them right after) pays for.
-        loss = self.model._loss(input_valid, target_valid)
-        return _grad(loss, self.model.arch_parameters()), loss.detach()
+        return first_order_arch_gradients(self.model, input_valid, target_valid)
 
     # ----- second order -----
     def _unrolled_gradients(self, input_train, target_train, input_valid, target_valid, eta, network_optimizer):
