@@ -22,17 +22,19 @@ from .relu_memo import shared_relu
 Tensor = torch.Tensor
 
 
-def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, weights: Tensor,
+def _fused_cell(cell: nn.Module, s0: Tensor, s1: Tensor, op_weights: Tensor,
                 edge_weights: Optional[Tensor] = None) -> Tensor:
+    """The cell's output; `op_weights` [edges, candidates] are the softmaxed alphas (the architecture's weights of
+    each edge's candidates), `edge_weights` PC-DARTS's normalised betas."""
     plan = cell_plan(cell)
-    if weights.shape[0] != plan.num_edges:
-        raise ValueError(f"fused cell: weights has {weights.shape[0]} rows, the cell has {plan.num_edges} edges")
+    if op_weights.shape[0] != plan.num_edges:
+        raise ValueError(f"fused cell: weights has {op_weights.shape[0]} rows, the cell has {plan.num_edges} edges")
     if edge_weights is not None:
         # PC-DARTS: the mixed op of an edge sees the first C/k channels; its candidate weights are scaled by
         # the edge's normalised beta, and the bypassed channels are summed separately (see _pc_combine).
-        weights = weights * edge_weights[:, None]
-    flat, indexes = plan.indexes(weights.device)
-    a = weights.reshape(-1).index_select(0, flat)          # every node's candidate weights, in term order
+        op_weights = op_weights * edge_weights[:, None]
+    flat, indexes = plan.indexes(op_weights.device)
+    a = op_weights.reshape(-1).index_select(0, flat)          # every node's candidate weights, in term order
     pools = [_SharedPool(is_max, args) for is_max, args in plan.pools]
     stats = _RunningStats()
     states = [_preprocess(cell.preprocess0, s0, stats).contiguous(),
