@@ -1,4 +1,9 @@
-"""The devices the kernel tests run on, and when a CUDA case may skip.
+"""The devices tests run on, and the one way a test says it needs CUDA.
+
+* `needs_cuda`: decorator for a test that needs a CUDA device (marks it `cuda`; skips without one);
+* `cpu_and_cuda`: parametrises a test's `device` over "cpu" and "cuda" (the "cuda" case as `needs_cuda`);
+* `DEVICES` + `require_kernels(device)`: the kernel tests (tests/op_tester.py), which also need the compiled
+  kernels for the device.
 
 A CUDA case skips only where no CUDA device exists. Where one exists but the extension's CUDA kernels are
 missing (a CPU-only build, a failed build), it fails: the GPU check must not report success over skipped tests.
@@ -13,7 +18,20 @@ import torch
 
 from proxynas_fast import extension
 
-DEVICES = ["cpu", "cuda"]
+# "cuda" carries the `cuda` marker (`-m cuda` selects the CUDA cases); require_kernels decides skip or fail.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+_NO_CUDA = not torch.cuda.is_available() and os.environ.get("PROXYNAS_REQUIRE_CUDA") != "1"
+
+
+def needs_cuda(test):
+    """Mark `test` as a CUDA test (`-m cuda` selects them) that skips where no CUDA device exists (it runs, and
+    fails, under PROXYNAS_REQUIRE_CUDA=1)."""
+    return pytest.mark.cuda(pytest.mark.skipif(_NO_CUDA, reason="needs a CUDA device")(test))
+
+
+cpu_and_cuda = pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
+                                                  pytest.mark.skipif(_NO_CUDA, reason="needs a CUDA device")])])
 
 
 def require_kernels(device: str) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import proxynas_fast.darts as darts_pkg
-from conftest import requires_cuda
+from devices import needs_cuda
 from proxynas_fast.darts import (
     PRIMITIVES,
     Cell,
@@ -222,7 +222,7 @@ def test_dtype_move_keeps_alpha_tensors():
     assert not torch.equal(before, model.alphas_normal)
 
 
-@requires_cuda
+@needs_cuda
 def test_cuda_move_keeps_alpha_tensors():
     model = _tiny(dtype=torch.float32)
     alphas = model.arch_parameters()

@@ -3,7 +3,6 @@ output made from the real CIFAR-10 JPEGs), stopping at the first failed step, th
 that fix the GPU-only faults of issue 12 where a CPU can see them."""
 from __future__ import annotations
 
-import os
 import pickle
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from devices import require_kernels
+from cli_process import child_env
 from proxynas_fast.data.readers import decode_images
 from proxynas_fast.entropy_file import read_entropy_file
 from proxynas_fast.selection import select
@@ -26,7 +26,7 @@ import gpu_cell_check  # noqa: E402
 
 
 def _run_script(*args, timeout=900, **env_extra):
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in env_extra.items()}}
+    env = child_env(PYTHON=sys.executable, **env_extra)
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
 

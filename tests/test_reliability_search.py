@@ -12,11 +12,11 @@ import sys
 from proxynas_fast.run_folder import hold_output
 from proxynas_fast.search.__main__ import main
 from proxynas_fast.search.run_ownership import resume_differences
-from cli_process import interrupt_when, wait_for
+from cli_process import child_env, interrupt_when, wait_for
 from read_only import read_only_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHILD_ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+CHILD_ENV = child_env()
 
 
 def args(data_dir, out, *extra, epochs=1):

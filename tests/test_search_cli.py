@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cli_process import child_env
 from proxynas_fast.darts import genotype_from_dict, get_genotype
 from proxynas_fast.entropy_file import read_entropy_file
 from proxynas_fast.search import SearchConfig
@@ -19,7 +20,7 @@ from proxynas_fast.selection import select
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One OpenMP thread: as fast for these tiny networks, and immune to the spin-wait slowdown of a busy machine.
-CHILD_ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+CHILD_ENV = child_env()
 
 
 def run_cli(*args, timeout=300):

@@ -24,6 +24,7 @@ import sys
 import torch
 import torch.nn as nn
 
+from cli_process import child_env
 from proxynas_fast.darts import get_genotype
 from proxynas_fast.search import SearchConfig
 from proxynas_fast.search.distributed import DistContext
@@ -74,7 +75,7 @@ def test_two_gloo_ranks_match_one_process_on_the_same_half_batches(cifar10_jpeg_
            "--selection", "random", "--count", "64", "--batch-size", "8", "--epochs", "2", "--layers", "3",
            "--init-channels", "4", "--seed", "11", "--device", "cpu", "--backend", "reference", "--no-progress",
            "--no-download", "--out", str(out)]
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    env = child_env()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
@@ -130,7 +131,7 @@ def test_each_rank_releases_ddp_and_leaves_the_process_group_when_the_search_ret
     """The search leaves nothing distributed behind for interpreter exit: once gloo is torn down under a dying
     interpreter the rank aborts (seen on CI as SIGABRT after a finished search)."""
     init = (tmp_path / "rendezvous").as_uri()
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    env = child_env()
     procs = [subprocess.Popen([sys.executable, "-c", RANK_EXIT_PROBE, str(r), init, str(cifar10_jpeg_dir),
                                str(tmp_path / "out"), str(tmp_path / f"rank{r}.json")], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]

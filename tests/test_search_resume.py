@@ -11,12 +11,13 @@ import time
 
 import torch
 
+from cli_process import child_env
 from proxynas_fast.darts import get_genotype
 from proxynas_fast.search.outputs import read_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One OpenMP thread: as fast for these tiny networks, and immune to the spin-wait slowdown of a busy machine.
-CHILD_ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+CHILD_ENV = child_env()
 
 
 def command(data_dir, out, *extra):

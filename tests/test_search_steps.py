@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from devices import needs_cuda
 from proxynas_fast.darts import Architect
 from proxynas_fast.darts.model_search import Network
 from proxynas_fast.darts.pcdarts import PCNetwork
@@ -109,7 +110,7 @@ def test_cuda_graphs_refused_where_they_cannot_run():
     assert resolve_config(dict(base, strategy="pcdarts")).cuda_graphs
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 @pytest.mark.parametrize("update_arch", [True, False])
 def test_cuda_graph_epoch_equals_eager_epoch_cuda(update_arch):
     eager_parts = _parts(Network, "cuda")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_process import child_env
 from proxynas_fast.darts.genotypes import get_genotype
 from proxynas_fast.train.__main__ import main
 from proxynas_fast.train.config import TrainConfig, make_config
@@ -207,7 +207,7 @@ CLI_TINY = ["--arch", "DARTS_V2", "--dataset", "cifar10", "--preset", "cpu-demo"
 
 
 def _cli(args, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    env = child_env()
     return subprocess.Popen([sys.executable, "-m", "proxynas_fast.train", *args], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
