@@ -11,7 +11,7 @@ Edges:
   except for the packages above the importing module itself: Python has already started their __init__ before
   the importing module runs, so importing them again is a no-op.
 - The rule on parent packages: a module that *names* its own parent package (`from proxynas_fast.darts import X`
-  inside `proxynas_fast/darts/fused.py`, or `from . import X` where X is not a submodule) has an edge to that
+  inside `proxynas_fast/darts/pcdarts.py`, or `from . import X` where X is not a submodule) has an edge to that
   package's __init__.py. If that __init__ imports the module back, that IS a cycle: the module runs while its
   parent's __init__ is half done and gets whatever names exist at that moment. Naming a sibling module
   (`from proxynas_fast.darts.operations import X`, `from . import operations`) is an edge to the sibling only.
