@@ -2,8 +2,8 @@
 
 * `needs_cuda`: decorator for a test that needs a CUDA device (marks it `cuda`; skips without one);
 * `cpu_and_cuda`: parametrises a test's `device` over "cpu" and "cuda" (the "cuda" case as `needs_cuda`);
-* `DEVICES` + `require_kernels(device)`: the kernel tests (tests/op_tester.py), which also need the compiled
-  kernels for the device.
+* `require_kernels(device)`: first line of a test of the compiled kernels (tests/op_tester.py and the fused
+  cell's kernel tests), which fails where a CUDA device exists but its kernels do not.
 
 A CUDA case skips only where no CUDA device exists. Where one exists but the extension's CUDA kernels are
 missing (a CPU-only build, a failed build), it fails: the GPU check must not report success over skipped tests.
@@ -18,9 +18,10 @@ import torch
 
 from proxynas_fast import extension
 
-# "cuda" carries the `cuda` marker (`-m cuda` selects the CUDA cases); require_kernels decides skip or fail.
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 _NO_CUDA = not torch.cuda.is_available() and os.environ.get("PROXYNAS_REQUIRE_CUDA") != "1"
+# "cuda" carries the `cuda` marker (`-m cuda` selects the CUDA cases) and skips where no CUDA device exists.
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
+                                              pytest.mark.skipif(_NO_CUDA, reason="needs a CUDA device")])]
 
 
 def needs_cuda(test):
@@ -29,9 +30,7 @@ def needs_cuda(test):
     return pytest.mark.cuda(pytest.mark.skipif(_NO_CUDA, reason="needs a CUDA device")(test))
 
 
-cpu_and_cuda = pytest.mark.parametrize(
-    "device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
-                                                  pytest.mark.skipif(_NO_CUDA, reason="needs a CUDA device")])])
+cpu_and_cuda = pytest.mark.parametrize("device", DEVICES)
 
 
 def require_kernels(device: str) -> None:
