@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -46,6 +47,7 @@ def check_time_split(end: dict, epochs: list, stdout: str) -> None:
     assert len(line) == 1 and " + search steps " in line[0] and " + validation " in line[0], stdout[-2000:]
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_cifar10_search_writes_a_valid_genotype(cifar10_jpeg_dir, reference_entropy_dir, tmp_path):
     entropy_file = reference_entropy_dir / "cifar10_resnet20_index_entropy_class.txt"
     out = tmp_path / "run"

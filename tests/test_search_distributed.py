@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -68,6 +69,7 @@ def reference_two_half_batches(config: SearchConfig, out_dir):
     return parts.model, initial
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_two_gloo_ranks_match_one_process_on_the_same_half_batches(cifar10_jpeg_dir, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -127,6 +129,7 @@ json.dump({"ddp_left": ddp_left, "group_alive": dist.is_initialized()}, open(rep
 """
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_each_rank_releases_ddp_and_leaves_the_process_group_when_the_search_returns(cifar10_jpeg_dir, tmp_path):
     """The search leaves nothing distributed behind for interpreter exit: once gloo is torn down under a dying
     interpreter the rank aborts (seen on CI as SIGABRT after a finished search)."""

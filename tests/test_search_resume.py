@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from cli_process import child_env
@@ -61,6 +62,7 @@ def kill_mid_epoch(cmd, log_path, epoch, step, timeout=600):
             proc.wait()
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(cifar10_jpeg_dir, tmp_path):
     full, broken = tmp_path / "full", tmp_path / "broken"
     # The uninterrupted run goes alongside (one thread each, two cores).

@@ -212,6 +212,7 @@ def _cli(args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_killed_and_resumed_cli_run_ends_like_an_uninterrupted_one(tmp_path, cifar10_jpeg_dir):
     common = CLI_TINY + ["--data-dir", str(cifar10_jpeg_dir)]
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
