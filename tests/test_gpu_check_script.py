@@ -60,6 +60,7 @@ def test_prepare_writes_the_p1_proxy_as_cifar_pickles(prepared, shared_dir):
     assert np.array_equal(images[0], decode_images([str(path)], (32, 32))[0])
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_dry_run_runs_every_step(prepared, tmp_path):
     """What CI runs: every step of the GPU check on this CPU at toy sizes. (The budget is raised here so that a
     busy CI machine cannot make it flaky; the dry run's own default budget is 170 s.)"""

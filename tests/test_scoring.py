@@ -105,6 +105,7 @@ def test_cli_errors(tmp_path, checkpoints_dir):
     assert r.returncode == 2 and "absent" in r.stderr and "does not exist" in r.stderr
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_two_process_scoring_equals_one(tmp_path, cifar10_jpeg_dir, checkpoints_dir):
     """torchrun with 2 CPU processes (gloo): shards gathered in index order equal the single-process file."""
     common = ["--dataset", "cifar10", "--data-dir", str(cifar10_jpeg_dir), "--checkpoint",
