@@ -1,4 +1,5 @@
-"""One first-order DARTS search step (architecture step + weight step), fused cells against reference cells.
+"""One first-order DARTS search step (architecture step + weight step: `SearchStep`, the step the search loop runs),
+fused cells against reference cells.
 
 Run: `python -m pytest benchmarks/bench_search_step.py --benchmark-only -s`
 

@@ -1,11 +1,11 @@
 """Progress of a loop: a tqdm bar on a terminal, plain lines when stderr is redirected (a log file, a pipe).
 
-A redirected run used to print its header and then nothing until the epoch ended (minutes); now it prints a line
-after the first step (the time per step shows at once), then one every `line_seconds()` (30 s, or
-$PROXYNAS_PROGRESS_SECONDS) and one after the last step (the loop's whole time), each with the step count, the elapsed time, an estimate of the time left and the
-latest loss/accuracy the loop reported. `LineProgress` has the part of tqdm's interface the loops use (update,
-set_postfix, close), so a loop does not care which one it got. `leave_open_bars()` ends the line of any bar still
-on screen, so that an error printed after it starts on a line of its own.
+A redirected run prints a line after the first step (the time per step shows at once), then one every
+`line_seconds()` (30 s, or $PROXYNAS_PROGRESS_SECONDS) and one after the last step (the loop's whole time), each
+with the step count, the elapsed time, an estimate of the time left and the latest loss/accuracy the loop
+reported, so that a log file shows progress within an epoch. `LineProgress` has the part of tqdm's interface the
+loops use (update, set_postfix, close), so a loop does not care which one it got. `leave_open_bars()` ends the line
+of any bar still on screen, so that an error printed after it starts on a line of its own.
 """
 from __future__ import annotations
 

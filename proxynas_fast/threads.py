@@ -12,8 +12,8 @@ slower than with one. So the CLIs call `configure_threads` before they import to
 - the OpenMP wait policy follows that count, unless the user set `OMP_WAIT_POLICY` (`choose_wait_policy`):
   threads that fit the cores the other jobs leave free, or a single thread (it never waits at a barrier), keep
   the runtime's default (libgomp, which the pip wheels of torch use, spins briefly at a barrier, then sleeps;
-  Intel's OpenMP keeps a thread awake for KMP_BLOCKTIME, 200 ms by default); passive waits made a 2-thread step
-  1.6-2.5x slower on a quiet machine. Only more threads than the free cores (forced by `--threads` or an
+  Intel's OpenMP keeps a thread awake for KMP_BLOCKTIME, 200 ms by default), because passive waits slow a
+  2-thread step down on a quiet machine (docs/PERFORMANCE.md). Only more threads than the free cores (forced by `--threads` or an
   exported `OMP_NUM_THREADS`) get `OMP_WAIT_POLICY=PASSIVE`: a thread waiting at a barrier sleeps instead of
   spinning on a core that another thread or job needs.
 

@@ -1,10 +1,13 @@
-"""Tests that drive a CLI in a child process: wait until it has written something, then interrupt it."""
+"""Tests that drive a CLI in a child process: the child's environment (`child_env`, the one way tests build it);
+wait until it has written something, then interrupt it."""
 from __future__ import annotations
 
+import os
 import signal
 import time
+from pathlib import Path
 from subprocess import Popen
-from typing import Callable
+from typing import Callable, Dict
 
 
 def wait_for(predicate: Callable[[], bool], proc: Popen, timeout: float = 600) -> None:
@@ -32,3 +35,16 @@ def interrupt_when(predicate: Callable[[], bool], proc: Popen, timeout: float = 
             proc.kill()
             proc.wait()
     return err
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def child_env(*extra_paths, **overrides) -> Dict[str, str]:
+    """The environment of every child process a test starts (CLIs, torchrun ranks, probes): this process's
+    environment, the checkout first on PYTHONPATH (then `extra_paths`, then an inherited PYTHONPATH), one OpenMP
+    thread (children run tiny configurations; on a busy machine a second thread only spins), then `overrides`."""
+    path = [str(REPO), *map(str, extra_paths), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)), OMP_NUM_THREADS="1")
+    env.update({key: str(value) for key, value in overrides.items()})
+    return env

@@ -55,5 +55,3 @@ def single_thread():
     yield
     torch.set_num_threads(previous)
 
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

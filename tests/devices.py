@@ -1,4 +1,9 @@
-"""The devices the kernel tests run on, and when a CUDA case may skip.
+"""The devices tests run on, and the one way a test says it needs CUDA.
+
+* `needs_cuda`: decorator for a test that needs a CUDA device (marks it `cuda`; skips without one);
+* `cpu_and_cuda`: parametrises a test's `device` over "cpu" and "cuda" (the "cuda" case as `needs_cuda`);
+* `require_kernels(device)`: first line of a test of the compiled kernels (tests/op_tester.py and the fused
+  cell's kernel tests), which fails where a CUDA device exists but its kernels do not.
 
 A CUDA case skips only where no CUDA device exists. Where one exists but the extension's CUDA kernels are
 missing (a CPU-only build, a failed build), it fails: the GPU check must not report success over skipped tests.
@@ -13,7 +18,19 @@ import torch
 
 from proxynas_fast import extension
 
-DEVICES = ["cpu", "cuda"]
+_NO_CUDA = not torch.cuda.is_available() and os.environ.get("PROXYNAS_REQUIRE_CUDA") != "1"
+# "cuda" carries the `cuda` marker (`-m cuda` selects the CUDA cases) and skips where no CUDA device exists.
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
+                                              pytest.mark.skipif(_NO_CUDA, reason="needs a CUDA device")])]
+
+
+def needs_cuda(test):
+    """Mark `test` as a CUDA test (`-m cuda` selects them) that skips where no CUDA device exists (it runs, and
+    fails, under PROXYNAS_REQUIRE_CUDA=1)."""
+    return pytest.mark.cuda(pytest.mark.skipif(_NO_CUDA, reason="needs a CUDA device")(test))
+
+
+cpu_and_cuda = pytest.mark.parametrize("device", DEVICES)
 
 
 def require_kernels(device: str) -> None:

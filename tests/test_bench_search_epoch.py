@@ -133,6 +133,7 @@ def test_benchmark_selects_the_proxy_the_search_pipeline_selects(jpegs, tmp_path
     assert len(mine.selected) == 5000 and len(mine.weights) == len(mine.arch) == 2500
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_paper_epoch_takes_capped_steps_and_writes_its_outputs(cifar10_jpeg_dir, tmp_path, single_thread):
     setting = paper.PaperSetting(batch_size=8, workers=0, init_channels=4, layers=3)
     result = paper.run_paper_epoch(cifar10_jpeg_dir, np.arange(0, 40, 2), np.arange(1, 40, 2), tmp_path, setting,

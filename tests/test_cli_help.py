@@ -1,12 +1,13 @@
 """--help of select, score and train_scorer: every option explained with its default, and answered without
 loading torch (which takes 15-20 s on a busy machine)."""
 import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from cli_process import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 CLIS = ["proxynas_fast.select", "proxynas_fast.score", "proxynas_fast.train_scorer"]
@@ -24,9 +25,8 @@ print("TORCH LOADED" if "torch" in sys.modules else "NO TORCH")
 
 @pytest.mark.parametrize("module", CLIS)
 def test_help_does_not_load_torch(module):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     run = subprocess.run([sys.executable, "-c", PROBE.format(module=module)], capture_output=True, text=True,
-                         cwd=REPO, env=env, timeout=120)
+                         cwd=REPO, env=child_env(), timeout=120)
     assert run.returncode == 0, run.stderr
     assert "usage: python -m " + module in run.stdout
     assert run.stdout.rstrip().endswith("NO TORCH")

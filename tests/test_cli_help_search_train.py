@@ -2,19 +2,19 @@
 train --list-archs lists the registered genotypes."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from cli_process import child_env
 from proxynas_fast.darts.genotypes import list_genotypes
 from proxynas_fast.search.config import PRESETS, build_parser
 from proxynas_fast.train.config import _CPU_DEMO, describe_preset
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+ENV = child_env()
 
 
 def _help_in_child(module: str) -> subprocess.CompletedProcess:

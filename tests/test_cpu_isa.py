@@ -5,7 +5,6 @@ length (a clone that computes wrong fails here even where the default, best leve
 itself: its levels, its errors and the PROXYNAS_CPU_ISA environment variable."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_process import child_env
 from proxynas_fast import extension
 from proxynas_fast.ops import mixed_node as mn
 
@@ -116,8 +116,7 @@ def test_levels_and_switch():
 def _run_with_env(value: str) -> subprocess.CompletedProcess:
     code = ("import torch\nfrom proxynas_fast.ops import mixed_node as mn\n"
             "mn.channel_moments([torch.ones(1, 1, 2, 2)])\nprint(mn.set_cpu_isa('auto'))\n")
-    env = dict(os.environ, PROXYNAS_CPU_ISA=value, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = child_env(PROXYNAS_CPU_ISA=value)
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -133,8 +132,7 @@ def test_a_bad_environment_level_is_named_and_can_be_replaced():
     code = ("import torch\nfrom proxynas_fast.ops import mixed_node as mn\nx = [torch.ones(1, 1, 2, 2)]\n"
             "try:\n    mn.channel_moments(x)\nexcept RuntimeError as e:\n    print('REFUSED', 'PROXYNAS_CPU_ISA' in str(e))\n"
             "print('PREVIOUS', mn.set_cpu_isa('baseline'))\nprint('MEAN', float(mn.channel_moments(x)[0]))\n")
-    env = dict(os.environ, PROXYNAS_CPU_ISA="avx3", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = child_env(PROXYNAS_CPU_ISA="avx3")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["REFUSED", "True", "PREVIOUS", "auto", "MEAN", "1.0"]

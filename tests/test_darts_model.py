@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import proxynas_fast.darts as darts_pkg
-from conftest import requires_cuda
+from devices import needs_cuda
 from proxynas_fast.darts import (
     PRIMITIVES,
     Cell,
@@ -222,7 +222,7 @@ def test_dtype_move_keeps_alpha_tensors():
     assert not torch.equal(before, model.alphas_normal)
 
 
-@requires_cuda
+@needs_cuda
 def test_cuda_move_keeps_alpha_tensors():
     model = _tiny(dtype=torch.float32)
     alphas = model.arch_parameters()
@@ -285,12 +285,14 @@ def test_darts_modules_import_nothing_inside_functions():
     """No module of proxynas_fast.darts imports inside a function (the former model_search -> fused -> pcdarts ->
     model_search cycle was held together that way); a new cycle would show up as an ImportError here."""
     nested = []
-    for path in sorted(pathlib.Path(darts_pkg.__file__).parent.glob("*.py")):
+    root = pathlib.Path(darts_pkg.__file__).parent
+    for path in sorted(root.rglob("*.py")):  # the fused/ package's modules too
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                nested += [f"{path.name}:{n.lineno}" for n in ast.walk(node)
+                nested += [f"{path.relative_to(root)}:{n.lineno}" for n in ast.walk(node)
                            if isinstance(n, (ast.Import, ast.ImportFrom))]
-        importlib.import_module(f"proxynas_fast.darts.{path.stem}")
+        module = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        importlib.import_module(f"proxynas_fast.darts.{module}")
     assert nested == []
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from devices import DEVICES, require_kernels
+from devices import cpu_and_cuda, require_kernels
 from proxynas_fast import extension
 from proxynas_fast.ops import (entropy_histogram, entropy_histogram_reference, make_log10_edges,
                                softmax_entropy_f64)
@@ -35,7 +35,7 @@ def _tricky_logits(n_classes: int, dtype=torch.float32, seed=0) -> torch.Tensor:
     return x.to(dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@cpu_and_cuda
 @pytest.mark.parametrize("n_classes", [10, 100, 1000, 1003])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_matches_float64_reference(device, n_classes, dtype):
@@ -76,7 +76,7 @@ def test_float64_reference_against_exact_arithmetic():
             assert abs(h - float(exact)) <= 1e-12 * float(exact), (row, h, exact)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@cpu_and_cuda
 def test_known_values_and_zero_entropy_bin(device):
     x = torch.zeros(3, 10)
     x[1, 2] = 200.0  # softmax is exactly one-hot in float32: entropy 0
@@ -91,7 +91,7 @@ def test_known_values_and_zero_entropy_bin(device):
     assert edges[bins[0]].item() == 0.0
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@cpu_and_cuda
 def test_value_on_an_edge_goes_to_the_bin_above(device):
     # A two-class row with entropy exactly 10**-1? Not representable; instead check the rule through
     # edges placed exactly at computed values.
@@ -103,7 +103,7 @@ def test_value_on_an_edge_goes_to_the_bin_above(device):
     assert bins[0].item() == 1, "half-open bins: a value equal to the left edge belongs to that bin"
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@cpu_and_cuda
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_nonfinite_rows_raise_naming_the_row(device, bad):
     x = torch.randn(100, 10)

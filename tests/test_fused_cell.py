@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from devices import needs_cuda
 from proxynas_fast.darts import fused
 from proxynas_fast.darts.model_search import Cell, Network
 from proxynas_fast.darts.pcdarts import PCNetwork
@@ -309,7 +310,7 @@ def test_training_snapshot_undoes_steps_in_place():
         TrainingSnapshot(model, [torch.optim.SGD(model.weights_parameters(), lr=0.1, momentum=0.9, dampening=0.1)])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_cuda_graph_step_follows_eager_steps_cuda():
     """Replays of the captured step take the same steps as eager SearchStep (warm-up undone)."""
     from proxynas_fast.darts.graphed_step import CudaGraphSearchStep, SearchStep

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from devices import DEVICES, require_kernels
+from devices import cpu_and_cuda, require_kernels
 from proxynas_fast import extension
 from proxynas_fast.darts import fused
 from proxynas_fast.ops import mixed_node as mn
@@ -36,7 +36,7 @@ DW_CASES = [(3, 1, 1, 1, 1), (5, 1, 1, 2, 3), (3, 2, 1, 2, 2), (5, 2, 1, 4, 1), 
 
 
 @needs_kernels
-@pytest.mark.parametrize("device", DEVICES)
+@cpu_and_cuda
 @pytest.mark.parametrize("k,d,s,p,m", DW_CASES)
 def test_dw_conv2d_matches_conv2d(device, k, d, s, p, m):
     torch.manual_seed(0)
@@ -53,7 +53,7 @@ def test_dw_conv2d_matches_conv2d(device, k, d, s, p, m):
 
 
 @needs_kernels
-@pytest.mark.parametrize("device", DEVICES)
+@cpu_and_cuda
 @pytest.mark.parametrize("k,d,s,p,m", [(3, 1, 1, 1, 2), (5, 2, 2, 4, 1), (3, 2, 1, 2, 1)])
 def test_dw_conv2d_gradcheck(device, k, d, s, p, m):
     torch.manual_seed(1)
@@ -63,7 +63,7 @@ def test_dw_conv2d_gradcheck(device, k, d, s, p, m):
 
 
 @needs_kernels
-@pytest.mark.parametrize("device", DEVICES)
+@cpu_and_cuda
 def test_dw_conv2d_float32_bfloat16_channels_last(device):
     torch.manual_seed(2)
     x = torch.randn(4, 8, 16, 16, device=device)
@@ -93,7 +93,7 @@ def _terms(device, dtype):
 
 
 @needs_kernels
-@pytest.mark.parametrize("device", DEVICES)
+@cpu_and_cuda
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_mixed_node_kernels_match_reference(device, dtype):
     torch.manual_seed(3)
@@ -157,7 +157,7 @@ def _node_inputs(device, training):
     return (plan, index, pools, fused._RunningStats()), weights, h0, h1, z, bns
 
 @needs_kernels
-@pytest.mark.parametrize("device", DEVICES)
+@cpu_and_cuda
 @pytest.mark.parametrize("training", [True, False])
 def test_mixed_node_gradcheck_and_reference(device, training):
     spec, weights, h0, h1, z, bns = _node_inputs(device, training)

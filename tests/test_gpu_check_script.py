@@ -3,7 +3,6 @@ output made from the real CIFAR-10 JPEGs), stopping at the first failed step, th
 that fix the GPU-only faults of issue 12 where a CPU can see them."""
 from __future__ import annotations
 
-import os
 import pickle
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from devices import require_kernels
+from cli_process import child_env
 from proxynas_fast.data.readers import decode_images
 from proxynas_fast.entropy_file import read_entropy_file
 from proxynas_fast.selection import select
@@ -26,7 +26,7 @@ import gpu_cell_check  # noqa: E402
 
 
 def _run_script(*args, timeout=900, **env_extra):
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in env_extra.items()}}
+    env = child_env(PYTHON=sys.executable, **env_extra)
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -60,6 +60,7 @@ def test_prepare_writes_the_p1_proxy_as_cifar_pickles(prepared, shared_dir):
     assert np.array_equal(images[0], decode_images([str(path)], (32, 32))[0])
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_dry_run_runs_every_step(prepared, tmp_path):
     """What CI runs: every step of the GPU check on this CPU at toy sizes. (The budget is raised here so that a
     busy CI machine cannot make it flaky; the dry run's own default budget is 170 s.)"""

@@ -11,7 +11,7 @@ Edges:
   except for the packages above the importing module itself: Python has already started their __init__ before
   the importing module runs, so importing them again is a no-op.
 - The rule on parent packages: a module that *names* its own parent package (`from proxynas_fast.darts import X`
-  inside `proxynas_fast/darts/fused.py`, or `from . import X` where X is not a submodule) has an edge to that
+  inside `proxynas_fast/darts/pcdarts.py`, or `from . import X` where X is not a submodule) has an edge to that
   package's __init__.py. If that __init__ imports the module back, that IS a cycle: the module runs while its
   parent's __init__ is half done and gets whatever names exist at that moment. Naming a sibling module
   (`from proxynas_fast.darts.operations import X`, `from . import operations`) is an edge to the sibling only.
@@ -282,6 +282,37 @@ def cycle_dodging_imports(edges: List[Edge]) -> List[str]:
     return reports
 
 
+# Which stage packages each stage package may import (the pipeline's order: data -> scoring -> selection ->
+# search -> training; ops and darts are the search's building blocks). Root modules (atomic, registry,
+# distributed, run_folder...) are for everyone. scoring -> selection: a scorer's training counts forgetting
+# events (selection.forgetting) for the forgetting baseline.
+STAGE_IMPORTS = {
+    "ops": set(),
+    "data": set(),
+    "loaders": {"data"},
+    "darts": {"ops"},
+    "selection": {"data"},
+    "scoring": {"data", "loaders", "ops", "selection"},
+    "search": {"darts", "data", "loaders", "ops", "scoring", "selection"},
+    "train": {"darts", "data", "loaders", "ops"},
+}
+
+
+def layering_violations(edges: List[Edge], package: str, rules: Dict[str, Set[str]]) -> List[str]:
+    """Each import from one stage package into another that `rules` does not allow."""
+    def stage(module: str) -> Optional[str]:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 and parts[0] == package and parts[1] in rules else None
+
+    reports = []
+    for edge in edges:
+        source, target = stage(edge.source), stage(edge.target)
+        if source and target and source != target and target not in rules[source] and not edge.implicit:
+            reports.append(f"{edge.where}: {package}.{source} may not import {package}.{target} "
+                           f"({edge.source} -> {edge.target})")
+    return reports
+
+
 # ---- the lint on the package ------------------------------------------------------------------------------------
 
 def test_the_scan_sees_every_module_of_the_package():
@@ -304,6 +335,14 @@ def test_no_import_cycle_in_the_package():
 
 def test_no_import_inside_a_function_to_dodge_a_cycle():
     reports = cycle_dodging_imports(collect_edges(REPO, PACKAGE))
+    if reports:
+        pytest.fail("\n".join(reports), pytrace=False)
+
+
+def test_stage_packages_import_only_earlier_stages():
+    """E.g. scoring runs before search: it takes the process group from proxynas_fast.distributed, not from
+    proxynas_fast.search."""
+    reports = layering_violations(collect_edges(REPO, PACKAGE), PACKAGE, STAGE_IMPORTS)
     if reports:
         pytest.fail("\n".join(reports), pytrace=False)
 
@@ -411,3 +450,18 @@ def test_detector_reports_every_edge_of_a_three_module_cycle(tmp_path):
     })
     assert cycle_chains(root) == ["pkg.fused -> pkg.pcdarts", "pkg.fused -> pkg.pcdarts -> pkg.model_search"]
     assert len(cycle_dodging_imports(collect_edges(root, "pkg"))) == 2
+
+
+def test_detector_reports_an_import_against_the_stage_order(tmp_path):
+    root = write_package(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/common.py": "X = 1\n",
+        "pkg/early/__init__.py": "",
+        "pkg/early/a.py": "from pkg.late.b import B\nfrom pkg.common import X\n",
+        "pkg/late/__init__.py": "",
+        "pkg/late/b.py": "from pkg.early import a\n\nB = 1\n",
+    })
+    edges = collect_edges(root, "pkg")
+    reports = layering_violations(edges, "pkg", {"early": set(), "late": {"early"}})
+    assert len(reports) == 1 and "pkg.early may not import pkg.late" in reports[0] and "early/a.py:1" in reports[0]
+    assert layering_violations(edges, "pkg", {"early": {"late"}, "late": {"early"}}) == []

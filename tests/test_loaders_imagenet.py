@@ -12,6 +12,7 @@ from PIL import Image
 
 import proxynas_fast.loaders.imagenet_pil as imagenet_pil
 from proxynas_fast.loaders.imagenet import LoaderBackendError
+from devices import needs_cuda
 from proxynas_fast.data import load_dataset
 from proxynas_fast.loaders import (
     IMAGENET_MEAN,
@@ -278,12 +279,12 @@ def test_auto_backend_and_argument_errors(imagenet, proxy, monkeypatch):
             build_imagenet_loader(files, labels, 2, device="cuda")
 
 
-def test_a_loader_backend_registered_later_is_accepted(imagenet, proxy, monkeypatch):
-    """Like every registry: a backend added to LOADER_BACKENDS after import is found by name (the check asked a
-    tuple frozen at import before)."""
+def test_a_loader_backend_registered_later_is_accepted(imagenet, proxy, request):
+    """Like every registry: a backend added to LOADER_BACKENDS after import is found by name."""
     from proxynas_fast.loaders import imagenet as factory
 
-    monkeypatch.setitem(factory.LOADER_BACKENDS._items, "pil_copy", factory.PilImageNetLoader)
+    factory.LOADER_BACKENDS.register("pil_copy", obj=factory.PilImageNetLoader)
+    request.addfinalizer(lambda: factory.LOADER_BACKENDS.unregister("pil_copy"))
     files, labels = select_files(imagenet.files, imagenet.labels, proxy[:4])
     assert isinstance(build_imagenet_loader(files, labels, 2, backend="pil_copy", check_files="none"),
                       factory.PilImageNetLoader)
@@ -308,7 +309,7 @@ def test_random_resized_crop_box_follows_its_ranges():
     assert areas.max() > 0.9 and areas.min() < 0.1  # the whole range is used
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cuda_output_lands_on_the_device(imagenet, proxy, backend):
     files, labels = select_files(imagenet.files, imagenet.labels, proxy[:16])

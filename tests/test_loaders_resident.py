@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import requires_cuda
+from devices import needs_cuda
 from proxynas_fast.loaders import ResidentLoader
 
 # Tiny shapes: one intra-op thread (a parallel region costs more than the work; see conftest).
@@ -231,7 +231,7 @@ def test_bad_arguments_raise_clear_errors(cifar_slice):
         ResidentLoader(images, labels, 0, mean=MEAN, std=STD)
 
 
-@requires_cuda
+@needs_cuda
 def test_cuda_batches_equal_cpu_batches(cifar_slice):
     images, labels, _ = cifar_slice
     common = dict(mean=MEAN, std=STD, cutout=16, seed=9)

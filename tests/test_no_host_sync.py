@@ -133,7 +133,7 @@ def _update_running_stats_before_the_fix(bns: Sequence[nn.BatchNorm2d], means, v
 
 def test_check_catches_the_list_indexed_running_stats_update(fake_cuda, monkeypatch):
     """Fault 1 of issue 12: with the old running-statistics update the same check fails, naming the line."""
-    monkeypatch.setattr(fused, "_update_running_stats", _update_running_stats_before_the_fix)
+    monkeypatch.setattr(fused.kernel_batch_norm, "_update_running_stats", _update_running_stats_before_the_fix)
     model, step, batch = _search_step()
     with torch.no_grad():
         model(batch[0])  # warm-up: builds the cell plans (their device index tensors)
@@ -155,6 +155,7 @@ def _unrolled_architect_step():
     return model, architect, step.weight_optimizer, batch
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_unrolled_architect_step_never_syncs_on_cuda(fake_cuda):
     """Second-order DARTS: the virtual weight step on the unrolled copy, the validation gradient through it and
     the finite-difference Hessian-vector product (R = r / ||v||, kept on the device) run without any host sync
@@ -191,6 +192,7 @@ def _hessian_vector_product_before_the_fix(self, vector, input_train, target_tra
     return [(p - n) / (2 * R) for p, n in zip(grads_pos, grads_neg)]
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 @pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 def test_check_catches_the_host_side_finite_difference_scale(fake_cuda, monkeypatch):
     """With the former Hessian-vector product (`float(norm)`), the same check fails, naming the line."""

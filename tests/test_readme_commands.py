@@ -2,7 +2,6 @@
 (select, on the paper's CIFAR-10 entropy file in place of `entropy.txt`) runs verbatim and writes where
 .gitignore covers it. The expensive ones (install, a search, training) are what CI and the lead run."""
 import importlib
-import os
 import re
 import shlex
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_process import child_env
 from proxynas_fast.entropy_file import read_entropy_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,8 +84,7 @@ def test_quick_start_commands_exist_and_parse():
 def test_select_command_runs_as_written(reference_entropy_dir, tmp_path):
     shutil.copy(reference_entropy_dir / "cifar10_resnet20_index_entropy_class.txt", tmp_path / "entropy.txt")
     argv = shlex.split(pipeline_commands()["select"])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    run = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, env=child_env(), capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
     out = tmp_path / argv[argv.index("--out") + 1]

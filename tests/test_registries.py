@@ -1,4 +1,5 @@
-"""The three registries (selectors, search strategies, data sets) are each a `proxynas_fast.registry.Registry`:
+"""The registries (selectors, search strategies, data sets, scorer networks, genotypes) are each a
+`proxynas_fast.registry.Registry`:
 the list functions name the built-ins, an unknown name gets a one-line error naming the known ones, a newly
 decorated function or class is found by name (and removed again after its test), a name cannot be registered
 twice, and the registries hold the code itself (functions, classes), never a string naming it."""
@@ -17,7 +18,10 @@ from proxynas_fast import darts
 from proxynas_fast.data import (DATASET_SOURCES, DATASETS, DatasetError, DatasetInfo, DatasetSource, dataset_info,
                                 list_datasets, load_dataset)
 from proxynas_fast.data.readers import decode_images, list_image_folder
+from proxynas_fast.darts.genotypes import GENOTYPES, Genotype, get_genotype, list_genotypes
 from proxynas_fast.entropy_file import read_entropy_file
+from proxynas_fast.registry import Registry
+from proxynas_fast.scoring.models import SCORERS, create_scorer, list_scorers
 from proxynas_fast.search import SearchError, SearchStrategy, get_strategy, list_strategies, resolve_config
 from proxynas_fast.search.strategies import STRATEGIES
 from proxynas_fast.selection import get_selector, list_selectors, register_selector, select
@@ -36,13 +40,13 @@ BUILT_IN = {
 
 @pytest.fixture
 def restore_registries():
-    """Whatever a test registers is removed afterwards (the package itself offers no unregister)."""
+    """Whatever a test registers is unregistered afterwards."""
     registries = [SELECTORS, STRATEGIES, DATASET_SOURCES]
-    saved = [dict(r._items) for r in registries]
+    saved = [set(r.names()) for r in registries]
     yield
-    for registry, items in zip(registries, saved):
-        registry._items.clear()
-        registry._items.update(items)
+    for registry, names in zip(registries, saved):
+        for name in set(registry.names()) - names:
+            registry.unregister(name)
 
 
 @pytest.mark.parametrize("kind", list(BUILT_IN))
@@ -59,6 +63,32 @@ def test_unknown_name_gets_one_line_naming_the_known_ones(kind):
         get("no_such_thing")
     assert str(e.value) == f"unknown {kind} 'no_such_thing'; choose one of {', '.join(registry.names())}"
     assert "\n" not in str(e.value) and all(name in str(e.value) for name in expected)
+
+
+def test_scorers_and_genotypes_are_registries():
+    assert isinstance(SCORERS, Registry) and isinstance(GENOTYPES, Registry)
+    assert list_scorers() == sorted(SCORERS.names()) == ["resnet110", "resnet18", "resnet20", "resnet32", "resnet44",
+                                                         "resnet50", "resnet56"]
+    assert all(SCORERS.get(name).__name__ == name for name in list_scorers())  # the constructors themselves
+    assert sum(p.numel() for p in create_scorer("resnet20", 10).parameters()) == 269722
+    with pytest.raises(ValueError) as e:
+        create_scorer("resnet21", 10)
+    assert str(e.value) == f"unknown scorer architecture 'resnet21'; choose one of {', '.join(list_scorers())}"
+    assert list_genotypes() == sorted(GENOTYPES.names()) and {"DARTS_V2", "PC_DARTS"} <= set(list_genotypes())
+    assert get_genotype("DARTS_V2") is GENOTYPES.get("DARTS_V2") and isinstance(get_genotype("PC_DARTS"), Genotype)
+    with pytest.raises(KeyError, match="unknown genotype 'no_such_cell'; known: .*DARTS_V2"):
+        get_genotype("no_such_cell")
+
+
+def test_a_registry_keeps_the_spelling_and_can_unregister():
+    registry = Registry("thing")
+    registry.register("MixedCase", obj=1)
+    registry.register(obj=len)
+    assert registry.names() == ["MixedCase", "len"] and list(registry) == registry.names()
+    assert registry.get("mixedcase") == 1 and "MIXEDCASE" in registry and dict(registry.items())["MixedCase"] == 1
+    assert registry.unregister("mixedCASE") == 1 and registry.names() == ["len"] and "MixedCase" not in registry
+    with pytest.raises(ValueError, match="unknown thing 'MixedCase'; choose one of len"):
+        registry.unregister("MixedCase")
 
 
 def test_registries_hold_code_not_strings():

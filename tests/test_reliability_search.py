@@ -9,14 +9,16 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from proxynas_fast.run_folder import hold_output
 from proxynas_fast.search.__main__ import main
 from proxynas_fast.search.run_ownership import resume_differences
-from cli_process import interrupt_when, wait_for
+from cli_process import child_env, interrupt_when, wait_for
 from read_only import read_only_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHILD_ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+CHILD_ENV = child_env()
 
 
 def args(data_dir, out, *extra, epochs=1):
@@ -40,6 +42,7 @@ def test_a_held_out_folder_is_refused_before_any_work(tmp_path, capsys):
     assert not out.exists()  # nothing written; the hold removed the folder it created
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_second_concurrent_search_is_refused_and_a_killed_holder_leaves_no_lock(cifar10_jpeg_dir, tmp_path):
     out = tmp_path / "run"
     # A first epoch of 256 steps (the later --count wins): the holder must still be in it, with no checkpoint

@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from cli_process import child_env
 from proxynas_fast.cli_errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, resume_command, run_cli
 from proxynas_fast.run_folder import (
     OutputBusyError,
@@ -186,8 +187,7 @@ def test_run_cli_interrupt_exits_130_under_python_m_wherever_it_landed(tmp_path)
     # Under `python -m`, CPython killed itself with SIGINT at exit (status -2) when the handled KeyboardInterrupt had
     # ended string-made code: the search's Ctrl-C test failed this way in a clean-clone CI run.
     (tmp_path / "interrupted_cli.py").write_text(INTERRUPTED_IN_STRING_CODE)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                         str(tmp_path)]))
+    env = child_env(tmp_path)
     for how in (["-m", "interrupted_cli"], [str(tmp_path / "interrupted_cli.py")]):
         done = subprocess.run([sys.executable, *how], cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=120)

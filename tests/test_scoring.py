@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from cli_process import child_env
 from proxynas_fast.data import dataset_info, load_dataset
 from proxynas_fast.entropy_file import read_entropy_file
 from proxynas_fast.ops import softmax_entropy_f64
@@ -36,7 +37,7 @@ def test_full_cifar10_scoring_matches_the_papers_list(cifar10, checkpoints_dir, 
                          "--data-dir", str(cifar10.source).rsplit("/train", 1)[0],
                          "--checkpoint", str(checkpoints_dir / "cifar10_resnet20_authors.th"),
                          "--out", str(out), "--no-progress"], capture_output=True, text=True, cwd=REPO,
-                        env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())))  # the big one
+                        env=child_env(OMP_NUM_THREADS=torch.get_num_threads()))  # the big one
     assert rc.returncode == 0, rc.stderr
     ours = read_entropy_file(out)
     ref = read_entropy_file(reference_entropy_dir / "cifar10_resnet20_index_entropy_class.txt")
@@ -104,12 +105,13 @@ def test_cli_errors(tmp_path, checkpoints_dir):
     assert r.returncode == 2 and "absent" in r.stderr and "does not exist" in r.stderr
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_two_process_scoring_equals_one(tmp_path, cifar10_jpeg_dir, checkpoints_dir):
     """torchrun with 2 CPU processes (gloo): shards gathered in index order equal the single-process file."""
     common = ["--dataset", "cifar10", "--data-dir", str(cifar10_jpeg_dir), "--checkpoint",
               str(checkpoints_dir / "cifar10_resnet20_authors.th"), "--limit", "301", "--batch-size", "64",
               "--no-progress", "--device", "cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = child_env()
     one = subprocess.run([sys.executable, "-m", "proxynas_fast.score", *common, "--out", str(tmp_path / "one.txt")],
                          capture_output=True, text=True, cwd=REPO, env=env)
     assert one.returncode == 0, one.stderr

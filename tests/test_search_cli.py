@@ -8,9 +8,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
+from cli_process import child_env
 from proxynas_fast.darts import genotype_from_dict, get_genotype
 from proxynas_fast.entropy_file import read_entropy_file
 from proxynas_fast.search import SearchConfig
@@ -19,7 +21,7 @@ from proxynas_fast.selection import select
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One OpenMP thread: as fast for these tiny networks, and immune to the spin-wait slowdown of a busy machine.
-CHILD_ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+CHILD_ENV = child_env()
 
 
 def run_cli(*args, timeout=300):
@@ -47,6 +49,7 @@ def check_time_split(end: dict, epochs: list, stdout: str) -> None:
     assert len(line) == 1 and " + search steps " in line[0] and " + validation " in line[0], stdout[-2000:]
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_cifar10_search_writes_a_valid_genotype(cifar10_jpeg_dir, reference_entropy_dir, tmp_path):
     entropy_file = reference_entropy_dir / "cifar10_resnet20_index_entropy_class.txt"
     out = tmp_path / "run"

@@ -21,9 +21,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn as nn
 
+from cli_process import child_env
 from proxynas_fast.darts import get_genotype
 from proxynas_fast.search import SearchConfig
 from proxynas_fast.search.distributed import DistContext
@@ -67,6 +69,7 @@ def reference_two_half_batches(config: SearchConfig, out_dir):
     return parts.model, initial
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_two_gloo_ranks_match_one_process_on_the_same_half_batches(cifar10_jpeg_dir, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -74,7 +77,7 @@ def test_two_gloo_ranks_match_one_process_on_the_same_half_batches(cifar10_jpeg_
            "--selection", "random", "--count", "64", "--batch-size", "8", "--epochs", "2", "--layers", "3",
            "--init-channels", "4", "--seed", "11", "--device", "cpu", "--backend", "reference", "--no-progress",
            "--no-download", "--out", str(out)]
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    env = child_env()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
@@ -127,11 +130,12 @@ json.dump({"ddp_left": ddp_left, "group_alive": dist.is_initialized()}, open(rep
 """
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_each_rank_releases_ddp_and_leaves_the_process_group_when_the_search_returns(cifar10_jpeg_dir, tmp_path):
     """The search leaves nothing distributed behind for interpreter exit: once gloo is torn down under a dying
     interpreter the rank aborts (seen on CI as SIGABRT after a finished search)."""
     init = (tmp_path / "rendezvous").as_uri()
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    env = child_env()
     procs = [subprocess.Popen([sys.executable, "-c", RANK_EXIT_PROBE, str(r), init, str(cifar10_jpeg_dir),
                                str(tmp_path / "out"), str(tmp_path / f"rank{r}.json")], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]

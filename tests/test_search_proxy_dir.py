@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_process import child_env
 from proxynas_fast.entropy_file import read_entropy_file, write_entropy_file
 from proxynas_fast.search import SearchError, resolve_config
 from proxynas_fast.search.outputs import read_log
@@ -24,7 +25,7 @@ TINY = ["--epochs", "1", "--batch-size", "16", "--layers", "3", "--init-channels
 
 
 def _run(module, *args, env_extra=None):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    env = child_env(**(env_extra or {}))
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
 

@@ -9,14 +9,16 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
+from cli_process import child_env
 from proxynas_fast.darts import get_genotype
 from proxynas_fast.search.outputs import read_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One OpenMP thread: as fast for these tiny networks, and immune to the spin-wait slowdown of a busy machine.
-CHILD_ENV = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+CHILD_ENV = child_env()
 
 
 def command(data_dir, out, *extra):
@@ -60,6 +62,7 @@ def kill_mid_epoch(cmd, log_path, epoch, step, timeout=600):
             proc.wait()
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(cifar10_jpeg_dir, tmp_path):
     full, broken = tmp_path / "full", tmp_path / "broken"
     # The uninterrupted run goes alongside (one thread each, two cores).

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from devices import needs_cuda
 from proxynas_fast.darts import Architect
 from proxynas_fast.darts.model_search import Network
 from proxynas_fast.darts.pcdarts import PCNetwork
@@ -80,6 +81,23 @@ def test_combined_steps_equal_the_loop_steps(network_cls, update_arch):
             torch.testing.assert_close(a, b)  # warm-up epochs leave the alphas alone
 
 
+@pytest.mark.parametrize("network_cls", [Network, PCNetwork])
+def test_the_loops_first_order_step_is_the_architect_step_then_the_weight_step(network_cls):
+    """The loop's default first-order step (`SearchStep`, shared with the CUDA-graph path and the benchmark)
+    takes DARTS's steps as written out here: `Architect.step` (first order), then zero_grad, forward, backward,
+    gradient-norm clip and SGD step of the weights."""
+    loop_parts = _parts(network_cls, "cpu")
+    model, criterion, optimizer, architect = by_hand = copy.deepcopy(loop_parts)
+    _epoch(*loop_parts, "cpu", True, None)
+    for (x, y), (x_arch, y_arch) in zip(_batches("cpu"), _batches("cpu", seed=6)):
+        architect.step(x, y, x_arch, y_arch, 0.05, optimizer, unrolled=False)
+        optimizer.zero_grad()
+        criterion(model(x), y).backward()
+        nn.utils.clip_grad_norm_(model.weights_parameters(), 5.0)
+        optimizer.step()
+    _assert_same_state(loop_parts, by_hand, rtol=1e-6, atol=1e-7)
+
+
 def test_cuda_graphs_refused_where_they_cannot_run():
     model, _, optimizer, architect = _parts(Network, "cpu")
     with pytest.raises(SearchError, match="need a CUDA device"):
@@ -92,7 +110,7 @@ def test_cuda_graphs_refused_where_they_cannot_run():
     assert resolve_config(dict(base, strategy="pcdarts")).cuda_graphs
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 @pytest.mark.parametrize("update_arch", [True, False])
 def test_cuda_graph_epoch_equals_eager_epoch_cuda(update_arch):
     eager_parts = _parts(Network, "cuda")

@@ -1,6 +1,5 @@
 """`python -m proxynas_fast.select`: outputs on the paper's CIFAR-10 list, every method's inputs, errors."""
 import json
-import os
 import re
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_process import child_env
 from proxynas_fast.entropy_file import read_entropy_file
 from proxynas_fast.select import main
 from proxynas_fast.selection import select
@@ -118,7 +118,7 @@ def test_bad_files_are_named(cifar10_file, tmp_path, capsys):
 
 def test_module_entry_point(tmp_path):
     (tmp_path / "s.txt").write_text("".join(f"{i}\t{0.5 ** i}\t{i % 3}\n" for i in range(30)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = child_env()
     run = subprocess.run([sys.executable, "-m", "proxynas_fast.select", "--entropy-file", str(tmp_path / "s.txt"),
                           "--method", "p2", "--portion", "0.5", "--dataset", "svhn", "--out", str(tmp_path / "o"),
                           "--no-proxy-files"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)

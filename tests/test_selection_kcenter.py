@@ -4,10 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
+from devices import needs_cuda
 from proxynas_fast.entropy_file import read_entropy_file
 from proxynas_fast.selection import greedy_k_center, select
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def load_cifar10_pixels(cifar10_jpeg_dir, count):
@@ -115,7 +115,7 @@ def test_bad_features_raise():
         greedy_k_center(np.zeros((10, 2)), 11)
 
 
-@requires_cuda
+@needs_cuda
 def test_cuda_matches_cpu(pixels):
     x, _ = pixels
     cpu = greedy_k_center(x, 40, first=7, device="cpu")

@@ -42,7 +42,7 @@ def test_only_selectors():
     """Selectors a test registers (names ending in _test_only) are removed from the registry afterwards."""
     yield
     for name in [n for n in SELECTORS.names() if n.endswith("_test_only")]:
-        del SELECTORS._items[name]  # test-only cleanup: the package offers no unregister
+        SELECTORS.unregister(name)
 
 
 def test_register_a_custom_selector(test_only_selectors):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from proxynas_fast.cli_errors import DivergedError
+from cli_process import child_env
 from proxynas_fast.darts.genotypes import get_genotype
 from proxynas_fast.train.__main__ import main
 from proxynas_fast.train.config import TrainConfig, make_config
@@ -208,11 +208,12 @@ CLI_TINY = ["--arch", "DARTS_V2", "--dataset", "cifar10", "--preset", "cpu-demo"
 
 
 def _cli(args, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    env = child_env()
     return subprocess.Popen([sys.executable, "-m", "proxynas_fast.train", *args], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_killed_and_resumed_cli_run_ends_like_an_uninterrupted_one(tmp_path, cifar10_jpeg_dir):
     common = CLI_TINY + ["--data-dir", str(cifar10_jpeg_dir)]
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"

@@ -18,6 +18,7 @@ def data(cifar10_jpeg_dir):
     return train, test
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_scorer_training_learns_and_resumes_exactly(data, tmp_path):
     train, test = data
     info = dataset_info("cifar10")
@@ -44,6 +45,7 @@ def test_scorer_training_learns_and_resumes_exactly(data, tmp_path):
         train_scorer(train, tmp_path / "part.th", ScorerRecipe(epochs=4, batch_size=64, seed=3), resume=True, **kw)
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_cli_trains_a_scorer_that_the_score_cli_reads(cifar10_jpeg_dir, tmp_path, capsys):
     """The two CLIs end to end on the real images: train_scorer (1 epoch on 200 images, evaluated on the test
     split) writes a scorer and its progress file, no lock is left, and score reads the scorer."""

@@ -108,6 +108,25 @@ def _grad(loss, inputs) -> List[torch.Tensor]:
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
+def first_order_arch_gradients(model, input_valid, target_valid):
+    """(d L_val / d alpha for each architecture tensor, the detached validation loss), the weights held fixed.
+    autograd.grad rather than backward(): the weights' .grad stay untouched and their gradients are never
+    computed, which the reference (whose loop zeroes them right after) pays for."""
+    loss = model._loss(input_valid, target_valid)
+    return _grad(loss, model.arch_parameters()), loss.detach()
+
+
+def apply_arch_gradients(optimizer: torch.optim.Optimizer, arch_parameters, grads) -> None:
+    """Set each architecture tensor's .grad to its gradient and take one optimiser step. An existing .grad is
+    written in place, so that it stays the same tensor (a captured CUDA graph reads it at a fixed address)."""
+    for alpha, grad in zip(arch_parameters, grads):
+        if alpha.grad is None:
+            alpha.grad = grad.detach().clone()
+        else:
+            alpha.grad.copy_(grad)
+    optimizer.step()
+
+
 class Architect:
     """Updates `model.arch_parameters()` with Adam on the validation loss.
 
@@ -142,10 +161,7 @@ class Architect:
         """
         grads, val_loss = self.arch_gradients(input_train, target_train, input_valid, target_valid,
                                               eta, network_optimizer, unrolled)
-        self.optimizer.zero_grad()
-        for alpha, grad in zip(self.model.arch_parameters(), grads):
-            alpha.grad = grad
-        self.optimizer.step()
+        apply_arch_gradients(self.optimizer, self.model.arch_parameters(), grads)
         return val_loss
 
     def arch_gradients(self, input_train, target_train, input_valid, target_valid, eta,
@@ -155,30 +171,23 @@ class Architect:
         if unrolled:
             return self._unrolled_gradients(input_train, target_train, input_valid, target_valid,
                                             eta, network_optimizer)
-        return self._first_order_gradients(input_valid, target_valid)
-
-    # ----- first order -----
-    def _first_order_gradients(self, input_valid, target_valid):
-        # autograd.grad rather than backward(): the weights' .grad stay untouched and their gradients are
-        # never computed, which the reference (whose loop zeroes them right after) pays for.
-        loss = self.model._loss(input_valid, target_valid)
-        return _grad(loss, self.model.arch_parameters()), loss.detach()
+        return first_order_arch_gradients(self.model, input_valid, target_valid)
 
     # ----- second order -----
     def _unrolled_gradients(self, input_train, target_train, input_valid, target_valid, eta, network_optimizer):
         unrolled = self._compute_unrolled_model(input_train, target_train, eta, network_optimizer)
         loss = unrolled._loss(input_valid, target_valid)
         arch = unrolled.arch_parameters()
-        weights = weight_parameters(unrolled)
-        grads = _grad(loss, arch + weights)
+        network_weights = weight_parameters(unrolled)
+        grads = _grad(loss, arch + network_weights)
         dalpha, vector = grads[: len(arch)], grads[len(arch):]
         implicit = self._hessian_vector_product(vector, input_train, target_train)
         return [g - eta * ig for g, ig in zip(dalpha, implicit)], loss.detach()
 
-    def _momentum_term(self, weights, network_optimizer) -> List[torch.Tensor]:
+    def _momentum_term(self, network_weights, network_optimizer) -> List[torch.Tensor]:
         """momentum * SGD momentum buffer, per weight (zeros before the optimiser's first step)."""
         terms = []
-        for w in weights:
+        for w in network_weights:
             state = network_optimizer.state.get(w, {}) if network_optimizer is not None else {}
             buf = state.get("momentum_buffer")
             terms.append(torch.zeros_like(w) if buf is None else self.network_momentum * buf)
@@ -187,13 +196,13 @@ class Architect:
     def _compute_unrolled_model(self, input_train, target_train, eta, network_optimizer):
         """A copy of the model whose weights took one virtual SGD step (with momentum and weight decay) on the
         training batch; the architecture weights are copied and are leaves of the copy."""
-        weights = weight_parameters(self.model)
+        network_weights = weight_parameters(self.model)
         loss = self.model._loss(input_train, target_train)
-        dtheta = _grad(loss, weights)
-        moments = self._momentum_term(weights, network_optimizer)
+        dtheta = _grad(loss, network_weights)
+        moments = self._momentum_term(network_weights, network_optimizer)
         unrolled = self._unrolled_copy()
         with torch.no_grad():
-            for dst, w, g, m in zip(weight_parameters(unrolled), weights, dtheta, moments):
+            for dst, w, g, m in zip(weight_parameters(unrolled), network_weights, dtheta, moments):
                 # Summed in the reference's order: moment + (gradient + weight decay).
                 dst.copy_(w - eta * (m + (g + self.network_weight_decay * w)))
         return unrolled
@@ -224,29 +233,29 @@ class Architect:
     def _hessian_vector_product(self, vector, input_train, target_train, r: Optional[float] = None):
         """Central finite difference for d2 L_train / (dalpha dw) . vector at the model's current weights."""
         r = self.finite_difference_scale if r is None else r
-        weights = weight_parameters(self.model)
+        network_weights = weight_parameters(self.model)
         arch = self.model.arch_parameters()
         # R = r / ||v|| stays on the device (no host sync per unrolled step, so the step can be captured in a CUDA
-        # graph). Computed in float64 and rounded once to the weights' dtype: the value the former Python-float
-        # R had. A zero v (the validation loss is flat in w) gets a finite R, leaves w as is, and its result is
-        # zeroed below: no second-order correction, as before (a NaN norm still gives NaN).
+        # graph). Computed in float64 and rounded once to the weights' dtype, as a Python-float R would be. A zero
+        # v (the validation loss is flat in w) gets a finite R, leaves w as is, and its result is zeroed below: no
+        # second-order correction (a NaN norm still gives NaN).
         norm = _flatten(vector).norm()
         tiny = torch.finfo(norm.dtype).tiny
         R = (torch.full_like(norm, r, dtype=torch.float64) / norm.double().clamp_min(tiny)).to(norm.dtype)
-        saved = [w.detach().clone() for w in weights]
+        saved = [w.detach().clone() for w in network_weights]
         try:
             with torch.no_grad():
-                for w, v in zip(weights, vector):
+                for w, v in zip(network_weights, vector):
                     w.addcmul_(v, R)
             grads_pos = _grad(self.model._loss(input_train, target_train), arch)
             with torch.no_grad():
-                for w, w0, v in zip(weights, saved, vector):
+                for w, w0, v in zip(network_weights, saved, vector):
                     w.copy_(w0).addcmul_(v, R, value=-1)
             grads_neg = _grad(self.model._loss(input_train, target_train), arch)
         finally:
             # Put the exact weights back (also when a forward pass raised).
             with torch.no_grad():
-                for w, w0 in zip(weights, saved):
+                for w, w0 in zip(network_weights, saved):
                     w.copy_(w0)
         flat = norm == 0
         return [torch.where(flat, 0.0, (p - n) / (2 * R)) for p, n in zip(grads_pos, grads_neg)]

@@ -10,7 +10,9 @@ import json
 from collections import namedtuple
 from importlib import resources
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import List, Union
+
+from proxynas_fast.registry import Registry
 
 Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 
@@ -141,25 +143,28 @@ def genotype_to_dict(g: Genotype) -> dict:
     }
 
 
-def _load_registry() -> Dict[str, Genotype]:
+def _load_genotypes() -> Registry[Genotype]:
     text = resources.files("proxynas_fast.darts").joinpath("data/genotypes.json").read_text()
-    return {name: genotype_from_dict(d) for name, d in json.loads(text).items()}
+    registry: Registry[Genotype] = Registry("genotype", error=KeyError)
+    for name, d in json.loads(text).items():
+        registry.register(name, obj=genotype_from_dict(d))
+    return registry
 
 
-_REGISTRY: Dict[str, Genotype] = _load_registry()
+GENOTYPES: Registry[Genotype] = _load_genotypes()
 
 
 def list_genotypes() -> List[str]:
     """Names of the genotypes shipped with the package (DARTS, PC-DARTS and the proxy-data paper's cells)."""
-    return sorted(_REGISTRY)
+    return sorted(GENOTYPES.names())
 
 
 def get_genotype(name_or_path: Union[str, Path]) -> Genotype:
     """A registered genotype by name, one read from a `genotype.json` file written by a search, or a printed
     genotype (`Genotype(normal=[...], ...)`, see `genotype_from_string`)."""
     key = str(name_or_path)
-    if key in _REGISTRY:
-        return _REGISTRY[key]
+    if key in GENOTYPES:
+        return GENOTYPES.get(key)
     if key.lstrip().startswith(("Genotype(", "genotypes.Genotype(")):
         return genotype_from_string(key)
     path = Path(key)

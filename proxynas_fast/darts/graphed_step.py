@@ -1,9 +1,5 @@
-"""One first-order DARTS search step, eager (`SearchStep`) or captured whole in a CUDA graph
+"""The first-order search step (`search_step.SearchStep`) captured whole in a CUDA graph and replayed
 (`CudaGraphSearchStep`).
-
-A step is: architecture step (loss on the validation batch, its gradient with respect to the architecture
-parameters, architecture optimiser step: Adam in DARTS; skipped with `update_arch=False`) then weight step (loss
-on the training batch, backward, gradient-norm clip, weight optimiser step: SGD).
 
 The CUDA-graph version follows the torch.cuda.graphs recipe for whole-network capture: static input buffers,
 a few eager warm-up steps on a side stream (they allocate gradients, optimiser state and the fused cell's
@@ -23,56 +19,16 @@ step starts from. Replayed steps therefore follow the eager steps exactly. Requi
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
+from .search_step import SearchStep, StepOutput
+
+__all__ = ["CudaGraphSearchStep", "SearchStep", "StepOutput", "TrainingSnapshot", "make_capturable"]
+
 Tensor = torch.Tensor
-
-
-class StepOutput(NamedTuple):
-    arch_loss: Optional[Tensor]   # None when the step has no architecture update
-    weight_loss: Tensor
-    logits: Tensor                # of the weight step's batch (for running accuracy)
-
-
-class SearchStep:
-    """Eager first-order search step on `model` (a DARTS/PC-DARTS search network with `_criterion` and
-    `weights_parameters()`): the architecture step (unless `update_arch` is False: weight-only warm-up epochs),
-    then the weight step. The architecture gradient is taken with respect to the architecture parameters only
-    (like `Architect`'s first order), into the existing `.grad` tensors once they exist."""
-
-    def __init__(self, model: nn.Module, weight_optimizer: torch.optim.Optimizer,
-                 arch_optimizer: torch.optim.Optimizer, grad_clip: float = 5.0, update_arch: bool = True):
-        self.model = model
-        self.weight_optimizer = weight_optimizer
-        self.arch_optimizer = arch_optimizer
-        self.grad_clip = grad_clip
-        self.update_arch = bool(update_arch)
-        self._weights = list(model.weights_parameters())
-        self._arch = [p for group in arch_optimizer.param_groups for p in group["params"]]
-
-    def __call__(self, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor) -> StepOutput:
-        arch_loss = None
-        if self.update_arch:
-            arch_loss = self.model._loss(x_val, y_val)
-            grads = torch.autograd.grad(arch_loss, self._arch)
-            for p, g in zip(self._arch, grads):
-                if p.grad is None:
-                    p.grad = g.detach().clone()
-                else:
-                    p.grad.copy_(g)
-            self.arch_optimizer.step()
-            arch_loss = arch_loss.detach()
-
-        self.weight_optimizer.zero_grad(set_to_none=False)
-        logits = self.model(x_train)
-        weight_loss = self.model._criterion(logits, y_train)
-        weight_loss.backward()
-        nn.utils.clip_grad_norm_(self._weights, self.grad_clip)
-        self.weight_optimizer.step()
-        return StepOutput(arch_loss, weight_loss.detach(), logits.detach())
 
 
 class TrainingSnapshot:
@@ -145,7 +101,8 @@ class CudaGraphSearchStep:
                     g.get("capturable", False) for g in opt.param_groups):
                 raise ValueError(f"CudaGraphSearchStep: build {type(opt).__name__} with capturable=True so its "
                                  "step counter stays on the GPU")
-        self._eager = SearchStep(model, weight_optimizer, arch_optimizer, grad_clip, update_arch)
+        self._eager = SearchStep(model, weight_optimizer, arch_optimizer, grad_clip, update_arch,
+                                 keep_grad_tensors=True)  # the graph reads the gradients at fixed addresses
         self._static_inputs = [t.detach().clone() for t in example_batch]
         self._warmup_steps = int(warmup_steps)
         self._graph: Optional[torch.cuda.CUDAGraph] = None

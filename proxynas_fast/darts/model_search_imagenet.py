@@ -45,8 +45,7 @@ class ImageNetStemMixin:
 
     def _stem_in_channels_last(self, x: torch.Tensor) -> bool:
         """The fused backend runs this stem in channels_last on CPU: oneDNN's dense 3x3 convolutions at 224, 112
-        and 56 px take about 0.6x the time in that layout (forward + backward of the stem at batch 32, 2 threads:
-        ~290 ms vs ~470 ms per search step; docs/PERFORMANCE.md). The cells take either layout; the reference
+        and 56 px are faster in that layout (docs/PERFORMANCE.md). The cells take either layout; the reference
         backend keeps the reference code's NCHW; float64 (no oneDNN kernel, nothing to gain) stays NCHW too."""
         return (self.backend == "fused" and x.device.type == "cpu" and x.dim() == 4
                 and x.dtype in (torch.float32, torch.bfloat16))

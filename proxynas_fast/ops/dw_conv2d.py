@@ -57,10 +57,9 @@ def dw_conv2d(input: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPa
         input, weight = input.to(dtype), weight.to(dtype)
     elif weight.dtype != input.dtype:
         raise ValueError(f"dw_conv2d: input ({input.dtype}) and weight ({weight.dtype}) dtypes differ")
-    if not extension.has_kernels_for(input.device):
-        extension.warn_fallback("dw_conv2d", input.device)
+    if not extension.use_compiled("dw_conv2d", input.device):
         return dw_conv2d_reference(input, weight, s, p, d)
-    if not autocast:  # (entering a disabled autocast costs ~5 us; ~1,000 calls a search step)
+    if not autocast:  # entering even a disabled autocast costs time, and a search step makes ~1,000 calls
         return torch.ops.proxynas_fast.dw_conv2d(input, weight, list(s), list(p), list(d))
     with torch.autocast(device_type, enabled=False):
         return torch.ops.proxynas_fast.dw_conv2d(input, weight, list(s), list(p), list(d))

@@ -101,9 +101,7 @@ def entropy_histogram(logits: Tensor, edges: Tensor) -> Tuple[Tensor, Tensor, Te
     go through the float64 reference).
     """
     _check_args(logits, edges)
-    if logits.dtype == torch.float64 or not extension.has_kernels_for(logits.device):
-        if logits.dtype != torch.float64:
-            extension.warn_fallback("entropy_histogram", logits.device)
+    if logits.dtype == torch.float64 or not extension.use_compiled("entropy_histogram", logits.device):
         return entropy_histogram_reference(logits, edges)
     edges = edges.to(device=logits.device, dtype=torch.float64)
     return torch.ops.proxynas_fast.entropy_histogram(logits, edges)

@@ -64,10 +64,7 @@ def _in_layout_of(ref: Tensor, out: Tensor) -> Tensor:
 
 
 def _use_kernel(op: str, t: Tensor) -> bool:
-    if extension.has_kernels_for(t.device):
-        return True
-    extension.warn_fallback(op, t.device)
-    return False
+    return extension.use_compiled(op, t.device)
 
 
 # ----- references -----

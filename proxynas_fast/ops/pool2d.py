@@ -35,7 +35,7 @@ def pool2d(input: Tensor, is_max: bool, kernel: IntPair, stride: IntPair, paddin
     k, s, p = _pair("kernel", kernel), _pair("stride", stride), _pair("padding", padding)
     if input.dim() != 4:
         raise ValueError(f"pool2d: input must be [N, C, H, W], got shape {tuple(input.shape)}")
-    if input.device.type != "cpu" or not extension.has_cpu_kernels():
+    if not extension.use_compiled("pool2d", input.device, cuda_kernel=False):
         return pool2d_reference(input, is_max, k, s, p)
     return torch.ops.proxynas_fast.pool2d(input, bool(is_max), list(k), list(s), list(p))
 
@@ -45,7 +45,7 @@ def pool2d_backward(grad_output: Tensor, input: Tensor, output: Tensor, is_max: 
     """Gradient of `pool2d` with respect to its input, from the forward's input and output (no saved indices;
     without the CPU kernel, max pooling recomputes PyTorch's indices)."""
     k, s, p = _pair("kernel", kernel), _pair("stride", stride), _pair("padding", padding)
-    if input.device.type == "cpu" and extension.has_cpu_kernels():
+    if extension.use_compiled("pool2d_backward", input.device, cuda_kernel=False):
         return torch.ops.proxynas_fast.pool2d_backward(grad_output, input, output, bool(is_max), list(k), list(s),
                                                        list(p))
     if is_max:

@@ -56,7 +56,7 @@ def _on_cpu_kernel(op, input: Tensor, weight: Tensor):
 
 
 def _uses_cpu_kernel(input: Tensor) -> bool:
-    return input.device.type == "cpu" and extension.has_cpu_kernels()
+    return extension.use_compiled("pw_conv2d", input.device, cuda_kernel=False)
 
 
 def pw_conv2d(input: Tensor, weight: Tensor) -> Tensor:

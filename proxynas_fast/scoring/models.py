@@ -9,18 +9,13 @@ import torch.nn as nn
 
 from ..safe_load import UnsafeFileError, load_plain
 from ..scorer_weights import layout_hint
+from ..registry import Registry
 from .resnet_cifar import resnet20, resnet32, resnet44, resnet56, resnet110
 from .resnet_imagenet import resnet18, resnet50
 
-_SCORERS: Dict[str, Callable[[int], nn.Module]] = {
-    "resnet20": resnet20,
-    "resnet32": resnet32,
-    "resnet44": resnet44,
-    "resnet56": resnet56,
-    "resnet110": resnet110,
-    "resnet18": resnet18,
-    "resnet50": resnet50,
-}
+SCORERS: Registry[Callable[[int], nn.Module]] = Registry("scorer architecture")
+for _make in sorted((resnet20, resnet32, resnet44, resnet56, resnet110, resnet18, resnet50), key=lambda f: f.__name__):
+    SCORERS.register(obj=_make)  # by function name; in sorted order, so errors list the names as list_scorers does
 
 
 class CheckpointError(ValueError):
@@ -28,14 +23,11 @@ class CheckpointError(ValueError):
 
 
 def list_scorers() -> List[str]:
-    return sorted(_SCORERS)
+    return sorted(SCORERS.names())
 
 
 def create_scorer(arch: str, num_classes: int) -> nn.Module:
-    try:
-        return _SCORERS[arch](num_classes)
-    except KeyError:
-        raise ValueError(f"unknown scorer architecture {arch!r}; choose one of {', '.join(list_scorers())}") from None
+    return SCORERS.get(arch)(num_classes)
 
 
 def read_state_dict(path) -> Dict[str, torch.Tensor]:

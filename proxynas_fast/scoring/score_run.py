@@ -11,7 +11,7 @@ import numpy as np
 from ..atomic import atomic_write, atomic_write_text
 from ..data import dataset_info, load_dataset
 from ..entropy_file import write_entropy_file
-from ..search.distributed import RanksLost, process_group
+from ..distributed import RanksLost, process_group
 from .entropy import score_dataset
 from .models import load_scorer
 

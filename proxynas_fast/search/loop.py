@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from proxynas_fast.darts.architect import apply_arch_gradients
+from proxynas_fast.darts.search_step import SearchStep, weight_step
 from proxynas_fast.progress import open_progress
 
 from .distributed import DistContext, all_reduce_mean_, all_reduce_sum, broadcast_
@@ -62,22 +64,28 @@ def arch_step(architect, x_train, y_train, x_arch, y_arch, eta: float, network_o
     """`Architect.step` with the architecture gradients averaged over ranks before the Adam update."""
     grads, loss = architect.arch_gradients(x_train, y_train, x_arch, y_arch, eta, network_optimizer, unrolled)
     all_reduce_mean_(grads, ctx)
-    architect.optimizer.zero_grad()
-    for alpha, grad in zip(architect.model.arch_parameters(), grads):
-        alpha.grad = grad
-    architect.optimizer.step()
+    apply_arch_gradients(architect.optimizer, architect.model.arch_parameters(), grads)
     return loss
 
 
-def weight_step(model: nn.Module, forward_model: nn.Module, optimizer, criterion, x, y, grad_clip: float):
-    """One SGD step of the network weights; `forward_model` is the DDP wrapper (or the model itself)."""
-    optimizer.zero_grad(set_to_none=True)
-    logits = forward_model(x)
-    loss = criterion(logits, y)
-    loss.backward()
-    nn.utils.clip_grad_norm_(model.weights_parameters(), grad_clip)
-    optimizer.step()
-    return logits, loss
+def eager_steps(*, model: nn.Module, forward_model: nn.Module, architect, optimizer, criterion, lr: float,
+                grad_clip: float, unrolled: bool, ctx: DistContext):
+    """The loop's own steps, `(x, y, x_arch, y_arch, update_arch) -> (logits, loss)`: first order is
+    `SearchStep` (the step CUDA graphs capture and the benchmark times), with the architecture gradients
+    averaged over ranks; second order takes `Architect`'s unrolled gradients, then the same weight step."""
+    first_order = {update: SearchStep(model, optimizer, architect.optimizer, grad_clip, update,
+                                      forward_model=forward_model, criterion=criterion,
+                                      average_arch_gradients=lambda grads: all_reduce_mean_(grads, ctx))
+                   for update in (True, False)}
+
+    def step(x, y, x_arch, y_arch, update_arch: bool):
+        if unrolled and update_arch:
+            arch_step(architect, x, y, x_arch, y_arch, lr, optimizer, True, ctx)
+            return weight_step(model, forward_model, optimizer, criterion, x, y, grad_clip)
+        out = first_order[update_arch](x, y, x_arch, y_arch)
+        return out.logits, out.weight_loss
+
+    return step
 
 
 def steps_per_epoch(weight_loader, arch_loader, ctx: DistContext, device) -> int:
@@ -113,12 +121,15 @@ def train_epoch(*, model, forward_model, architect, optimizer, criterion, weight
 
     on_step(step, steps, mean_loss, accuracy) is called every `log_every` steps (local running values).
     steps_impl: a `proxynas_fast.search.steps.SearchSteps` (first order, one process) that takes both steps at
-    once, e.g. replayed from CUDA graphs; None: `arch_step` + `weight_step`.
+    once, replayed from CUDA graphs; None: `eager_steps`.
     """
     model.train()
     start = time.perf_counter()
     steps = steps_per_epoch(weight_loader, arch_loader, ctx, device)
     running = _Running(device)
+    if steps_impl is None:
+        steps_impl = eager_steps(model=model, forward_model=forward_model, architect=architect, optimizer=optimizer,
+                                 criterion=criterion, lr=lr, grad_clip=grad_clip, unrolled=unrolled, ctx=ctx)
     bar = open_progress(progress, steps, description, stream=sys.stderr)  # a bar, or lines when redirected
     arch_batches = iter(arch_loader)
     weight_batches = iter(weight_loader)
@@ -130,12 +141,7 @@ def train_epoch(*, model, forward_model, architect, optimizer, criterion, weight
         if update_arch:
             x_arch, y_arch = next(arch_batches)
         data_seconds += time.perf_counter() - drawn
-        if steps_impl is not None:
-            logits, loss = steps_impl(x, y, x_arch, y_arch, update_arch)
-        else:
-            if update_arch:
-                arch_step(architect, x, y, x_arch, y_arch, lr, optimizer, unrolled, ctx)
-            logits, loss = weight_step(model, forward_model, optimizer, criterion, x, y, grad_clip)
+        logits, loss = steps_impl(x, y, x_arch, y_arch, update_arch)
         running.add(loss, logits, y)
         _report_step(step + 1, steps, running, bar, on_step, log_every)
     if bar is not None:

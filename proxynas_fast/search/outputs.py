@@ -334,8 +334,8 @@ def draw_cell(edges: Sequence, concat: Sequence[int], path, title: str = "") -> 
 
 def draw_genotype(out_dir, genotype: Genotype, title_prefix: str = "") -> Dict[str, Path]:
     """normal.png and reduction.png; a cell whose drawing already shows it is not drawn again (the search redraws
-    after every epoch, and a cell changes in few of them: a drawing takes ~0.3 s, a tenth of a GPU search epoch,
-    and the first one ~1.5 s more to import matplotlib)."""
+    after every epoch, and a cell changes in few of them, while a drawing (and the first matplotlib import) takes
+    a noticeable share of a GPU search epoch)."""
     out = {}
     for kind, filename in CELL_DRAWINGS.items():
         edges = getattr(genotype, kind)

@@ -141,10 +141,8 @@ _CPU_DEMO = dict(
 )
 
 PRESETS = ("paper", "cpu-demo")
-# Wall time of `--preset cpu-demo` on CIFAR-10, 2-core AMD EPYC VM, 2026-12-02: 950 s measured at load 6-11 (other
-# jobs); on an idle machine about 3 minutes (0.93 CPU-s per training step x 141 steps, plus the test pass).
-CPU_DEMO_TIME = ("16 minutes measured on a 2-core CPU loaded to 6-11 by other jobs; about 3 minutes estimated "
-                 "for an idle one, from its CPU time per step")
+# Figures and how they were taken: docs/PERFORMANCE.md.
+CPU_DEMO_TIME = "minutes on a 2-core CPU; docs/PERFORMANCE.md gives the wall times"
 
 
 def describe_preset(preset: str) -> str:

@@ -11,7 +11,7 @@
 // Instruction sets: each kernel's per-chunk body is compiled for baseline, AVX2+FMA and AVX-512 and the level
 // chosen at run time runs (cpu_isa::run_chunks, ops/cpu/cpu_isa.h; PROXYNAS_CPU_ISA forces one), for all four
 // dtypes. GCC ends an `omp simd` reduction by adding its lanes one at a time, 16 for AVX-512: on 7x7 planes that
-// makes the AVX-512 moments/dot sums no faster than AVX2 (measured; wide planes gain 2x).
+// makes the AVX-512 moments/dot sums no faster than AVX2 there; wide planes gain from it.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
