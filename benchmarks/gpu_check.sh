@@ -160,8 +160,11 @@ PYEOF
 
 build() {
   if [ "$MODE" = gpu ] || [ "$MODE" = buildcheck ]; then
+    local temp=()  # the build check keeps one object folder per torch, so that checking two torches in turn
+    # recompiles only what changed (the GPU run uses setup.py's default, build/temp.*)
+    [ "$MODE" = buildcheck ] && temp=(--build-temp "build/temp-buildcheck-$("$PY" -c 'import torch; print(torch.__version__)')")
     FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" \
-      "$PY" setup.py build_ext --inplace || { echo "build failed"; return 1; }
+      "$PY" setup.py build_ext --inplace "${temp[@]}" || { echo "build failed"; return 1; }
   else  # the dry run keeps the installed extension; it runs setup.py's source discovery and options only
     "$PY" setup.py --name || { echo "setup.py failed"; return 1; }
   fi

@@ -18,7 +18,6 @@ import importlib.machinery
 import importlib.metadata
 import os
 import re
-import shutil
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 # Headers that ATen/cuda/CUDAContext.h includes besides the CUDA runtime's.
@@ -81,9 +80,8 @@ def cuda_home_candidates(environ: Mapping[str, str], nvcc: Optional[str], torch_
 
 def find_cuda_home(environ: Mapping[str, str] = os.environ, nvcc: Optional[str] = None,
                    torch_cuda: Optional[str] = None, roots: Sequence[str] = ("/usr/local", "/opt")) -> Tuple[str, str]:
-    """The toolkit folder and where it came from; raises CudaNotFound with every folder tried."""
-    if nvcc is None:
-        nvcc = shutil.which("nvcc", path=environ.get("PATH"))
+    """The toolkit folder and where it came from (`nvcc`: the nvcc found on PATH, or None); raises CudaNotFound
+    with every folder tried."""
     explicit = environ.get("CUDA_HOME")
     if explicit and not is_toolkit(explicit):
         raise CudaNotFound(f"CUDA_HOME={explicit} is not a CUDA toolkit folder (it needs bin/nvcc, "
