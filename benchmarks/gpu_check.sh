@@ -19,7 +19,7 @@
 #   search   a 2-epoch first-order DARTS search on the prepared 10% P1 CIFAR-10 proxy, eager ...
 #   graphs   ... and with --cuda-graphs
 # Environment: OUT (results, default ./gpu-results), PYTHON (default python3), GPU_CHECK_DATA (default
-# ./gpu-check-data), GPU_CHECK_BUDGET (seconds for everything: 470, dry run 400, build check 3000),
+# ./gpu-check-data), GPU_CHECK_BUDGET (seconds for everything: 470, dry run 600, build check 3000),
 # MAX_JOBS (parallel compiles of the build, default 16), GPU_CHECK_STEPS (run only these
 # steps, e.g. "env search graphs"; the others are listed as skipped), PREPARE_COUNT (--prepare: number of proxy
 # examples instead of 10%), SHARED (--prepare: the shared data folder, default ../shared).
@@ -66,7 +66,7 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 export OUT GPU_CHECK_DATA="$DATA" PYTHON="$PY"
 case "$MODE" in
-  dry) BUDGET="${GPU_CHECK_BUDGET:-400}" ;;
+  dry) BUDGET="${GPU_CHECK_BUDGET:-600}" ;;
   buildcheck) BUDGET="${GPU_CHECK_BUDGET:-3000}" ;;
   *) BUDGET="${GPU_CHECK_BUDGET:-470}" ;;
 esac

@@ -62,7 +62,7 @@ def test_prepare_writes_the_p1_proxy_as_cifar_pickles(prepared, shared_dir):
 
 def test_dry_run_runs_every_step(prepared, tmp_path):
     """What CI runs: every step of the GPU check on this CPU at toy sizes. (The budget is raised here so that a
-    busy CI machine cannot make it flaky; the dry run's own default budget is 400 s.)"""
+    busy CI machine cannot make it flaky; the dry run's own default budget is 600 s.)"""
     out = tmp_path / "results"
     proc = _run_script("--dry-run", GPU_CHECK_DATA=prepared, OUT=out, GPU_CHECK_BUDGET=800)
     summary = (out / "summary.txt").read_text() if (out / "summary.txt").exists() else proc.stdout
