@@ -1,11 +1,15 @@
 """Build proxynas_fast and its native extension `proxynas_fast._C`.
 
-CPU kernels are always built. CUDA kernels are built when torch has CUDA and nvcc is found;
-FORCE_CUDA=1 forces them (e.g. CI without a GPU), PROXYNAS_SKIP_CUDA=1 skips them.
-TORCH_CUDA_ARCH_LIST chooses the GPU targets (default here: 8.0;9.0, i.e. A100 and H100/H200).
+CPU kernels are always built. CUDA kernels are built when a CUDA device is visible to torch, or with FORCE_CUDA=1
+(e.g. CI without a GPU); PROXYNAS_SKIP_CUDA=1 skips them. TORCH_CUDA_ARCH_LIST chooses the GPU targets (default
+here: 8.0;9.0, i.e. A100 and H100/H200). The toolkit and the pip `nvidia` header folders are found by
+scripts/cuda_locator.py and printed in the build log. The code is C++17 (torch 2.11's extension standard); a newer
+torch may compile it as C++20.
 """
 import glob
+import importlib.util
 import os
+import shutil
 import sys
 
 from setuptools import find_packages, setup
@@ -17,9 +21,35 @@ def _flag(name):
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
 
 
+def _cuda_locator():
+    spec = importlib.util.spec_from_file_location("cuda_locator", os.path.join(ROOT, "scripts", "cuda_locator.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _locate_cuda(torch_cuda, forced):
+    """Set CUDA_HOME to a real toolkit before torch.utils.cpp_extension reads it; return the extra include folders,
+    or None when no toolkit is found and FORCE_CUDA is not set (a GPU without nvcc: CPU kernels only)."""
+    loc = _cuda_locator()
+    try:
+        home, why = loc.find_cuda_home(os.environ, shutil.which("nvcc"), torch_cuda)
+        dirs, found = loc.header_dirs(home, loc.nvidia_package_dirs())
+    except loc.CudaNotFound as e:
+        if not forced:
+            print(f"[proxynas_fast] a CUDA device is visible but {e}; building the CPU kernels only", flush=True)
+            return None
+        raise SystemExit(f"error: setup.py: FORCE_CUDA=1 but {e}")
+    os.environ["CUDA_HOME"] = home
+    print(f"[proxynas_fast] CUDA toolkit {home} (from {why})", flush=True)
+    for inc in dict.fromkeys(found.values()):
+        print(f"[proxynas_fast] CUDA headers from {inc}: "
+              f"{' '.join(h for h, d in found.items() if d == inc)}", flush=True)
+    return dirs
+
+
 def _extensions():
     import torch
-    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
     csrc = os.path.join("csrc")
     sources = sorted(glob.glob(os.path.join(csrc, "*.cpp")))
@@ -28,16 +58,24 @@ def _extensions():
     sources += sorted(glob.glob(os.path.join(csrc, "ops", "autograd", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join(csrc, "ops", "cuda", "*.cu")))
 
-    want_cuda = (torch.cuda.is_available() and CUDA_HOME is not None) or _flag("FORCE_CUDA")
+    want_cuda = torch.cuda.is_available() or _flag("FORCE_CUDA")
     if _flag("PROXYNAS_SKIP_CUDA"):
         want_cuda = False
-    if want_cuda and CUDA_HOME is None:
-        raise RuntimeError("FORCE_CUDA=1 but no CUDA toolkit was found (set CUDA_HOME to the nvcc install)")
     if want_cuda and torch.version.cuda is None:
-        raise RuntimeError(f"FORCE_CUDA=1 but torch {torch.__version__} is a CPU build; install a CUDA build of torch")
+        raise SystemExit(f"error: setup.py: FORCE_CUDA=1 but torch {torch.__version__} is a CPU build; "
+                         "install a CUDA build of torch")
+    cuda_include_dirs = _locate_cuda(torch.version.cuda, _flag("FORCE_CUDA")) if want_cuda else []
+    if cuda_include_dirs is None:
+        want_cuda = False
+    from torch.utils import cpp_extension
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    if want_cuda:  # cpp_extension read CUDA_HOME when first imported, maybe before _locate_cuda set it
+        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
 
     opt = ["-O3", "-g0"]
-    # The C++ standard is left to torch.utils.cpp_extension (torch >= 2.10 headers need C++20).
+    # No -std flag: torch's cpp_extension picks its own standard (C++17 in torch 2.11, C++20 in 2.14); the sources
+    # are C++17, which tests/test_build_guard.py checks.
     cxx = opt + ["-fopenmp"] if sys.platform.startswith("linux") else opt
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
@@ -47,15 +85,10 @@ def _extensions():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources += cuda_sources
         define_macros.append(("PROXYNAS_WITH_CUDA", None))
-        extra["nvcc"] = ["-O3", "--use_fast_math", "--expt-relaxed-constexpr", "-lineinfo"]
-        # pip's CUDA wheels keep ATen/cuda headers' dependencies (cuda_runtime etc.) under nvidia/cu13.
-        import site
-
-        for base in site.getsitepackages():
-            for sub in ("nvidia/cu13/include", "nvidia/cuda_runtime/include"):
-                p = os.path.join(base, sub)
-                if os.path.isdir(p):
-                    include_dirs.append(p)
+        # No --use_fast_math: it would turn expf into __expf (entropy kernel) and divisions into approximations
+        # (mixed-node moments); the kernels are memory-bound, so exact float math costs nothing measurable.
+        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+        include_dirs += cuda_include_dirs
         ext_cls = CUDAExtension
     print(f"[proxynas_fast] building _C with {len(sources)} sources; CUDA kernels: "
           f"{'yes (' + os.environ['TORCH_CUDA_ARCH_LIST'] + ')' if want_cuda else 'no'}", flush=True)

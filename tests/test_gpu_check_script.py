@@ -63,7 +63,7 @@ def test_prepare_writes_the_p1_proxy_as_cifar_pickles(prepared, shared_dir):
 @pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_dry_run_runs_every_step(prepared, tmp_path):
     """What CI runs: every step of the GPU check on this CPU at toy sizes. (The budget is raised here so that a
-    busy CI machine cannot make it flaky; the dry run's own default budget is 170 s.)"""
+    busy CI machine cannot make it flaky; the dry run's own default budget is 600 s.)"""
     out = tmp_path / "results"
     proc = _run_script("--dry-run", GPU_CHECK_DATA=prepared, OUT=out, GPU_CHECK_BUDGET=800)
     summary = (out / "summary.txt").read_text() if (out / "summary.txt").exists() else proc.stdout
@@ -135,3 +135,21 @@ def test_gpu_bench_counts_the_graph_pool_in_peak_memory():
     fused = gpu_bench.measure("cifar", "fused", 1, device, toy=True)
     graphed = gpu_bench.measure("cifar", "fused+graph", 1, device, toy=True)
     assert graphed["peak_bytes"] >= 0.5 * fused["peak_bytes"] > 0
+
+
+def test_build_check_runs_the_gpu_runs_build_step_without_a_gpu(tmp_path):
+    """`--build-check` checks the environment as the GPU run does, minus the device, and builds with the GPU run's
+    own command (the 45-minute nvcc build itself is run by hand: docs/GPU.md); its build step must end with `_C`
+    reporting CUDA kernels, not merely loading."""
+    out = tmp_path / "results"
+    proc = _run_script("--build-check", OUT=out, GPU_CHECK_STEPS="env", timeout=300)
+    summary = (out / "summary.txt").read_text()
+    assert proc.returncode == 0, summary + proc.stderr[-2000:]
+    assert any(line.startswith("env ") and " ok " in line for line in summary.splitlines()), summary
+    assert any(line.startswith("build ") and " skip " in line for line in summary.splitlines()), summary
+    for name in ("tests", "cell", "bench", "search", "graphs"):  # the build check stops after the build
+        assert not any(line.startswith(f"{name} ") for line in summary.splitlines()), summary
+    script = SCRIPT.read_text()
+    assert 'FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"' in script
+    assert '"buildcheck": e.built_with_cuda()' in script
+    assert 'CUDA_HOME="${CUDA_HOME:-$(dirname' not in script  # setup.py finds the toolkit (scripts/cuda_locator.py)

@@ -4,6 +4,7 @@ ships proxynas_fast.darts.data (genotypes.json) without setuptools' BuildBackend
 These run on a copy of the sources, never rebuilding the extension (PROXYNAS_CHECK_ONLY=1 reports instead of
 building), so the shared .venv and its editable install are left alone."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,6 +110,8 @@ def test_build_progress_shows_one_line_per_compiled_file():
     ninja = "\n".join([
         "  running build_ext",
         "  [proxynas_fast] building _C with 12 sources; CUDA kernels: yes (8.0;9.0)",
+        "  running egg_info",
+        "  [proxynas_fast] building _C with 12 sources; CUDA kernels: yes (8.0;9.0)",  # pip's second setup.py run
         "  [1/13] c++ -MMD -MF /r/build/temp/csrc/ops/cpu/pool2d_kernel.o.d -pthread -O3 -I/r/csrc "
         "-c /r/csrc/ops/cpu/pool2d_kernel.cpp -o /r/build/temp/csrc/ops/cpu/pool2d_kernel.o -fopenmp",
         "  [2/13] /usr/local/cuda-13.0/bin/nvcc --generate-dependencies-with-compile -I/r/csrc "
@@ -140,3 +143,67 @@ def test_packaging_ships_darts_data_without_warnings(tmp_path):
     output = run.stdout + run.stderr
     assert "absent from the `packages` configuration" not in output and "Warning:" not in output, output
     assert (tmp_path / "lib" / "proxynas_fast" / "darts" / "data" / "genotypes.json").is_file()
+
+
+def _set_project(root: Path, old: str, new: str) -> None:
+    text = (root / "pyproject.toml").read_text()
+    assert old in text
+    (root / "pyproject.toml").write_text(text.replace(old, new))
+
+
+def test_dependencies_and_the_torch_version_come_from_pyproject(tmp_path):
+    """pyproject.toml is the one list: a dependency added there, and the exact torch named in
+    [tool.proxynas_fast], are what install.sh would install; install.sh names no package or version itself."""
+    (tmp_path / "src").mkdir()
+    root = _copy_sources(tmp_path / "src")
+    env = _env(PROXYNAS_VENV=str(tmp_path / "new-venv"))
+    env.pop("TORCH_SPEC")
+    run = _install(root, env)
+    assert run.returncode == 0, run.stderr
+    assert "would create it, install torch==2.14.1 numpy scipy pillow tqdm matplotlib pytest pytest-benchmark " \
+           "mpmath ninja (and DALI" in run.stdout, run.stdout
+    _set_project(root, 'torch = "2.14.1"', 'torch = "2.99.0"')
+    _set_project(root, '"tqdm", "matplotlib"]', '"tqdm", "matplotlib", "extra-dep>=1.2"]')
+    out = _install(root, env).stdout
+    assert "install torch==2.99.0 numpy scipy pillow tqdm matplotlib extra-dep>=1.2 pytest" in out, out
+    script = (REPO / "scripts" / "install.sh").read_text()
+    code = "\n".join(line.split(" # ")[0] for line in script.splitlines() if not line.lstrip().startswith("#"))
+    assert not re.search(r"torch==\d|2\.14\.1", code), "install.sh names a torch version of its own"
+    assert "DEPS=(" not in code and "matplotlib" not in code
+
+
+def test_pyproject_names_the_oldest_tested_torch():
+    text = (REPO / "pyproject.toml").read_text()
+    assert '"torch>=2.11"' in text and "torch>=2.1\"" not in text
+
+
+def test_cuda_kernels_only_with_a_visible_device_or_force_cuda(tmp_path):
+    """No CUDA device here: the CPU kernels only, unless FORCE_CUDA=1 (CI, the GPU check); a found toolkit alone
+    no longer builds CUDA kernels that cannot run."""
+    root = _copy_sources(tmp_path)
+    cpu = _install(root, _env(PROXYNAS_SKIP_CUDA=""))
+    assert cpu.returncode == 0, cpu.stderr
+    assert "would build CPU kernels only (no CUDA device visible" in cpu.stdout, cpu.stdout
+    forced = _install(root, _env(PROXYNAS_SKIP_CUDA="", FORCE_CUDA="1")).stdout
+    assert "would build CPU and CUDA kernels" in forced
+    skipped = _install(root, _env(FORCE_CUDA="1")).stdout  # PROXYNAS_SKIP_CUDA=1 wins
+    assert "would build CPU kernels only" in skipped
+
+
+def test_build_stamp_changes_with_device_visibility(tmp_path, monkeypatch):
+    """The stamp covers what decides the kernels built: FORCE_CUDA and whether torch sees a device."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("build_stamp", REPO / "scripts" / "build_stamp.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    root = _copy_sources(tmp_path)
+    monkeypatch.delenv("FORCE_CUDA", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    no_device = mod.build_stamp(root)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    device = mod.build_stamp(root)
+    monkeypatch.setenv("FORCE_CUDA", "1")
+    assert len({no_device, device, mod.build_stamp(root)}) == 3

@@ -39,10 +39,15 @@ inline DwConvGeometry dw_conv_geometry(const at::Tensor& input, const at::Tensor
   g.DW = dilation[1];
   TORCH_CHECK(g.SH > 0 && g.SW > 0 && g.DH > 0 && g.DW > 0, "dw_conv2d: stride and dilation must be positive");
   TORCH_CHECK(g.PH >= 0 && g.PW >= 0, "dw_conv2d: padding must be non-negative");
-  g.Ho = (g.H + 2 * g.PH - g.DH * (g.KH - 1) - 1) / g.SH + 1;
-  g.Wo = (g.W + 2 * g.PW - g.DW * (g.KW - 1) - 1) / g.SW + 1;
-  TORCH_CHECK(g.Ho > 0 && g.Wo > 0, "dw_conv2d: output would be empty for input ", input.sizes(), " and kernel ",
-              weight.sizes());
+  // Floor division like conv2d, the fake kernel and every size the schema accepts: a dilated kernel larger than
+  // the padded input is an error (C++ division truncates toward zero, so a negative span would give Ho = 1).
+  TORCH_CHECK_VALUE(g.KH > 0 && g.KW > 0, "dw_conv2d: kernel must be at least 1x1, got ", weight.sizes());
+  const int64_t span_h = g.H + 2 * g.PH - g.DH * (g.KH - 1) - 1, span_w = g.W + 2 * g.PW - g.DW * (g.KW - 1) - 1;
+  TORCH_CHECK_VALUE(span_h >= 0 && span_w >= 0, "dw_conv2d: output would be empty: the dilated kernel (",
+                    g.DH * (g.KH - 1) + 1, "x", g.DW * (g.KW - 1) + 1, ") is larger than the padded input (",
+                    g.H + 2 * g.PH, "x", g.W + 2 * g.PW, ")");
+  g.Ho = span_h / g.SH + 1;
+  g.Wo = span_w / g.SW + 1;
   return g;
 }
 

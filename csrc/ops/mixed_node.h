@@ -59,6 +59,12 @@ inline void check_coeffs(const char* op, const char* name, const at::Tensor& t, 
   TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), ", expected ", ref.device());
 }
 
+// The bias of channel_weighted_sum: [C] on the terms' device (the kernels read it through a raw pointer).
+inline void check_bias(const char* op, const at::Tensor& bias, int64_t C, const at::Tensor& ref) {
+  TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == C, op, ": bias must be [", C, "], got ", bias.sizes());
+  TORCH_CHECK_VALUE(bias.device() == ref.device(), op, ": bias is on ", bias.device(), ", expected ", ref.device());
+}
+
 // The ReLU gate of the backward ops (ops/mixed_node.cpp): [2, C] (scale; shift) on the gradient's device, with a
 // first term to gate by.
 inline void check_gate(const char* op, const at::Tensor& gate, int64_t K, int64_t C, const at::Tensor& ref) {

@@ -66,7 +66,14 @@ def dw_conv2d(input: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPa
 
 
 def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+    """conv2d's output size; the same rule and error as the kernels' (csrc/ops/dw_conv2d.h)."""
+    if k < 1:
+        raise ValueError(f"dw_conv2d: kernel must be at least 1x1, got size {k}")
+    span = size + 2 * p - d * (k - 1) - 1
+    if span < 0:
+        raise ValueError(f"dw_conv2d: output would be empty: the dilated kernel ({d * (k - 1) + 1}) is larger than "
+                         f"the padded input ({size + 2 * p})")
+    return span // s + 1
 
 
 if extension.has_cpu_kernels():

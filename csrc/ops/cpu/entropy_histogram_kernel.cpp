@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <cstdint>
+#include <cstring>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -26,6 +26,13 @@ constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -
 constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
                 kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
 
+// The float whose bit pattern is `bits` (std::bit_cast is C++20; the extension is C++17 under torch 2.11).
+inline float float_from_bits(int32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
 inline float exp_nonpositive(float d) {
   if (d < -87.3f) return 0.0f;
   const float n = std::floor(d * kLog2e + 0.5f);
@@ -37,7 +44,7 @@ inline float exp_nonpositive(float d) {
   p = std::fma(p, r, kP4);
   p = std::fma(p, r, kP5);
   p = std::fma(p, r * r, r) + 1.0f;
-  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  return p * float_from_bits((static_cast<int32_t>(n) + 127) << 23);
 }
 
 struct RowSums {

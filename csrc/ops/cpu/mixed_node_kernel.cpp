@@ -382,8 +382,7 @@ at::Tensor channel_weighted_sum_cpu(at::TensorList terms_, const at::Tensor& sca
   const at::Tensor& ref = terms[0];
   const int64_t K = terms.size(), N = ref.size(0), C = ref.size(1), HW = ref.size(2) * ref.size(3);
   check_coeffs("channel_weighted_sum", "scale", scale_, K, C, ref);
-  TORCH_CHECK_VALUE(bias_.dim() == 1 && bias_.size(0) == C, "channel_weighted_sum: bias must be [", C, "], got ",
-                    bias_.sizes());
+  check_bias("channel_weighted_sum", bias_, C, ref);
   if (rows) return weighted_sum_rows(terms, scale_, bias_, relu);
   at::Tensor out = at::empty({N, C, ref.size(2), ref.size(3)}, ref.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, ref.scalar_type(), "channel_weighted_sum_cpu", [&] {

@@ -171,8 +171,7 @@ at::Tensor channel_weighted_sum_cuda(at::TensorList terms_, const at::Tensor& sc
   const c10::cuda::CUDAGuard guard(ref.device());
   const int64_t K = terms.size(), N = ref.size(0), C = ref.size(1), HW = ref.size(2) * ref.size(3);
   check_coeffs("channel_weighted_sum", "scale", scale_, K, C, ref);
-  TORCH_CHECK_VALUE(bias_.dim() == 1 && bias_.size(0) == C, "channel_weighted_sum: bias must be [", C, "], got ",
-                    bias_.sizes());
+  check_bias("channel_weighted_sum", bias_, C, ref);
   at::Tensor out = at::empty({N, C, ref.size(2), ref.size(3)}, ref.options());
   const int64_t total = out.numel();
   if (total == 0) return in_rows_layout_if(out, rows);
