@@ -1,0 +1,263 @@
+// CPU kernel of proxynas_fast::augment_crops: images in parallel, each in two sweeps over its output rows
+// (written straight into the output planes, so no scratch image): the first resamples the box and runs the colour
+// ops that precede contrast while summing the channels; the second runs contrast (blending with the mean grey of
+// the image as it is at that point), the remaining ops and the normalisation.  Every step repeats the float32
+// arithmetic of the tensor-op reference in its order (the grid coordinates as resample_boxes builds them and
+// grid_sample reads them back, the blend and hue formulas of batch_augment.py), so the two agree to rounding.
+// The row loops are compiled for AVX2 and for the baseline and picked at load time (target_clones): the extension
+// is built for baseline x86-64.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace proxynas_fast {
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define PROXYNAS_ROW_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PROXYNAS_ROW_CLONES
+#endif
+
+constexpr float kGreyR = 0.299f;
+// saturation's grey as the reference computes it: (r + g * (0.587 / 0.299) + b * (0.114 / 0.299)) * 0.299
+constexpr float kGreyG = static_cast<float>(0.587 / 0.299);
+constexpr float kGreyB = static_cast<float>(0.114 / 0.299);
+
+inline float clamp255(float v) { return std::min(std::max(v, 0.0f), 255.0f); }
+
+// The sample positions of one axis: source index of the first tap and the weight of the second, per output pixel.
+struct Taps {
+  std::vector<int32_t> index;
+  std::vector<float> weight;
+};
+
+// resample_boxes' grid coordinate of output pixel k, then grid_sample's unnormalisation and border clip.
+void axis_taps(float start, float length, int64_t size, int64_t extent, bool mirrored, Taps& taps) {
+  taps.index.resize(size);
+  taps.weight.resize(size);
+  const float n = static_cast<float>(size), e = static_cast<float>(extent);
+  for (int64_t k = 0; k < size; ++k) {
+    const int64_t step = mirrored ? size - 1 - k : k;
+    const float centre = (static_cast<float>(step) + 0.5f) / n;
+    float source = start + centre * length - 0.5f;
+    source = std::min(std::max(source, start), start + length - 1.0f);
+    const float grid = (2.0f * source + 1.0f) / e - 1.0f;
+    float x = (grid + 1.0f) * (e / 2.0f) - 0.5f;
+    x = std::min(e - 1.0f, std::max(x, 0.0f));
+    const float lo = std::floor(x);
+    taps.index[k] = static_cast<int32_t>(lo);
+    taps.weight[k] = x - lo;
+  }
+}
+
+// One output row of the bilinear resample into planar r, g, b (grid_sample's weights and summation order).
+void resample_row(const uint8_t* image, int64_t width, int64_t height, int32_t y0, float wy, const Taps& xs,
+                  int64_t size, float* r, float* g, float* b) {
+  const int64_t y1 = std::min<int64_t>(y0 + 1, height - 1);
+  const uint8_t* top = image + y0 * width * 3;
+  const uint8_t* bottom = image + y1 * width * 3;
+  const float s = 1.0f - wy, n = wy;
+  for (int64_t k = 0; k < size; ++k) {
+    const int64_t x0 = xs.index[k], x1 = std::min<int64_t>(x0 + 1, width - 1);
+    const float w = xs.weight[k], e = 1.0f - w;
+    const float nw = s * e, ne = s * w, sw = n * e, se = n * w;
+    float* out[3] = {r, g, b};
+    for (int c = 0; c < 3; ++c) {
+      out[c][k] = nw * top[x0 * 3 + c] + ne * top[x1 * 3 + c] + sw * bottom[x0 * 3 + c] + se * bottom[x1 * 3 + c];
+    }
+  }
+}
+
+PROXYNAS_ROW_CLONES void brightness_row(float* __restrict r, float* __restrict g, float* __restrict b, int64_t n,
+                                        float f) {
+  for (int64_t k = 0; k < n; ++k) {
+    r[k] = clamp255(r[k] * f);
+    g[k] = clamp255(g[k] * f);
+    b[k] = clamp255(b[k] * f);
+  }
+}
+
+// x * f + other * (1 - f), clamped; `mean_part` is the contrast's mean * (1 - f).
+PROXYNAS_ROW_CLONES void contrast_row(float* __restrict r, float* __restrict g, float* __restrict b, int64_t n,
+                                      float f, float mean_part) {
+  for (int64_t k = 0; k < n; ++k) {
+    r[k] = clamp255(r[k] * f + mean_part);
+    g[k] = clamp255(g[k] * f + mean_part);
+    b[k] = clamp255(b[k] * f + mean_part);
+  }
+}
+
+PROXYNAS_ROW_CLONES void saturation_row(float* __restrict r, float* __restrict g, float* __restrict b, int64_t n,
+                                        float f) {
+  const float rest = 1.0f - f;
+  for (int64_t k = 0; k < n; ++k) {
+    const float grey_part = ((r[k] + g[k] * kGreyG) + b[k] * kGreyB) * kGreyR * rest;
+    r[k] = clamp255(r[k] * f + grey_part);
+    g[k] = clamp255(g[k] * f + grey_part);
+    b[k] = clamp255(b[k] * f + grey_part);
+  }
+}
+
+// adjust_hue's formulas: 6H from the max channel's sector (r before g before b), shifted, wrapped into [0, 6),
+// and turned back with V = max, m = min, C = V - m.
+PROXYNAS_ROW_CLONES void hue_row(float* __restrict r, float* __restrict g, float* __restrict b, int64_t n,
+                                 float shift) {
+  const float turn = 6.0f * shift, sixth = static_cast<float>(1.0 / 6.0);
+  for (int64_t k = 0; k < n; ++k) {
+    const float rv = r[k], gv = g[k], bv = b[k];
+    const float value = std::max(std::max(rv, gv), bv);
+    const float low = std::min(std::min(rv, gv), bv);
+    const float chroma = value - low;
+    float h6 = (rv - gv) + chroma * 4.0f;
+    h6 = value == gv ? (bv - rv) + chroma * 2.0f : h6;
+    h6 = value == rv ? gv - bv : h6;
+    h6 = h6 / std::max(chroma, 1e-6f);
+    h6 = h6 + turn;
+    h6 = h6 - std::floor(h6 * sixth) * 6.0f;
+    const float kr = std::min(std::max(std::fabs(h6 - 3.0f) - 1.0f, 0.0f), 1.0f);
+    const float kg = std::min(std::max(2.0f - std::fabs(h6 - 2.0f), 0.0f), 1.0f);
+    const float kb = std::min(std::max(2.0f - std::fabs(h6 - 4.0f), 0.0f), 1.0f);
+    r[k] = low + kr * chroma;
+    g[k] = low + kg * chroma;
+    b[k] = low + kb * chroma;
+  }
+}
+
+PROXYNAS_ROW_CLONES void normalise_row(float* __restrict v, int64_t n, float scale, float shift) {
+  for (int64_t k = 0; k < n; ++k) v[k] = v[k] * scale - shift;
+}
+
+PROXYNAS_ROW_CLONES void channel_sums_row(const float* __restrict r, const float* __restrict g,
+                                          const float* __restrict b, int64_t n, double* sums) {
+  float sr = 0.0f, sg = 0.0f, sb = 0.0f;  // one row (<= a few thousand levels of 255) stays exact enough in float
+  for (int64_t k = 0; k < n; ++k) {
+    sr += r[k];
+    sg += g[k];
+    sb += b[k];
+  }
+  sums[0] += sr;
+  sums[1] += sg;
+  sums[2] += sb;
+}
+
+enum ColourOp : int64_t { kBrightness = 0, kContrast = 1, kSaturation = 2, kHue = 3 };
+
+void colour_op_row(int64_t op, const float* factors, float contrast_mean_part, float* r, float* g, float* b,
+                   int64_t n) {
+  switch (op) {
+    case kBrightness: brightness_row(r, g, b, n, factors[0]); break;
+    case kContrast: contrast_row(r, g, b, n, factors[1], contrast_mean_part); break;
+    case kSaturation: saturation_row(r, g, b, n, factors[2]); break;
+    default: hue_row(r, g, b, n, factors[3]); break;
+  }
+}
+
+void augment_image(const uint8_t* image, int64_t height, int64_t width, const double* box, bool flip,
+                   const double* factors64, const int64_t* order, int64_t size, const float* scale,
+                   const float* shift, float* out) {
+  Taps ys, xs;
+  const float top = static_cast<float>(box[0]), left = static_cast<float>(box[1]);
+  axis_taps(top, static_cast<float>(box[2]), size, height, false, ys);
+  axis_taps(left, static_cast<float>(box[3]), size, width, flip, xs);
+  float factors[4];
+  for (int i = 0; i < 4; ++i) factors[i] = static_cast<float>(factors64[i]);
+  int contrast_at = 0;
+  while (contrast_at < 4 && order[contrast_at] != kContrast) ++contrast_at;
+  const int64_t plane = size * size;
+  double sums[3] = {0.0, 0.0, 0.0};
+  for (int64_t y = 0; y < size; ++y) {  // sweep 1: resample, the ops before contrast, channel sums
+    float *r = out + y * size, *g = r + plane, *b = g + plane;
+    resample_row(image, width, height, ys.index[y], ys.weight[y], xs, size, r, g, b);
+    for (int i = 0; i < contrast_at; ++i) colour_op_row(order[i], factors, 0.0f, r, g, b, size);
+    if (contrast_at < 4) channel_sums_row(r, g, b, size, sums);
+  }
+  float mean_part = 0.0f;
+  if (contrast_at < 4) {  // adjust_contrast: the grey weights applied to the channel means
+    const float count = static_cast<float>(plane);
+    const float mean = static_cast<float>(sums[0] / count) * kGreyR + static_cast<float>(sums[1] / count) * 0.587f +
+                       static_cast<float>(sums[2] / count) * 0.114f;
+    mean_part = mean * (1.0f - factors[1]);
+  }
+  for (int64_t y = 0; y < size; ++y) {  // sweep 2: contrast and the ops after it, normalisation
+    float *r = out + y * size, *g = r + plane, *b = g + plane;
+    for (int i = contrast_at; i < 4; ++i) colour_op_row(order[i], factors, mean_part, r, g, b, size);
+    normalise_row(r, size, scale[0], shift[0]);
+    normalise_row(g, size, scale[1], shift[1]);
+    normalise_row(b, size, scale[2], shift[2]);
+  }
+}
+
+void check_args(const at::Tensor& images, const at::Tensor& boxes, const at::Tensor& flip, const at::Tensor& factors,
+                const at::Tensor& order, int64_t size, const at::Tensor& scale, const at::Tensor& shift) {
+  TORCH_CHECK(images.dim() == 4 && images.size(3) == 3 && images.scalar_type() == at::kByte,
+              "augment_crops: images must be uint8 [B, H, W, 3], got ", images.scalar_type(), " ", images.sizes());
+  const int64_t count = images.size(0);
+  TORCH_CHECK(size >= 1, "augment_crops: size must be positive, got ", size);
+  TORCH_CHECK(boxes.scalar_type() == at::kDouble && boxes.sizes() == at::IntArrayRef({count, 4}),
+              "augment_crops: boxes must be float64 [B, 4], got ", boxes.scalar_type(), " ", boxes.sizes());
+  TORCH_CHECK(flip.scalar_type() == at::kBool && flip.sizes() == at::IntArrayRef({count}),
+              "augment_crops: flip must be bool [B], got ", flip.scalar_type(), " ", flip.sizes());
+  TORCH_CHECK(factors.scalar_type() == at::kDouble && factors.sizes() == at::IntArrayRef({count, 4}),
+              "augment_crops: factors must be float64 [B, 4], got ", factors.scalar_type(), " ", factors.sizes());
+  TORCH_CHECK(order.scalar_type() == at::kLong && order.sizes() == at::IntArrayRef({count, 4}),
+              "augment_crops: order must be int64 [B, 4], got ", order.scalar_type(), " ", order.sizes());
+  for (const auto* t : {&scale, &shift}) {
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->numel() == 3,
+                "augment_crops: scale and shift must be float32 with 3 values, got ", t->scalar_type(), " ",
+                t->sizes());
+  }
+}
+
+at::Tensor augment_crops_cpu(const at::Tensor& images_in, const at::Tensor& boxes_in, const at::Tensor& flip_in,
+                             const at::Tensor& factors_in, const at::Tensor& order_in, int64_t size,
+                             const at::Tensor& scale_in, const at::Tensor& shift_in) {
+  check_args(images_in, boxes_in, flip_in, factors_in, order_in, size, scale_in, shift_in);
+  const auto images = images_in.contiguous();
+  const auto boxes = boxes_in.contiguous(), factors = factors_in.contiguous(), order = order_in.contiguous();
+  const auto flip = flip_in.contiguous(), scale = scale_in.contiguous(), shift = shift_in.contiguous();
+  const int64_t count = images.size(0), height = images.size(1), width = images.size(2);
+  const double* box_p = boxes.data_ptr<double>();
+  const int64_t* order_p = order.data_ptr<int64_t>();
+  for (int64_t i = 0; i < count; ++i) {
+    const double* box = box_p + i * 4;
+    TORCH_CHECK(box[0] >= 0 && box[1] >= 0 && box[2] >= 1 && box[3] >= 1 && box[0] + box[2] <= height &&
+                    box[1] + box[3] <= width,
+                "augment_crops: box ", i, " (top ", box[0], ", left ", box[1], ", height ", box[2], ", width ",
+                box[3], ") does not lie inside the ", height, " x ", width, " image");
+    int seen = 0;
+    for (int j = 0; j < 4; ++j) {
+      const int64_t op = order_p[i * 4 + j];
+      TORCH_CHECK(op >= 0 && op < 4, "augment_crops: order of image ", i, " holds ", op, ", not an op index 0..3");
+      seen |= 1 << op;
+    }
+    TORCH_CHECK(seen == 15, "augment_crops: order of image ", i, " is not a permutation of 0..3");
+  }
+  auto out = at::empty({count, 3, size, size}, images.options().dtype(at::kFloat));
+  const uint8_t* image_p = images.data_ptr<uint8_t>();
+  const bool* flip_p = flip.data_ptr<bool>();
+  const double* factor_p = factors.data_ptr<double>();
+  const float* scale_p = scale.data_ptr<float>();
+  const float* shift_p = shift.data_ptr<float>();
+  float* out_p = out.data_ptr<float>();
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      augment_image(image_p + i * height * width * 3, height, width, box_p + i * 4, flip_p[i], factor_p + i * 4,
+                    order_p + i * 4, size, scale_p, shift_p, out_p + i * 3 * size * size);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(proxynas_fast, CPU, m) {
+  m.impl("augment_crops", &augment_crops_cpu);
+}
+
+}  // namespace proxynas_fast
