@@ -8,6 +8,7 @@ differently): a few float32 ulps of a level, 6e-6 at most over 640 random draws 
 from __future__ import annotations
 
 import itertools
+import sys
 import warnings
 
 import numpy as np
@@ -168,3 +169,17 @@ def test_opcheck(store_pixels, constants):
     torch.library.opcheck(torch.ops.proxynas_fast.augment_crops.default,
                           (store_pixels[:2].clone(), params.boxes, params.flip, params.factors, params.order, 48,
                            scale.reshape(3), shift.reshape(3)))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge-page advice is Linux's")
+def test_a_large_output_starts_on_a_huge_page(store_pixels, constants):
+    """A batch's output (here 7 MiB) starts on a 2 MiB boundary so that its pages can be huge ones: with 4 KiB
+    pages the faults of writing it once cost more CPU time than the augmentation."""
+    count = len(store_pixels)
+    params = draw_train_params(count, STORED, STORED, torch.Generator().manual_seed(6), JITTER)
+    out = fused.augment_crops(store_pixels, params.boxes, params.flip, params.factors, params.order, SIZE,
+                              *constants)
+    assert out.is_contiguous() and out.data_ptr() % (1 << 21) == 0
+    small = fused.augment_crops(store_pixels[:1], params.boxes[:1], params.flip[:1], params.factors[:1],
+                                params.order[:1], 32, *constants)  # under 2 MiB: a plain allocation
+    assert small.shape == (1, 3, 32, 32)
