@@ -183,3 +183,11 @@ def test_a_large_output_starts_on_a_huge_page(store_pixels, constants):
     small = fused.augment_crops(store_pixels[:1], params.boxes[:1], params.flip[:1], params.factors[:1],
                                 params.order[:1], 32, *constants)  # under 2 MiB: a plain allocation
     assert small.shape == (1, 3, 32, 32)
+
+
+def test_threads_split_the_batch_without_changing_it(store_pixels, constants):
+    params = draw_train_params(len(store_pixels), STORED, STORED, torch.Generator().manual_seed(8), JITTER)
+    args = (store_pixels, params.boxes, params.flip, params.factors, params.order, 96, *constants)
+    one = fused.augment_crops(*args)
+    torch.set_num_threads(2)  # the single_thread fixture restores the count
+    assert torch.equal(fused.augment_crops(*args), one)

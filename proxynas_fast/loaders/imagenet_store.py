@@ -2,7 +2,8 @@
 
 On construction the loader opens its files' image store (`image_store.py`), decoding the files on
 `num_threads` threads the first time; every epoch then reads uint8 images from the store's memory maps and runs
-the transforms on whole batches on the loader's device (`batch_augment.py`):
+the transforms on whole batches on the loader's device (`batch_augment.py`; on the CPU the train transforms are
+one fused kernel, `proxynas_fast::augment_crops`):
 
 * train: RandomResizedCrop to S (torchvision's sampling on the stored square), horizontal flip, ColorJitter with
   a random op order per image, ImageNet normalisation.  A batch is arranged so that images sharing an op order
