@@ -169,7 +169,7 @@ __attribute__((target("avx2"))) void hue_row_avx2(float* r, float* g, float* b, 
   }
   for (; k < n; ++k) hue_pixel(r[k], g[k], b[k], turn);
 }
-const bool kHueAvx2 = __builtin_cpu_supports("avx2");
+const bool kHueAvx2 = (__builtin_cpu_init(), __builtin_cpu_supports("avx2"));  // may run before libgcc inits it
 #endif
 
 void hue_row(float* r, float* g, float* b, int64_t n, float shift) {
