@@ -6,8 +6,9 @@
   train_search_proxy_data_imagenet.py settings).
 * dali: `build_imagenet_loader(backend="dali")` on the CPU with 2 threads, when NVIDIA DALI imports.
 * store: `build_imagenet_loader(backend="store")`: the one-time decode into the image store (timed apart, on
-  `DECODE_THREADS` threads), then epochs that read the store and augment whole batches with torch ops on
-  `INTRA_OP_THREADS` intra-op thread(s).
+  `DECODE_THREADS` threads), then epochs that read the store and augment whole batches (the fused
+  `proxynas_fast::augment_crops` kernel when the extension has it, else torch ops) on `INTRA_OP_THREADS` intra-op
+  thread(s).
 
 Per-core rate = images / CPU seconds (user + system of this process and of the worker processes it reaped, from
 getrusage), so it counts the cores a loader really keeps busy, also on a machine shared with other jobs.  Epochs

@@ -14,6 +14,11 @@ torchvision's train transforms for the paper's ImageNet search, one batch at a t
                          the mean grey of the image; hue rotates H in HSV); they run on float pixels in [0, 255]
                          without rounding between ops.
 
+* `augment_train_batch` - the whole train transform of uint8 [B, H, W, 3] store pixels: on the CPU the fused
+                         kernel `proxynas_fast::augment_crops` when the extension has it, else (and on a GPU) the
+                         tensor ops above followed by the normalisation (`train_batch_tensor_ops`, the kernel's
+                         reference).
+
 Every random draw comes from a CPU generator (`draw_train_params`), so a CPU and a CUDA run with the same seed get
 the same parameters, and a test can replay them one image at a time.
 """
@@ -24,6 +29,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from proxynas_fast import extension
+from proxynas_fast.loaders.augment import normalize
+from proxynas_fast.ops import augment_crops as fused
 
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
 CROP_ATTEMPTS = 10
@@ -232,3 +241,26 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
             else:
                 _COLOR_FUNCTIONS[op](run, run_factors)
     return x
+
+
+def train_batch_tensor_ops(pixels: torch.Tensor, params: TrainParams, size: int, scale: torch.Tensor,
+                           shift: torch.Tensor, workspace: Workspace | None = None) -> torch.Tensor:
+    """float32 [B, 3, size, size]: uint8 [B, H, W, 3] `pixels` cropped, resized and flipped (`resample_boxes`),
+    jittered (`color_jitter`) and normalised (`x * scale - shift`, scale and shift [1, 3, 1, 1]), as tensor ops on
+    the pixels' device (colour ops on a batch arranged by `grouping_index` run in place on its slices)."""
+    images = pixels.permute(0, 3, 1, 2).float()
+    x = resample_boxes(images, params.boxes, size, params.flip)
+    x = color_jitter(x, params.factors, params.order, workspace)
+    return normalize(x, scale, shift).contiguous()  # x holds [0, 255] levels, as normalize expects
+
+
+def augment_train_batch(pixels: torch.Tensor, params: TrainParams, size: int, scale: torch.Tensor,
+                        shift: torch.Tensor, workspace: Workspace | None = None) -> torch.Tensor:
+    """`train_batch_tensor_ops`'s result; on the CPU from the fused kernel in one pass per image when the compiled
+    extension has it (without it: the tensor ops and one warning)."""
+    if pixels.device.type == "cpu":
+        if fused.kernel_available(pixels.device):
+            return fused.augment_crops(pixels, params.boxes, params.flip.to(torch.bool), params.factors,
+                                       params.order.to(torch.int64), size, scale, shift)
+        extension.warn_fallback("augment_crops", pixels.device)
+    return train_batch_tensor_ops(pixels, params, size, scale, shift, workspace)

@@ -2,7 +2,8 @@
 
 On construction the loader opens its files' image store (`image_store.py`), decoding the files on
 `num_threads` threads the first time; every epoch then reads uint8 images from the store's memory maps and runs
-the transforms on whole batches on the loader's device (`batch_augment.py`):
+the transforms on whole batches on the loader's device (`batch_augment.py`; on the CPU the train transforms are
+one fused kernel, `proxynas_fast::augment_crops`):
 
 * train: RandomResizedCrop to S (torchvision's sampling on the stored square), horizontal flip, ColorJitter with
   a random op order per image, ImageNet normalisation.  A batch is arranged so that images sharing an op order
@@ -19,7 +20,7 @@ from dataclasses import replace
 import torch
 
 from proxynas_fast.loaders.augment import normalization_constants, normalize
-from proxynas_fast.loaders.batch_augment import (TrainParams, Workspace, centre_boxes, color_jitter,
+from proxynas_fast.loaders.batch_augment import (TrainParams, Workspace, augment_train_batch, centre_boxes,
                                                  draw_train_params, grouping_index, resample_boxes)
 from proxynas_fast.loaders.image_store import DEFAULT_STORE_SIZE, ImageStore, StoreBuild, open_store
 from proxynas_fast.loaders.imagenet_base import (CROP_AREA, CROP_RATIO, EVAL_RESIZE_RATIO, IMAGENET_MEAN,
@@ -68,18 +69,17 @@ class StoreImageNetLoader(ImageNetLoader):
             batch = batch[arranged]
             params = TrainParams(params.boxes[arranged], params.flip[arranged], params.factors[arranged],
                                  params.order[arranged])
-            boxes, flip = params.boxes, params.flip
-        else:
-            boxes, flip = centre_boxes(len(batch), stored, stored, 1 / EVAL_RESIZE_RATIO), None
         store_positions = [self._positions[i] for i in batch.tolist()]
         pixels = torch.from_numpy(self.store.gather(store_positions))
         on_gpu = self.device.type == "cuda"
-        images = pixels.to(self.device, non_blocking=on_gpu).permute(0, 3, 1, 2).float()
-        x = resample_boxes(images, boxes, size, flip)
-        if self.train:
-            x = color_jitter(x, params.factors, params.order, self._workspace)
+        pixels = pixels.to(self.device, non_blocking=on_gpu)
+        labels = self._labels[batch].to(self.device, non_blocking=on_gpu)
+        if self.train:  # on the CPU one fused pass per image (batch_augment.augment_train_batch)
+            return augment_train_batch(pixels, params, size, self._scale, self._shift, self._workspace), labels
+        boxes = centre_boxes(len(batch), stored, stored, 1 / EVAL_RESIZE_RATIO)
+        x = resample_boxes(pixels.permute(0, 3, 1, 2).float(), boxes, size)
         x = normalize(x, self._scale, self._shift)  # x holds [0, 255] levels, as normalize expects
-        return x.contiguous(), self._labels[batch].to(self.device, non_blocking=on_gpu)
+        return x.contiguous(), labels
 
 
 def _without_check(options: ImageNetLoaderOptions) -> ImageNetLoaderOptions:
