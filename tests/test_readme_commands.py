@@ -103,7 +103,7 @@ def test_quick_start_search_runs_twice(cifar10_jpeg_dir, reference_entropy_dir, 
     argv = [paths.get(before, a) for before, a in zip([None, *argv], argv)]
     tiny = ["--count", "64", "--batch-size", "16", "--layers", "3", "--init-channels", "4", "--epochs", "1",
             "--no-progress", "--threads", "1"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = child_env()
 
     def search(*extra):
         return subprocess.run([sys.executable, *argv, *tiny, *extra], cwd=REPO, env=env, capture_output=True,
