@@ -283,13 +283,14 @@ def cycle_dodging_imports(edges: List[Edge]) -> List[str]:
 
 
 # Which stage packages each stage package may import (the pipeline's order: data -> scoring -> selection ->
-# search -> training; ops and darts are the search's building blocks). Root modules (atomic, registry,
-# distributed, run_folder...) are for everyone. scoring -> selection: a scorer's training counts forgetting
-# events (selection.forgetting) for the forgetting baseline.
+# search -> training; ops, the compiled kernels, serve any stage (the loaders' augmentation kernel, the search
+# cells); darts is the search's building block). Root modules (atomic, registry, distributed, run_folder...) are
+# for everyone. scoring -> selection: a scorer's training counts forgetting events (selection.forgetting) for the
+# forgetting baseline.
 STAGE_IMPORTS = {
     "ops": set(),
     "data": set(),
-    "loaders": {"data"},
+    "loaders": {"data", "ops"},
     "darts": {"ops"},
     "selection": {"data"},
     "scoring": {"data", "loaders", "ops", "selection"},
