@@ -59,7 +59,7 @@ def atomic_write(path, write: Callable[[str], None], keep_previous=None) -> Path
             os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException as e:
-        full = _is_full_disk(e, path.parent)  # measured before the partial file is removed
+        full = _is_full_disk(e, path.parent)  # free space read before the partial file is removed
         if os.path.exists(tmp):
             os.unlink(tmp)
         if full:

@@ -182,7 +182,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor, workspace: Workspace | None
     R = m + C clamp(|6H - 3| - 1, 0, 1), G = m + C clamp(2 - |6H - 2|, 0, 1), B = m + C clamp(2 - |6H - 4|, 0, 1)."""
     r, g, b = x.unbind(1)
     # Every intermediate lives in a workspace and each op writes into it (out= / in place): fresh [B, H, W]
-    # temporaries cost a page fault per 4 KiB on the CPU, which measured several times the arithmetic.
+    # temporaries cost a page fault per 4 KiB on the CPU, which costs more than the arithmetic itself.
     workspace = workspace or Workspace()
     value, low, chroma, h6, tmp = workspace.get("hue", (5, *r.shape), x.dtype, x.device).unbind(0)
     is_max = workspace.get("hue_flags", r.shape, torch.bool, x.device)
