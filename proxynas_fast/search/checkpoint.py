@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from proxynas_fast.atomic import atomic_torch_save
+from proxynas_fast.darts.genotypes import genotype_to_dict
+from proxynas_fast.rng import capture_rng_state, restore_rng_state
 from proxynas_fast.safe_load import UnsafeFileError, load_plain
 
 from .errors import SearchError
@@ -27,6 +29,37 @@ def save_checkpoint(path, state: Dict[str, Any]) -> None:
     """torch.save into a temporary file beside `path`, fsync, then rename over it: a reader (or a resume
     after a crash) sees the old checkpoint or the new one, never a partial file."""
     atomic_torch_save(dict(state, format_version=FORMAT_VERSION), path)
+
+
+def checkpoint_state(parts, loaders, epochs_done: int, config) -> Dict[str, Any]:
+    """What checkpoint.pt holds after `epochs_done` epochs: `parts` (the search's model, optimisers, schedule and
+    architect), the loaders' positions, the RNG states and the options (`config.to_dict()`)."""
+    return {
+        "epochs_done": epochs_done,
+        "config": config.to_dict(),
+        "model": parts.model.state_dict(),
+        "arch": parts.model.arch_state(),
+        "optimizer": parts.optimizer.state_dict(),
+        "arch_optimizer": parts.architect.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "loaders": {k: loader.state_dict() for k, loader in loaders.items()},
+        "rng": capture_rng_state(),
+        "genotype": genotype_to_dict(parts.model.genotype()),
+    }
+
+
+def restore_state(state: Dict[str, Any], parts, loaders) -> int:
+    """Put a checkpoint's state back into `parts` and the loaders, and the RNGs; the epochs it had done."""
+    parts.model.load_state_dict(state["model"])
+    parts.model.load_arch_state(state["arch"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.architect.optimizer.load_state_dict(state["arch_optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    for key, loader in loaders.items():
+        if key in state["loaders"]:
+            loader.load_state_dict(state["loaders"][key])
+    restore_rng_state(state["rng"])
+    return int(state["epochs_done"])
 
 
 def load_checkpoint(path, map_location: Any = "cpu") -> Dict[str, Any]:

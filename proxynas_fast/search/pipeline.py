@@ -26,7 +26,6 @@ from proxynas_fast.entropy_file import EntropyTable, read_entropy_file, write_en
 from proxynas_fast.loaders import ResidentLoader, build_imagenet_loader, select_files
 from proxynas_fast.loaders.imagenet import LoaderBackendError, check_backend
 from proxynas_fast.loaders.sharding import derived_seed
-from proxynas_fast.rng import capture_rng_state, restore_rng_state
 from proxynas_fast.run_folder import check_output_dir
 from proxynas_fast.scorer_weights import scorer_weights_source
 from proxynas_fast.scoring import CheckpointError, load_scorer, score_dataset
@@ -334,34 +333,6 @@ def build_components(config: SearchConfig, num_classes: int, device: torch.devic
     return SearchComponents(model, wrap_model(model, ctx), criterion, optimizer, scheduler, architect)
 
 
-def checkpoint_state(parts: SearchComponents, loaders, epochs_done: int, config: SearchConfig) -> Dict[str, Any]:
-    return {
-        "epochs_done": epochs_done,
-        "config": config.to_dict(),
-        "model": parts.model.state_dict(),
-        "arch": parts.model.arch_state(),
-        "optimizer": parts.optimizer.state_dict(),
-        "arch_optimizer": parts.architect.optimizer.state_dict(),
-        "scheduler": parts.scheduler.state_dict(),
-        "loaders": {k: loader.state_dict() for k, loader in loaders.items()},
-        "rng": capture_rng_state(),
-        "genotype": genotype_to_dict(parts.model.genotype()),
-    }
-
-
-def restore_state(state: Dict[str, Any], parts: SearchComponents, loaders) -> int:
-    parts.model.load_state_dict(state["model"])
-    parts.model.load_arch_state(state["arch"])
-    parts.optimizer.load_state_dict(state["optimizer"])
-    parts.architect.optimizer.load_state_dict(state["arch_optimizer"])
-    parts.scheduler.load_state_dict(state["scheduler"])
-    for key, loader in loaders.items():
-        if key in state["loaders"]:
-            loader.load_state_dict(state["loaders"][key])
-    restore_rng_state(state["rng"])
-    return int(state["epochs_done"])
-
-
 def _metrics(prefix: str, m: Optional[EpochMetrics]) -> Dict[str, Optional[float]]:
     """The epoch record's entries of `m`; None (a skipped validation): loss and accuracy None, 0 seconds."""
     if m is None:
@@ -534,7 +505,7 @@ def _begin_epochs(config: SearchConfig, ctx: DistContext, log: outputs.RunLog, d
     if data.saved_state is None:
         _log_start(config, ctx, log, data, loaders, backend)
         return 0
-    start_epoch = restore_state(data.saved_state, parts, loaders)
+    start_epoch = ckpt.restore_state(data.saved_state, parts, loaders)
     # A checkpoint of an earlier version may hold a diverged network; nothing (a genotype) is made from it.
     stop_if_diverged(f"--resume: {data.checkpoint_path} (after epoch {start_epoch})",
                      {"alphas": parts.model.arch_parameters(), "weights": floating_state(parts.model)},
@@ -573,7 +544,7 @@ def _save_epoch(config: SearchConfig, parts: SearchComponents, loaders, split: P
                                    if k.startswith(("train_", "val_", "lr")) and v is not None})
     with times.phase("outputs", "checkpoints"):
         ckpt.save_checkpoint(out_dir / ckpt.CHECKPOINT_NAME, dict(
-            checkpoint_state(parts, loaders, epochs_done, config),
+            ckpt.checkpoint_state(parts, loaders, epochs_done, config),
             proxy=ckpt.proxy_fingerprint(split.weights, split.arch)))
     write_results(out_dir, parts, config, epochs_done, times)
 
