@@ -9,38 +9,30 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from proxynas_fast.darts import Architect
 from proxynas_fast.darts.genotypes import genotype_to_dict
-from proxynas_fast.data import dataset_info, load_dataset, materialize
 from proxynas_fast.divergence import describe_kept, floating_state, stop_if_diverged
-from proxynas_fast.entropy_file import EntropyTable, read_entropy_file, write_entropy_file
-from proxynas_fast.loaders import ResidentLoader, build_imagenet_loader, select_files
 from proxynas_fast.loaders.imagenet import LoaderBackendError, check_backend
-from proxynas_fast.loaders.sharding import derived_seed
 from proxynas_fast.run_folder import check_output_dir
-from proxynas_fast.scorer_weights import scorer_weights_source
-from proxynas_fast.scoring import CheckpointError, load_scorer, score_dataset
-from proxynas_fast.selection import PROXY_FILES, get_selector, select, split_proxy, write_proxy_files
-from proxynas_fast.threads import current_load, threads_for_load, usable_cores
 
 from . import checkpoint as ckpt
 from . import outputs
-from .config import PRESETS, SearchConfig, default_backend
-from .distributed import (DistContext, RanksLost, barrier, broadcast_, broadcast_object, convert_sync_batchnorm,
-                          max_difference_from_rank0, process_group, restarted_by_torchrun, wrap_model)
+from .components import SearchComponents, build_components, configure_determinism, seed_everything
+from .config import SearchConfig, default_backend
+from .data_setup import build_loaders, decode_seconds, load_train_set, proxy_examples
+from .distributed import (DistContext, RanksLost, barrier, max_difference_from_rank0, process_group,
+                          restarted_by_torchrun)
 from .errors import SearchError
 from .loop import EpochMetrics, train_epoch, validate
+from .proxy_dir import read_proxy_dir
+from .proxy_prep import ProxySplit, prepare_split
 from .run_ownership import interrupted_message, own_search_output, protected_run, resume_differences
-from .proxy_dir import ProxyFolder, check_proxy_matches, read_proxy_dir, write_proxy_copy
 from .steps import SearchSteps
 from .strategies import get_strategy
 from .timing import PhaseTimes, describe_split
@@ -49,27 +41,6 @@ from .timing import PhaseTimes, describe_split
 RESUME_MAY_DIFFER = {"proxy",  # a resume reads the copy of the proxy files saved in --out
                      "resume", "progress", "tensorboard", "log_every", "data_dir", "loader_backend", "device",
                      "download", "cuda_graphs", "dist_timeout", "loader_threads"}
-SCORED_ENTROPY_NAME = "entropy.txt"
-
-
-@dataclass
-class ProxySplit:
-    """The proxy set by data-set index (sorted), and its weight / architecture halves."""
-
-    selected: np.ndarray
-    weights: np.ndarray
-    arch: np.ndarray
-    entropy_source: Optional[str] = None  # the entropy file used (None: random selection without one)
-
-
-@dataclass
-class SearchComponents:
-    model: nn.Module
-    forward_model: nn.Module  # DDP wrapper, or the model
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    architect: Any
 
 
 @dataclass
@@ -84,25 +55,6 @@ class SearchResult:
     loaders: Dict[str, Any] = field(default_factory=dict)
     history: list = field(default_factory=list)  # the per-epoch log records of this invocation
     model: Optional[nn.Module] = None
-
-
-# ----------------------------------------------------------------------------------------------- setup
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def configure_determinism(deterministic: bool, device: torch.device) -> None:
-    """--deterministic: deterministic kernels everywhere; on CUDA, ops without one only warn (bitwise equality
-    is promised on CPU). Otherwise let cuDNN pick the fastest algorithms."""
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
 
 
 def check_out_dir(config: SearchConfig) -> Optional[Dict[str, Any]]:
@@ -134,205 +86,6 @@ def check_out_dir(config: SearchConfig) -> Optional[Dict[str, Any]]:
     return saved
 
 
-def needs_all_images(config: SearchConfig) -> bool:
-    """Whether the run reads the pixels of every training example: to score them (--scorer-checkpoint without
-    --entropy-file or --proxy), or for a selector with per-example options (kcenter: features of a scorer pass).
-    Otherwise a JPEG folder loads lazily and only the proxy's images are decoded (`proxy_examples`)."""
-    if config.proxy:
-        return False
-    if config.scorer_checkpoint and not config.entropy_file:
-        return True
-    return bool(config.selection) and bool(get_selector(config.selection).per_example_options)
-
-
-def load_train_set(config: SearchConfig):
-    """The training set: decoded whole when `needs_all_images`, else (an image folder) decoded on demand."""
-    data_dir = config.data_dir
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise SearchError(f"--data-dir {data_dir} does not exist (or is not a folder)")
-    return load_dataset(config.dataset, data_dir, "train", download=config.download,
-                        lazy=not needs_all_images(config))
-
-
-# --------------------------------------------------------------------------------------- entropy + proxy
-def check_entropy_matches(table: EntropyTable, dataset, dataset_name: str) -> EntropyTable:
-    """The table sorted by index, after checking it covers the data set's examples 0..N-1 with its labels."""
-    t = table.sorted_by_index()
-    n = len(dataset)
-    where = f"the {dataset_name} training set ({n} examples)"
-    m = min(len(t), n)
-    bad = np.flatnonzero(t.index[:m] != np.arange(m))
-    if bad.size or len(t) != n:
-        if bad.size:
-            p = int(bad[0])
-            first = p if t.index[p] > p else int(t.index[p])
-            why = (f"index {first} is missing from the file" if t.index[p] > p
-                   else f"index {first} is not an example of the data set")
-        elif len(t) < n:
-            first, why = len(t), f"indices {len(t)}..{n - 1} are missing from the file"
-        else:
-            first, why = int(t.index[n]), f"index {int(t.index[n])} is beyond the data set"
-        raise SearchError(f"entropy file {table.path} has {len(t)} entries but {where} needs one per example; "
-                          f"first mismatching index {first}: {why}")
-    labels = np.asarray(dataset.labels, dtype=np.int64)
-    wrong = np.flatnonzero(t.label != labels)
-    if wrong.size:
-        i = int(wrong[0])
-        raise SearchError(f"entropy file {table.path}: labels disagree with {where} at {wrong.size} example(s); "
-                          f"first mismatching index {i}: label {int(t.label[i])} in the file, "
-                          f"{int(labels[i])} in the data set (a file for another data set or order?)")
-    return t
-
-
-def score_training_set(config: SearchConfig, dataset, out_dir: Path, ctx: DistContext) -> Path:
-    """Entropy file for --scorer-checkpoint: every rank scores a shard of the training set (gathered in index
-    order), rank 0 writes --out/entropy.txt; a resumed or repeated run reuses that file."""
-    path = out_dir / SCORED_ENTROPY_NAME
-    if broadcast_object(path.is_file(), ctx):  # rank 0's view, taken before anyone writes it
-        return path
-    ckpt_path = Path(config.scorer_checkpoint)
-    if not ckpt_path.is_file():
-        raise SearchError(f"--scorer-checkpoint {ckpt_path} does not exist; {scorer_weights_source(config.dataset)}")
-    info = dataset_info(config.dataset)
-    arch = config.scorer_arch or info.scorer_arch
-    try:
-        scorer = load_scorer(arch, ckpt_path, dataset.num_classes)
-    except (CheckpointError, ValueError) as e:
-        raise SearchError(f"--scorer-checkpoint: {e}") from None
-    result = score_dataset(scorer, dataset, mean=info.scorer_mean, std=info.scorer_std, device=ctx.device,
-                           bin_width=info.bin_width, image_size=config.image_size or 224)
-    if ctx.is_main:
-        write_entropy_file(path, np.arange(len(result.entropy)), result.entropy, result.labels)
-        print(f"scored {len(result.entropy)} {config.dataset} examples with {arch} ({ckpt_path}): top-1 "
-              f"{100 * result.top1:.2f}% -> {path}", flush=True)
-    barrier(ctx)
-    return path
-
-
-def select_proxy(config: SearchConfig, dataset, entropy_path: Optional[Path]) -> tuple:
-    """(ProxySplit, table): the selected data-set indices and their halves; `table` has one row per example
-    (entropy NaN when selecting at random without an entropy file)."""
-    n = len(dataset)
-    labels = np.asarray(dataset.labels, dtype=np.int64)
-    if entropy_path is not None:
-        table = check_entropy_matches(read_entropy_file(entropy_path), dataset, config.dataset)
-        values = table.entropy
-    else:
-        table = EntropyTable(np.arange(n, dtype=np.int64), np.full(n, np.nan), labels, "<none>")
-        values = np.zeros(n)  # `random` ignores the values
-    try:
-        positions = select(config.selection, values, portion=config.portion, count=config.count, labels=labels,
-                           seed=config.seed, bin_width=config.bin_width, dataset=config.dataset,
-                           **config.selection_options)
-        weights, arch = split_proxy(positions, config.weight_fraction, config.seed)
-    except ValueError as e:
-        raise SearchError(f"proxy selection ({config.selection}): {e}") from None
-    split = ProxySplit(positions, weights, arch, str(entropy_path) if entropy_path is not None else None)
-    return split, table
-
-
-def read_saved_split(out_dir: Path) -> Optional[ProxySplit]:
-    """The halves written by an earlier run of this --out (resume uses exactly those examples)."""
-    paths = {k: out_dir / name for k, name in PROXY_FILES.items()}
-    if not all(p.is_file() for p in paths.values()):
-        return None
-    read = {k: read_entropy_file(p, allow_nonfinite=True).index for k, p in paths.items()}
-    return ProxySplit(np.sort(read["all"]), np.sort(read["weights"]), np.sort(read["arch"]))
-
-
-def check_batches_fit(config: SearchConfig, split: ProxySplit, world_size: int) -> None:
-    need = config.batch_size * world_size
-    if min(len(split.weights), len(split.arch)) < need:
-        size = (f"--proxy {config.proxy}" if config.proxy else
-                f"--count {config.count}" if config.count is not None else f"--portion {config.portion}")
-        raise SearchError(
-            f"{size} selects {len(split.selected)} examples of {config.dataset} ({len(split.weights)} for the "
-            f"weights, {len(split.arch)} for the architecture), but with --batch-size {config.batch_size} on "
-            f"{world_size} process(es) each half needs at least {need} examples for one batch; "
-            + _batch_fit_hint(config, min(len(split.weights), len(split.arch)) // world_size))
-
-
-def _batch_fit_hint(config: SearchConfig, largest: int) -> str:
-    """How to make a batch fit: the largest --batch-size that does, or a larger proxy."""
-    spec = PRESETS[config.preset]
-    preset = (f" (--preset {config.preset} sets --batch-size {spec['common']['batch_size']} for the full "
-              f"{spec['fixed']['dataset']} training set)" if "fixed" in spec else "")
-    if largest < 1:
-        return "raise --portion/--count"
-    return f"pass --batch-size {largest} or less{preset}, or raise --portion/--count"
-
-
-# --------------------------------------------------------------------------------------------- loaders
-def proxy_examples(dataset, split: ProxySplit) -> Tuple[Any, ProxySplit]:
-    """(the examples of both halves, in index order; the split re-indexed into them). Of a lazily loaded image
-    folder only these are decoded (a corrupt file elsewhere is never read); the halves keep their examples and
-    their order, so the loaders draw the same batches as over the whole set."""
-    needed = np.union1d(split.weights, split.arch)
-    if np.array_equal(needed, np.arange(len(dataset))):
-        return materialize(dataset), split
-    local = ProxySplit(np.arange(len(needed)), np.searchsorted(needed, split.weights),
-                       np.searchsorted(needed, split.arch), split.entropy_source)
-    return dataset.subset(needed), local
-
-
-def build_loaders(config: SearchConfig, dataset, split: ProxySplit, *, rank: int, world_size: int,
-                  device: torch.device) -> Dict[str, Any]:
-    """{"weights", "arch"}: augmented, shuffled training batches of each half (incomplete batches dropped);
-    {"eval"}: the architecture half without augmentation, for the per-epoch validation. The loaders receive only
-    the proxy's examples (`proxy_examples`)."""
-    dataset, split = proxy_examples(dataset, split)
-    common = dict(device=device, rank=rank, world_size=world_size)
-    seeds = {"weights": derived_seed(config.seed, 1), "arch": derived_seed(config.seed, 2), "eval": 0}
-    parts = {"weights": split.weights, "arch": split.arch, "eval": split.arch}
-    loaders = {}
-    if config.dataset == "imagenet":
-        threads = config.loader_threads or free_cores()
-        for key, part in parts.items():
-            files, labels = select_files(dataset.files, dataset.labels, part)
-            train = key != "eval"
-            loaders[key] = build_imagenet_loader(
-                files, labels, config.batch_size, train=train, backend=config.loader_backend,
-                seed=seeds[key], image_size=config.image_size or 224, drop_last=train, num_threads=threads,
-                store_size=config.store_size, **common)
-    else:
-        for key, part in parts.items():
-            train = key != "eval"
-            loaders[key] = ResidentLoader(
-                dataset.images, dataset.labels, config.batch_size, train=train, mean=dataset.mean,
-                std=dataset.std, pad=4, flip=True, cutout=config.cutout if train else 0, shuffle=train,
-                drop_last=train, seed=seeds[key], indices=part, **common)
-    return loaders
-
-
-# ----------------------------------------------------------------------------------------------- model
-def free_cores() -> int:
-    """The cores the other jobs on this machine leave free (at least 1): the default --loader-threads."""
-    return threads_for_load(usable_cores(), current_load())
-
-
-def decode_seconds(loaders: Dict[str, Any]) -> float:
-    """Seconds the loaders spent building their image stores (decoding the proxy's files once)."""
-    return sum(loader.store_build.seconds for loader in loaders.values() if hasattr(loader, "store_build"))
-
-
-def build_components(config: SearchConfig, num_classes: int, device: torch.device, ctx: DistContext,
-                     backend: str) -> SearchComponents:
-    strategy = get_strategy(config.strategy)
-    criterion = nn.CrossEntropyLoss().to(device)
-    model = strategy.build_model(dataset=config.dataset, C=config.init_channels, num_classes=num_classes,
-                                 layers=config.layers, criterion=criterion, backend=backend).to(device)
-    if config.sync_bn and ctx.enabled:  # before DDP and the optimizer see the modules
-        convert_sync_batchnorm(model)
-    broadcast_(model.arch_parameters(), ctx)  # same start everywhere (DDP broadcasts the weights)
-    # foreach: one call per update stage for all weights (torch's CPU default loops over the ~500 tensors in
-    # Python); the same updates, bitwise
-    optimizer = torch.optim.SGD(model.weights_parameters(), config.learning_rate, momentum=config.momentum,
-                                weight_decay=config.weight_decay, foreach=True)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs, eta_min=config.learning_rate_min)
-    architect = Architect(model, config)
-    return SearchComponents(model, wrap_model(model, ctx), criterion, optimizer, scheduler, architect)
-
-
 def _metrics(prefix: str, m: Optional[EpochMetrics]) -> Dict[str, Optional[float]]:
     """The epoch record's entries of `m`; None (a skipped validation): loss and accuracy None, 0 seconds."""
     if m is None:
@@ -361,7 +114,6 @@ def write_results(out_dir: Path, parts: SearchComponents, config: SearchConfig, 
     return genotype
 
 
-# ------------------------------------------------------------------------------------------------ main
 def run_search(config: SearchConfig, *, init_method: Optional[str] = None, rank: Optional[int] = None,
                world_size: Optional[int] = None) -> SearchResult:
     """Run the whole pipeline; under torchrun (or with init_method/rank/world_size) as one of several ranks."""
@@ -377,60 +129,6 @@ def run_search(config: SearchConfig, *, init_method: Optional[str] = None, rank:
 def _say(ctx: DistContext, text: str) -> None:
     if ctx.is_main:
         print(text, flush=True)
-
-
-def _split_from_proxy_folder(config: SearchConfig, dataset, out_dir: Path, ctx: DistContext,
-                             proxy: ProxyFolder) -> ProxySplit:
-    """The halves of --proxy DIR, checked against the data set; rank 0 keeps a copy in --out."""
-    check_proxy_matches(proxy, dataset.labels, config.dataset)
-    split = ProxySplit(proxy.selected, proxy.weights, proxy.arch, None)
-    check_batches_fit(config, split, ctx.world_size)
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_proxy_copy(out_dir, proxy)
-    return split
-
-
-def entropy_source(config: SearchConfig, dataset, out_dir: Path, ctx: DistContext) -> Optional[Path]:
-    """The entropy file to select by: --entropy-file, else the training set scored with --scorer-checkpoint,
-    else None (random selection)."""
-    if config.entropy_file:
-        return Path(config.entropy_file)
-    if config.scorer_checkpoint:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return score_training_set(config, dataset, out_dir, ctx)
-    return None
-
-
-def _select_and_write(config: SearchConfig, dataset, out_dir: Path, ctx: DistContext,
-                      entropy_path: Optional[Path]) -> ProxySplit:
-    split, table = select_proxy(config, dataset, entropy_path)
-    check_batches_fit(config, split, ctx.world_size)
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_proxy_files(out_dir, table, split.selected, fraction=config.weight_fraction, seed=config.seed)
-    return split
-
-
-def prepare_split(config: SearchConfig, dataset, out_dir: Path, ctx: DistContext, resuming: bool,
-                  proxy: Optional[ProxyFolder] = None, times: Optional[PhaseTimes] = None) -> ProxySplit:
-    """The proxy halves: those saved in --out when resuming, else those of --proxy DIR (`proxy`, read and
-    checked), else entropies -> selection -> split (rank 0 writes the proxy files). Timed as data `score`
-    (scoring the training set) and `select` (the rest)."""
-    times = times or PhaseTimes()
-    with times.phase("data", "select"):
-        split = read_saved_split(out_dir) if resuming else None
-        if split is None and config.proxy and proxy is None:
-            proxy = read_proxy_dir(config.proxy)
-        if split is None and proxy is not None:
-            split = _split_from_proxy_folder(config, dataset, out_dir, ctx, proxy)
-    if split is None:
-        with times.phase("data", "score"):
-            entropy_path = entropy_source(config, dataset, out_dir, ctx)
-        with times.phase("data", "select"):
-            split = _select_and_write(config, dataset, out_dir, ctx, entropy_path)
-    check_batches_fit(config, split, ctx.world_size)
-    return split
 
 
 @dataclass
