@@ -173,7 +173,7 @@ def test_list_strategies(capsys):
 
 def test_resume_refuses_changed_options(tmp_path):
     from proxynas_fast.search.outputs import write_config
-    from proxynas_fast.search.pipeline import check_out_dir
+    from proxynas_fast.search.resume import check_out_dir
 
     out = tmp_path / "run"
     saved = resolve_config(dict(BASE, out=str(out), epochs=3))

@@ -35,8 +35,9 @@ def main(argv=None) -> int:
     from proxynas_fast.loaders import ImageFileError
     from proxynas_fast.loaders.image_store import ImageStoreError
 
-    from .pipeline import RESUME_MAY_DIFFER, run_search
-    from .run_ownership import finished_run_message, interrupted_message
+    from .pipeline import run_search
+    from .resume import RESUME_MAY_DIFFER, finished_run_message
+    from .run_ownership import interrupted_message
 
     print(f"threads: {threads.describe()}", flush=True)
 

@@ -22,6 +22,8 @@ from proxynas_fast.safe_load import UnsafeFileError, load_plain
 from .errors import SearchError
 
 CHECKPOINT_NAME = "checkpoint.pt"
+
+
 FORMAT_VERSION = 1
 
 
@@ -109,21 +111,3 @@ def proxy_fingerprint(weights, arch) -> Dict[str, Any]:
         h.update(a.tobytes())
         h.update(b"|")
     return {"weights": int(len(weights)), "arch": int(len(arch)), "sha1": h.hexdigest()[:16]}
-
-
-def check_same_proxy(state: Dict[str, Any], weights, arch, path, proxy_folder) -> None:
-    """Refuse to resume a checkpoint on other proxy halves than the ones it was trained on (the proxy files in
-    --out replaced or edited). Checkpoints written before the fingerprint existed are checked by size."""
-    now = proxy_fingerprint(weights, arch)
-    saved = state.get("proxy")
-    if saved is None:
-        sizes = {k: (state.get("loaders", {}).get(k) or {}).get("num_examples") for k in ("weights", "arch")}
-        saved = {k: v for k, v in sizes.items() if v is not None}
-        now = {k: now[k] for k in saved}
-    if saved != now:
-        def show(f):
-            return f"{f.get('weights', '?')} weights / {f.get('arch', '?')} architecture examples" + (
-                f", hash {f['sha1']}" if "sha1" in f else "")
-
-        raise SearchError(f"--resume: the proxy files in {proxy_folder} ({show(now)}) are not those {path} was "
-                          f"trained on ({show(saved)}); put the run's proxy files back or start a new --out")

@@ -1,12 +1,12 @@
 """The whole search pipeline: entropies (read, or scored) -> proxy selection -> 50/50 split -> search.
 
 `run_search(config)` runs it in this process; under torchrun every process calls it and they cooperate
-(DDP). Output files are described in `outputs.py`; resuming is described in `checkpoint.py`. Of a JPEG
-folder only the proxy's images are decoded, unless the run scores the whole training set (`needs_all_images`).
+(DDP). This module orchestrates the run and its epochs; the pieces live beside it: proxy preparation in
+`proxy_prep.py`, the training set and loaders in `data_setup.py`, the network and optimisers in `components.py`,
+checkpoint contents in `checkpoint.py`, resuming in `resume.py`, output files in `outputs.py`.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 from dataclasses import dataclass, field
@@ -19,28 +19,22 @@ import torch.nn as nn
 from proxynas_fast.darts.genotypes import genotype_to_dict
 from proxynas_fast.divergence import describe_kept, floating_state, stop_if_diverged
 from proxynas_fast.loaders.imagenet import LoaderBackendError, check_backend
-from proxynas_fast.run_folder import check_output_dir
 
 from . import checkpoint as ckpt
 from . import outputs
 from .components import SearchComponents, build_components, configure_determinism, seed_everything
 from .config import SearchConfig, default_backend
 from .data_setup import build_loaders, decode_seconds, load_train_set, proxy_examples
-from .distributed import (DistContext, RanksLost, barrier, max_difference_from_rank0, process_group,
-                          restarted_by_torchrun)
+from .distributed import DistContext, RanksLost, barrier, max_difference_from_rank0, process_group
 from .errors import SearchError
 from .loop import EpochMetrics, train_epoch, validate
 from .proxy_dir import read_proxy_dir
 from .proxy_prep import ProxySplit, prepare_split
-from .run_ownership import interrupted_message, own_search_output, protected_run, resume_differences
+from .resume import check_out_dir, read_resume_state, restore_run, resume_if_restarted
+from .run_ownership import interrupted_message, own_search_output
 from .steps import SearchSteps
 from .strategies import get_strategy
 from .timing import PhaseTimes, describe_split
-
-# Fields that may change between a run and its resume without changing its result.
-RESUME_MAY_DIFFER = {"proxy",  # a resume reads the copy of the proxy files saved in --out
-                     "resume", "progress", "tensorboard", "log_every", "data_dir", "loader_backend", "device",
-                     "download", "cuda_graphs", "dist_timeout", "loader_threads"}
 
 
 @dataclass
@@ -57,35 +51,6 @@ class SearchResult:
     model: Optional[nn.Module] = None
 
 
-def check_out_dir(config: SearchConfig) -> Optional[Dict[str, Any]]:
-    """Refuse to overwrite another run; on --resume, check the saved configuration matches. Returns the saved
-    configuration (or None)."""
-    out = check_output_dir(config.out)
-    saved_path = out / outputs.CONFIG_NAME
-    if not protected_run(out):
-        return None  # no checkpoint yet (e.g. a failed start-up): nothing to protect or resume
-    if not config.resume:
-        missing = "" if saved_path.is_file() else f", its {outputs.CONFIG_NAME} is missing"
-        raise SearchError(f"--out {config.out} already holds a search ({out / ckpt.CHECKPOINT_NAME}{missing}); pass "
-                          "--resume to continue it or choose another --out")
-    if not saved_path.is_file():
-        return None  # the checkpoint alone: it holds what is resumed
-    try:
-        saved = json.loads(saved_path.read_text())
-    except (OSError, ValueError) as e:
-        raise SearchError(f"--resume: {saved_path} cannot be read ({e}); it says which options the run used") from None
-    mine = config.to_dict()
-    # Options added since the run was saved had their defaults then (e.g. sync_bn: off).
-    saved = {**{k: v for k, v in SearchConfig(config.dataset, config.out).to_dict().items() if k not in saved},
-             **saved}
-    differ = resume_differences(saved, mine, RESUME_MAY_DIFFER)
-    if differ:
-        detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {mine.get(k)!r}" for k in differ[:6])
-        raise SearchError(f"--resume: the options differ from the run saved in {saved_path} ({detail}); "
-                          "resume with the same options or choose another --out")
-    return saved
-
-
 def _metrics(prefix: str, m: Optional[EpochMetrics]) -> Dict[str, Optional[float]]:
     """The epoch record's entries of `m`; None (a skipped validation): loss and accuracy None, 0 seconds."""
     if m is None:
@@ -100,20 +65,6 @@ def validates_after(epoch: int, config: SearchConfig) -> bool:
     return last or (config.validate_every > 0 and (epoch + 1) % config.validate_every == 0)
 
 
-def write_results(out_dir: Path, parts: SearchComponents, config: SearchConfig, epochs_done: int,
-                  times: Optional[PhaseTimes] = None) -> Any:
-    """genotype.json and alphas.pt, then the cell drawings (timed as outputs `genotype` and `graphs`)."""
-    times = times or PhaseTimes()
-    with times.phase("outputs", "genotype"):
-        genotype = parts.model.genotype()
-        outputs.write_genotype(out_dir, genotype, dataset=config.dataset, strategy=config.strategy,
-                               epochs_done=epochs_done, epochs=config.epochs, finished=epochs_done >= config.epochs)
-        outputs.save_alphas(out_dir, parts.model)
-    with times.phase("outputs", "graphs"):
-        outputs.draw_genotype(out_dir, genotype, title_prefix=f"{config.strategy} on {config.dataset}: ")
-    return genotype
-
-
 def run_search(config: SearchConfig, *, init_method: Optional[str] = None, rank: Optional[int] = None,
                world_size: Optional[int] = None) -> SearchResult:
     """Run the whole pipeline; under torchrun (or with init_method/rank/world_size) as one of several ranks."""
@@ -126,7 +77,7 @@ def run_search(config: SearchConfig, *, init_method: Optional[str] = None, rank:
         raise SearchError(f"{e}; {interrupted_message(config.out)}") from None
 
 
-def _say(ctx: DistContext, text: str) -> None:
+def _print_on_rank0(ctx: DistContext, text: str) -> None:
     if ctx.is_main:
         print(text, flush=True)
 
@@ -145,9 +96,8 @@ class _RunData:
 def _start_run(config: SearchConfig, ctx: DistContext) -> str:
     """Check --out (every rank, before rank 0 writes into it), set determinism; the backend the run uses. A job
     torchrun restarted (--max-restarts) continues the checkpoint its failed attempt left, as with --resume."""
-    if restarted_by_torchrun() and not config.resume and protected_run(config.out):
-        config.resume = True
-        _say(ctx, f"torchrun restarted the job: resuming {config.out} from its checkpoint")
+    if resume_if_restarted(config):
+        _print_on_rank0(ctx, f"torchrun restarted the job: resuming {config.out} from its checkpoint")
     check_out_dir(config)
     barrier(ctx)
     configure_determinism(config.deterministic, ctx.device)
@@ -170,8 +120,7 @@ def _load_data(config: SearchConfig, out_dir: Path, ctx: DistContext, times: Pha
     data = _RunData(dataset, split, existing)
     if existing is not None:  # read and checked before any work: a bad checkpoint fails here
         with times.phase("data", "load"):
-            data.saved_state = ckpt.load_checkpoint(existing, map_location=ctx.device)
-        ckpt.check_same_proxy(data.saved_state, split.weights, split.arch, existing, out_dir)
+            data.saved_state = read_resume_state(existing, split, out_dir, ctx.device)
     if ctx.is_main:
         with times.phase("outputs", "config"):
             outputs.write_config(out_dir, config.to_dict())
@@ -192,7 +141,7 @@ def _log_start(config: SearchConfig, ctx: DistContext, log: outputs.RunLog, data
               threads=torch.get_num_threads(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
               steps_per_epoch=min(len(loaders["weights"]), len(loaders["arch"])),
               loaders={k: getattr(v, "backend", type(v).__name__) for k, v in loaders.items()})
-    _say(ctx, f"search {config.strategy} on {len(split.selected)} {config.dataset} examples "
+    _print_on_rank0(ctx, f"search {config.strategy} on {len(split.selected)} {config.dataset} examples "
               f"({len(split.weights)} weights / {len(split.arch)} architecture), {ctx.world_size} process(es) "
               f"on {ctx.device}, backend {backend}, {config.epochs} epochs -> {out_dir}")
 
@@ -203,15 +152,8 @@ def _begin_epochs(config: SearchConfig, ctx: DistContext, log: outputs.RunLog, d
     if data.saved_state is None:
         _log_start(config, ctx, log, data, loaders, backend)
         return 0
-    start_epoch = ckpt.restore_state(data.saved_state, parts, loaders)
-    # A checkpoint of an earlier version may hold a diverged network; nothing (a genotype) is made from it.
-    stop_if_diverged(f"--resume: {data.checkpoint_path} (after epoch {start_epoch})",
-                     {"alphas": parts.model.arch_parameters(), "weights": floating_state(parts.model)},
-                     "start a new --out with a lower --learning-rate or --arch-learning-rate",
-                     "the checkpoint is left as it is")
-    log.truncate_to_epoch(start_epoch)
-    log.write("resume", epochs_done=start_epoch)
-    _say(ctx, f"resuming {Path(config.out)} after epoch {start_epoch}/{config.epochs}")
+    start_epoch = restore_run(data.saved_state, data.checkpoint_path, parts, loaders, log)
+    _print_on_rank0(ctx, f"resuming {Path(config.out)} after epoch {start_epoch}/{config.epochs}")
     return start_epoch
 
 
@@ -244,7 +186,7 @@ def _save_epoch(config: SearchConfig, parts: SearchComponents, loaders, split: P
         ckpt.save_checkpoint(out_dir / ckpt.CHECKPOINT_NAME, dict(
             ckpt.checkpoint_state(parts, loaders, epochs_done, config),
             proxy=ckpt.proxy_fingerprint(split.weights, split.arch)))
-    write_results(out_dir, parts, config, epochs_done, times)
+    outputs.write_results(out_dir, parts.model, config, epochs_done, times)
 
 
 def _run_epochs(config: SearchConfig, ctx: DistContext, parts: SearchComponents, loaders, split: ProxySplit,
@@ -261,7 +203,7 @@ def _run_epochs(config: SearchConfig, ctx: DistContext, parts: SearchComponents,
         history.append(record)
         if ctx.is_main:
             _save_epoch(config, parts, loaders, split, record, log, tb, times)
-        _say(ctx, _epoch_line(config, record))
+        _print_on_rank0(ctx, _epoch_line(config, record))
         barrier(ctx)
     tb.close()
     return history
@@ -276,12 +218,12 @@ def _finish(config: SearchConfig, ctx: DistContext, parts: SearchComponents, log
                  "weights": max_difference_from_rank0(parts.model.weights_parameters(), ctx)}
     if ctx.is_main:
         if start_epoch >= config.epochs:  # resumed a finished run: refresh the outputs
-            write_results(Path(config.out), parts, config, config.epochs, times)
+            outputs.write_results(Path(config.out), parts.model, config, config.epochs, times)
         split = times.split()
         log.write("end", genotype=genotype_to_dict(genotype), seconds=round(split["wall"], 3),
                   world_size=ctx.world_size, rank_max_abs_diff=rank_diff, time_split=split)
-        _say(ctx, f"genotype: {genotype}")
-        _say(ctx, describe_split(split))
+        _print_on_rank0(ctx, f"genotype: {genotype}")
+        _print_on_rank0(ctx, describe_split(split))
     return genotype
 
 
