@@ -10,7 +10,7 @@ from proxynas_fast.darts import (DARTS_CIFAR_SEARCH, PCDARTS_CIFAR_SEARCH, Netwo
 from proxynas_fast.search import (PAPER_DEFAULTS, SearchConfig, SearchError, build_parser, default_backend,
                                   get_strategy, list_strategies, resolve_config)
 from proxynas_fast.search.__main__ import main
-from proxynas_fast.search.config import overrides_from_args
+from proxynas_fast.search.cli_args import overrides_from_args
 
 BASE = {"dataset": "cifar10", "out": "runs/x", "entropy_file": "e.txt"}
 

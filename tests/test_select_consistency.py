@@ -56,7 +56,8 @@ def test_row_order_and_layout_do_not_change_the_selection(cifar10_file, tmp_path
 
 
 def test_select_and_search_share_one_default_seed():
-    from proxynas_fast.search.config import SearchConfig, build_parser as search_parser
+    from proxynas_fast.search.cli_args import build_parser as search_parser
+    from proxynas_fast.search.config import SearchConfig
 
     assert select_parser().parse_args([]).seed == DEFAULT_SEED == SearchConfig("cifar10", "x").seed
     assert f"default {DEFAULT_SEED}" in search_parser().format_help()

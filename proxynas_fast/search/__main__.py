@@ -8,7 +8,8 @@ from proxynas_fast.cli_errors import run_cli
 from proxynas_fast.dependencies import refuse_missing
 from proxynas_fast.threads import configure_threads
 
-from .config import build_parser, overrides_from_args, resolve_config
+from .cli_args import build_parser, overrides_from_args
+from .config import resolve_config
 from .errors import SearchError
 from .strategies import get_strategy, list_strategies
 
