@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
-import torch
 
 from proxynas_fast.atomic import atomic_torch_save
 from proxynas_fast.darts.genotypes import genotype_to_dict

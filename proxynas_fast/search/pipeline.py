@@ -30,7 +30,7 @@ from .errors import SearchError
 from .loop import EpochMetrics, train_epoch, validate
 from .proxy_dir import read_proxy_dir
 from .proxy_prep import ProxySplit, prepare_split
-from .resume import check_out_dir, read_resume_state, restore_run, resume_if_restarted
+from .resume import check_out_dir, checkpoint_to_resume, read_resume_state, restore_run, resume_if_restarted
 from .run_ownership import interrupted_message, own_search_output
 from .steps import SearchSteps
 from .strategies import get_strategy
@@ -112,7 +112,7 @@ def _start_run(config: SearchConfig, ctx: DistContext) -> str:
 def _load_data(config: SearchConfig, out_dir: Path, ctx: DistContext, times: PhaseTimes) -> _RunData:
     """Training set, proxy halves and the checkpoint to resume; rank 0 then writes config.json."""
     with times.phase("data", "load"):
-        existing = ckpt.find_checkpoint(out_dir) if config.resume else None
+        existing = checkpoint_to_resume(config)
         # --proxy is read and checked before the data set loads; a resume uses the copy saved in --out instead.
         proxy = read_proxy_dir(config.proxy) if config.proxy and existing is None else None
         dataset = load_train_set(config)
@@ -142,8 +142,8 @@ def _log_start(config: SearchConfig, ctx: DistContext, log: outputs.RunLog, data
               steps_per_epoch=min(len(loaders["weights"]), len(loaders["arch"])),
               loaders={k: getattr(v, "backend", type(v).__name__) for k, v in loaders.items()})
     _print_on_rank0(ctx, f"search {config.strategy} on {len(split.selected)} {config.dataset} examples "
-              f"({len(split.weights)} weights / {len(split.arch)} architecture), {ctx.world_size} process(es) "
-              f"on {ctx.device}, backend {backend}, {config.epochs} epochs -> {out_dir}")
+                         f"({len(split.weights)} weights / {len(split.arch)} architecture), {ctx.world_size} "
+                         f"process(es) on {ctx.device}, backend {backend}, {config.epochs} epochs -> {out_dir}")
 
 
 def _begin_epochs(config: SearchConfig, ctx: DistContext, log: outputs.RunLog, data: _RunData, parts, loaders,

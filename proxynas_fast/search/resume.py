@@ -7,7 +7,7 @@
   spelling is not the run). `protected_run(out)`: a folder is a run to protect only once it holds a checkpoint.
 - `finished_run_message(config, may_differ)`: when --out holds this same search, finished, the line that says
   where its result is; the CLI then exits 0 without redoing it (a command can be run twice).
-- `read_resume_state(path, split, out_dir, device)`: the checkpoint, read and checked before any work, on the
+- `checkpoint_to_resume(config)`, `read_resume_state(path, split, out_dir, device)`: the checkpoint, read and checked before any work, on the
   same proxy halves it was trained on (`check_same_proxy`: the proxy files in --out not replaced or edited).
 - `restore_run(...)`: state, loaders and RNGs restored (`checkpoint.restore_state`), a diverged checkpoint
   refused, the log cut back to the checkpoint's epoch; the first epoch to run.
@@ -111,6 +111,11 @@ def resume_if_restarted(config: SearchConfig) -> bool:
         config.resume = True
         return True
     return False
+
+
+def checkpoint_to_resume(config: SearchConfig) -> Optional[Path]:
+    """The checkpoint this run continues: --out's, with --resume (None: a fresh start, also when it has none)."""
+    return find_checkpoint(config.out) if config.resume else None
 
 
 def read_resume_state(path: Path, split, out_dir: Path, device) -> Dict[str, Any]:
