@@ -17,7 +17,7 @@ import paper_search_loop as paper  # noqa: E402
 from proxynas_fast.data import ArrayDataset  # noqa: E402
 from proxynas_fast.entropy_file import read_entropy_file  # noqa: E402
 from proxynas_fast.loaders import ResidentLoader  # noqa: E402
-from proxynas_fast.search import pipeline, resolve_config  # noqa: E402
+from proxynas_fast.search import pipeline, proxy_prep, resolve_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_capped_loaders_caps_the_pipelines_loaders_and_restores_it(jpegs, tmp_pa
                            paper.CIFAR.train_mean, paper.CIFAR.train_std, "")
     config = resolve_config(dict(dataset="cifar10", out=str(tmp_path / "out"), selection="random", count=40,
                                  batch_size=4, device="cpu"))
-    split = pipeline.ProxySplit(np.arange(40), np.arange(0, 40, 2), np.arange(1, 40, 2))
+    split = proxy_prep.ProxySplit(np.arange(40), np.arange(0, 40, 2), np.arange(1, 40, 2))
     original = pipeline.build_loaders
     with pytest.raises(KeyError):
         with bench.capped_loaders(3):
@@ -127,7 +127,7 @@ def test_benchmark_selects_the_proxy_the_search_pipeline_selects(jpegs, tmp_path
     _, labels = jpegs
     mine = bench.select_proxy()
     config = bench.search_config(tmp_path / "out")
-    split, _ = pipeline.select_proxy(config, LabelsOnly(labels), bench.ENTROPY_FILE)
+    split, _ = proxy_prep.select_proxy(config, LabelsOnly(labels), bench.ENTROPY_FILE)
     for part in ("selected", "weights", "arch"):
         np.testing.assert_array_equal(getattr(mine, part), getattr(split, part))
     assert len(mine.selected) == 5000 and len(mine.weights) == len(mine.arch) == 2500

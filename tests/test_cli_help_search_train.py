@@ -10,7 +10,8 @@ import pytest
 
 from cli_process import child_env
 from proxynas_fast.darts.genotypes import list_genotypes
-from proxynas_fast.search.config import PRESETS, build_parser
+from proxynas_fast.search.cli_args import build_parser
+from proxynas_fast.search.config import PRESETS
 from proxynas_fast.train.config import _CPU_DEMO, describe_preset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -100,7 +100,7 @@ def test_search_refuses_a_bin_width_that_is_not_a_positive_number(width):
 
 
 def test_search_selection_refuses_an_absurd_histogram(small_file):
-    from proxynas_fast.search.pipeline import select_proxy
+    from proxynas_fast.search.proxy_prep import select_proxy
 
     class Data:
         labels = np.zeros(50000, np.int64)

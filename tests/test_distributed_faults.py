@@ -232,7 +232,7 @@ def test_sync_bn_and_dist_timeout_flags_are_checked():
 def test_a_run_saved_before_the_new_options_resumes(tmp_path):
     import json
 
-    from proxynas_fast.search.pipeline import check_out_dir
+    from proxynas_fast.search.resume import check_out_dir
 
     out = tmp_path / "old"
     out.mkdir()

@@ -11,7 +11,7 @@ import torch
 
 from proxynas_fast.data import ArrayDataset, DatasetError, LazyImageDataset, load_dataset
 from proxynas_fast.data import lazy as lazy_module
-from proxynas_fast.search import pipeline, resolve_config, run_search
+from proxynas_fast.search import data_setup, proxy_prep, resolve_config, run_search
 from proxynas_fast.search.outputs import read_log
 from proxynas_fast.train.config import TrainConfig
 from proxynas_fast.train.data import build_loaders as build_train_loaders
@@ -86,14 +86,14 @@ def test_proxy_examples_decode_the_halves_of_a_lazy_set_and_keep_their_order(tmp
     root = _tiny_cifar(tmp_path / "c10", cifar10_jpeg_dir, per_class=3)
     lazy = load_dataset("cifar10", root, "train", download=False, lazy=True)
     eager = load_dataset("cifar10", root, "train", download=False)
-    split = pipeline.ProxySplit(np.array([1, 4, 8, 20]), np.array([4, 20]), np.array([1, 8]))
-    proxy, local = pipeline.proxy_examples(lazy, split)
+    split = proxy_prep.ProxySplit(np.array([1, 4, 8, 20]), np.array([4, 20]), np.array([1, 8]))
+    proxy, local = data_setup.proxy_examples(lazy, split)
     assert decoded == [30, 4] and len(proxy) == 4  # the eager load, then only the four
     for part, here in ((split.weights, local.weights), (split.arch, local.arch)):
         np.testing.assert_array_equal(proxy.images[here], eager.images[part])
         np.testing.assert_array_equal(proxy.labels[here], eager.labels[part])
-    everything = pipeline.ProxySplit(np.arange(30), np.arange(0, 30, 2), np.arange(1, 30, 2))
-    whole, same = pipeline.proxy_examples(lazy, everything)  # the whole set: decoded (a cache hit here)
+    everything = proxy_prep.ProxySplit(np.arange(30), np.arange(0, 30, 2), np.arange(1, 30, 2))
+    whole, same = data_setup.proxy_examples(lazy, everything)  # the whole set: decoded (a cache hit here)
     assert isinstance(whole, ArrayDataset) and same is everything and decoded == [30, 4]
     np.testing.assert_array_equal(whole.images, eager.images)
 
@@ -118,7 +118,7 @@ def test_search_decodes_only_its_proxy_and_matches_a_full_decode(cifar10_jpeg_di
     monkeypatch.setattr(LazyImageDataset, "_decode_cached", lambda self, files: sizes.append(len(files))
                         or real(self, files))
     with monkeypatch.context() as m:  # forced to decode the whole training set (from the user's cache, if there)
-        m.setattr(pipeline, "needs_all_images", lambda config: True)
+        m.setattr(data_setup, "needs_all_images", lambda config: True)
         full = _search(cifar10_jpeg_dir, entropy_file, tmp_path / "full_decode")
     assert sizes == [50000]
     sizes.clear()
@@ -137,7 +137,7 @@ def test_the_pipeline_decodes_everything_only_when_it_scores_the_training_set(ci
     entropy = resolve_config(dict(base, entropy_file="e.txt", selection="p1"))
     scored = resolve_config(dict(base, scorer_checkpoint="scorer.pt", selection="p1"))
     random = resolve_config(dict(base, selection="random"))
-    assert [pipeline.needs_all_images(c) for c in (entropy, scored, random)] == [False, True, False]
+    assert [data_setup.needs_all_images(c) for c in (entropy, scored, random)] == [False, True, False]
 
 
 def test_training_with_limits_decodes_only_the_examples_it_uses(cifar10_jpeg_dir, tmp_path, cache, decoded):

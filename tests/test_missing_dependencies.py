@@ -75,3 +75,19 @@ def test_torch_clis_without_torch_say_so_and_write_nothing(tmp_path, module, arg
                                   "installed for ")
     assert done.stderr.rstrip().endswith("-m pip install torch pillow")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shim"]
+
+
+@pytest.mark.parametrize("stage, alias, hide, args", [
+    ("scoring", "score", "torch,PIL", ["--dataset", "cifar10", "--checkpoint", "scorer.th", "--out", "entropy.txt"]),
+    ("scoring.train_scorer", "train_scorer", "torch,PIL", ["--dataset", "cifar10", "--out", "scorer.th"]),
+    ("selection", "select", "matplotlib", ["--entropy-file", "e.txt", "--count", "2", "--out", "proxy"]),
+])
+def test_stage_package_clis_check_dependencies_before_their_package_loads(tmp_path, stage, alias, hide, args):
+    """`python -m proxynas_fast.<stage package>` runs the package's __init__ before the CLI: it must not need
+    what the CLI checks for (the scoring package's networks load on first use), so the answer is the alias's one
+    line."""
+    done = _run(tmp_path, hide, stage, args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: python -m proxynas_fast.{alias} needs ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shim"]

@@ -199,7 +199,7 @@ def test_same_tool_file_outputs_replace_their_own_kind(tmp_path, scores, scorer,
 
 
 def test_a_failed_run_leaves_no_folder_holding_only_its_stamp(tmp_path, scores, capsys, monkeypatch):
-    from proxynas_fast import select as select_cli
+    from proxynas_fast.selection import __main__ as select_cli  # the select CLI's code
 
     def fails(*args, **kwargs):
         raise ValueError("the selection failed")

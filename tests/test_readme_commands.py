@@ -2,6 +2,7 @@
 (select, on the paper's CIFAR-10 entropy file in place of `entropy.txt`) runs verbatim and writes where
 .gitignore covers it. The expensive ones (install, a search, training) are what CI and the lead run."""
 import importlib
+import os
 import re
 import shlex
 import shutil
@@ -20,7 +21,7 @@ PARSERS = {
     "proxynas_fast.train_scorer": "proxynas_fast.train_scorer",
     "proxynas_fast.score": "proxynas_fast.score",
     "proxynas_fast.select": "proxynas_fast.select",
-    "proxynas_fast.search": "proxynas_fast.search.config",
+    "proxynas_fast.search": "proxynas_fast.search.cli_args",
     "proxynas_fast.train": "proxynas_fast.train.__main__",
 }
 

@@ -13,7 +13,7 @@ import pytest
 
 from proxynas_fast.run_folder import hold_output
 from proxynas_fast.search.__main__ import main
-from proxynas_fast.search.run_ownership import resume_differences
+from proxynas_fast.search.resume import resume_differences
 from cli_process import child_env, interrupt_when, wait_for
 from read_only import read_only_folder
 

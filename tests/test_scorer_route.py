@@ -12,7 +12,7 @@ from proxynas_fast import score, train_scorer
 from proxynas_fast.scorer_weights import TORCHVISION_MODELS_URL, TORCHVISION_RESNET50_FILES
 from proxynas_fast.scoring import CheckpointError, load_scorer, resnet18, resnet50
 from proxynas_fast.scoring import score_run
-from proxynas_fast.search.config import build_parser
+from proxynas_fast.search.cli_args import build_parser
 
 STORED_LAYOUT = Path(__file__).resolve().parent / "data" / "torchvision_resnet50_state_dict.json"
 

@@ -10,7 +10,7 @@ from proxynas_fast.darts import (DARTS_CIFAR_SEARCH, PCDARTS_CIFAR_SEARCH, Netwo
 from proxynas_fast.search import (PAPER_DEFAULTS, SearchConfig, SearchError, build_parser, default_backend,
                                   get_strategy, list_strategies, resolve_config)
 from proxynas_fast.search.__main__ import main
-from proxynas_fast.search.config import overrides_from_args
+from proxynas_fast.search.cli_args import overrides_from_args
 
 BASE = {"dataset": "cifar10", "out": "runs/x", "entropy_file": "e.txt"}
 
@@ -173,7 +173,7 @@ def test_list_strategies(capsys):
 
 def test_resume_refuses_changed_options(tmp_path):
     from proxynas_fast.search.outputs import write_config
-    from proxynas_fast.search.pipeline import check_out_dir
+    from proxynas_fast.search.resume import check_out_dir
 
     out = tmp_path / "run"
     saved = resolve_config(dict(BASE, out=str(out), epochs=3))

@@ -30,8 +30,9 @@ from proxynas_fast.darts import get_genotype
 from proxynas_fast.search import SearchConfig
 from proxynas_fast.search.distributed import DistContext
 from proxynas_fast.search.outputs import read_log
-from proxynas_fast.search.pipeline import (build_components, build_loaders, load_train_set, read_saved_split,
-                                           seed_everything)
+from proxynas_fast.search.components import build_components, seed_everything
+from proxynas_fast.search.data_setup import build_loaders, load_train_set
+from proxynas_fast.search.proxy_prep import read_saved_split
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,7 @@ import pytest
 from proxynas_fast.entropy_file import read_entropy_file
 from proxynas_fast.search import SearchError
 from proxynas_fast.search.__main__ import main
-from proxynas_fast.search.pipeline import check_entropy_matches
+from proxynas_fast.search.proxy_prep import check_entropy_matches
 
 
 @pytest.fixture(scope="module")

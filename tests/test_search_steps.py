@@ -134,7 +134,7 @@ def test_the_searchs_weight_optimiser_steps_all_weights_at_once_bitwise_like_the
     """`build_components` makes the weight optimiser with foreach=True: on CPU, torch's default is the
     per-tensor loop (about 4 Python-dispatched ops per weight tensor and step; the ImageNet search network has
     555 of them). The updates are bitwise those of the loop."""
-    from proxynas_fast.search.pipeline import build_components
+    from proxynas_fast.search.components import build_components
 
     cpu = torch.device("cpu")
     config = resolve_config(dict(dataset="imagenet", out="unused", selection="random", layers=3, init_channels=8))

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import proxynas_fast.select as select_cli
+from proxynas_fast.selection import __main__ as select_cli  # the select CLI's code
 from proxynas_fast.entropy_file import read_entropy_file
 from proxynas_fast.run_folder import hold_output
-from proxynas_fast.select import DEFAULT_OUT, SUMMARY_BIN_WIDTH, build_parser, main
+from proxynas_fast.select import build_parser, main
+from proxynas_fast.selection.__main__ import DEFAULT_OUT, SUMMARY_BIN_WIDTH
 from read_only import read_only_folder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -56,7 +56,8 @@ def test_row_order_and_layout_do_not_change_the_selection(cifar10_file, tmp_path
 
 
 def test_select_and_search_share_one_default_seed():
-    from proxynas_fast.search.config import SearchConfig, build_parser as search_parser
+    from proxynas_fast.search.cli_args import build_parser as search_parser
+    from proxynas_fast.search.config import SearchConfig
 
     assert select_parser().parse_args([]).seed == DEFAULT_SEED == SearchConfig("cifar10", "x").seed
     assert f"default {DEFAULT_SEED}" in search_parser().format_help()
@@ -79,7 +80,7 @@ def test_select_equals_the_search_pipelines_own_selection(cifar10_file, tmp_path
     from proxynas_fast.entropy_file import read_entropy_file
     from proxynas_fast.search.config import resolve_config
     from proxynas_fast.search.distributed import DistContext
-    from proxynas_fast.search.pipeline import _select_and_write
+    from proxynas_fast.search.proxy_prep import select_and_write_proxy
 
     selected = tmp_path / "select"
     assert select_main(["--entropy-file", str(cifar10_file), "--method", method, "--dataset", "cifar10",
@@ -88,7 +89,7 @@ def test_select_equals_the_search_pipelines_own_selection(cifar10_file, tmp_path
     config = resolve_config({"dataset": "cifar10", "out": str(searched), "entropy_file": str(cifar10_file),
                              "selection": method})  # no seed, no portion: search's defaults
     labels = read_entropy_file(cifar10_file).sorted_by_index().label
-    split = _select_and_write(config, _Labels(labels), searched, DistContext(0, 1, 0, torch.device("cpu")),
+    split = select_and_write_proxy(config, _Labels(labels), searched, DistContext(0, 1, 0, torch.device("cpu")),
                               cifar10_file)
     assert len(split.selected) == 5000
     for name in PROXY_FILES.values():

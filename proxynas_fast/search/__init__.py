@@ -9,7 +9,8 @@ Several processes (DDP; gloo on CPU, NCCL on GPU; --batch-size is per process, o
 
 From Python: `run_search(resolve_config({"dataset": "cifar10", "out": "runs/x", ...}))`.
 """
-from .config import PAPER_DEFAULTS, PRESETS, SearchConfig, build_parser, default_backend, resolve_config
+from .cli_args import build_parser
+from .config import PAPER_DEFAULTS, PRESETS, SearchConfig, default_backend, resolve_config
 from .errors import SearchError
 from .strategies import SearchStrategy, get_strategy, list_strategies
 

@@ -8,7 +8,8 @@ from proxynas_fast.cli_errors import run_cli
 from proxynas_fast.dependencies import refuse_missing
 from proxynas_fast.threads import configure_threads
 
-from .config import build_parser, overrides_from_args, resolve_config
+from .cli_args import build_parser, overrides_from_args
+from .config import resolve_config
 from .errors import SearchError
 from .strategies import get_strategy, list_strategies
 
@@ -35,8 +36,9 @@ def main(argv=None) -> int:
     from proxynas_fast.loaders import ImageFileError
     from proxynas_fast.loaders.image_store import ImageStoreError
 
-    from .pipeline import RESUME_MAY_DIFFER, run_search
-    from .run_ownership import finished_run_message, interrupted_message
+    from .pipeline import run_search
+    from .resume import RESUME_MAY_DIFFER, finished_run_message
+    from .run_ownership import interrupted_message
 
     print(f"threads: {threads.describe()}", flush=True)
 

@@ -12,14 +12,17 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
-import torch
 
 from proxynas_fast.atomic import atomic_torch_save
+from proxynas_fast.darts.genotypes import genotype_to_dict
+from proxynas_fast.rng import capture_rng_state, restore_rng_state
 from proxynas_fast.safe_load import UnsafeFileError, load_plain
 
 from .errors import SearchError
 
 CHECKPOINT_NAME = "checkpoint.pt"
+
+
 FORMAT_VERSION = 1
 
 
@@ -27,6 +30,37 @@ def save_checkpoint(path, state: Dict[str, Any]) -> None:
     """torch.save into a temporary file beside `path`, fsync, then rename over it: a reader (or a resume
     after a crash) sees the old checkpoint or the new one, never a partial file."""
     atomic_torch_save(dict(state, format_version=FORMAT_VERSION), path)
+
+
+def checkpoint_state(parts, loaders, epochs_done: int, config) -> Dict[str, Any]:
+    """What checkpoint.pt holds after `epochs_done` epochs: `parts` (the search's model, optimisers, schedule and
+    architect), the loaders' positions, the RNG states and the options (`config.to_dict()`)."""
+    return {
+        "epochs_done": epochs_done,
+        "config": config.to_dict(),
+        "model": parts.model.state_dict(),
+        "arch": parts.model.arch_state(),
+        "optimizer": parts.optimizer.state_dict(),
+        "arch_optimizer": parts.architect.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "loaders": {k: loader.state_dict() for k, loader in loaders.items()},
+        "rng": capture_rng_state(),
+        "genotype": genotype_to_dict(parts.model.genotype()),
+    }
+
+
+def restore_state(state: Dict[str, Any], parts, loaders) -> int:
+    """Put a checkpoint's state back into `parts` and the loaders, and the RNGs; the epochs it had done."""
+    parts.model.load_state_dict(state["model"])
+    parts.model.load_arch_state(state["arch"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.architect.optimizer.load_state_dict(state["arch_optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    for key, loader in loaders.items():
+        if key in state["loaders"]:
+            loader.load_state_dict(state["loaders"][key])
+    restore_rng_state(state["rng"])
+    return int(state["epochs_done"])
 
 
 def load_checkpoint(path, map_location: Any = "cpu") -> Dict[str, Any]:
@@ -76,21 +110,3 @@ def proxy_fingerprint(weights, arch) -> Dict[str, Any]:
         h.update(a.tobytes())
         h.update(b"|")
     return {"weights": int(len(weights)), "arch": int(len(arch)), "sha1": h.hexdigest()[:16]}
-
-
-def check_same_proxy(state: Dict[str, Any], weights, arch, path, proxy_folder) -> None:
-    """Refuse to resume a checkpoint on other proxy halves than the ones it was trained on (the proxy files in
-    --out replaced or edited). Checkpoints written before the fingerprint existed are checked by size."""
-    now = proxy_fingerprint(weights, arch)
-    saved = state.get("proxy")
-    if saved is None:
-        sizes = {k: (state.get("loaders", {}).get(k) or {}).get("num_examples") for k in ("weights", "arch")}
-        saved = {k: v for k, v in sizes.items() if v is not None}
-        now = {k: now[k] for k in saved}
-    if saved != now:
-        def show(f):
-            return f"{f.get('weights', '?')} weights / {f.get('arch', '?')} architecture examples" + (
-                f", hash {f['sha1']}" if "sha1" in f else "")
-
-        raise SearchError(f"--resume: the proxy files in {proxy_folder} ({show(now)}) are not those {path} was "
-                          f"trained on ({show(saved)}); put the run's proxy files back or start a new --out")

@@ -13,13 +13,15 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from proxynas_fast.atomic import atomic_torch_save, atomic_write, atomic_write_text
 from proxynas_fast.darts.genotypes import PRIMITIVES, Genotype, genotype_to_dict
+
+from .timing import PhaseTimes
 
 LOG_NAME = "log.jsonl"
 CONFIG_NAME = "config.json"
@@ -344,3 +346,17 @@ def draw_genotype(out_dir, genotype: Genotype, title_prefix: str = "") -> Dict[s
         path = Path(out_dir) / filename
         out[kind] = path if _shows(path, _drawing_key(edges, concat, title)) else draw_cell(edges, concat, path, title)
     return out
+
+
+def write_results(out_dir: Path, model, config, epochs_done: int, times: Optional[PhaseTimes] = None) -> Genotype:
+    """genotype.json and alphas.pt of the search network `model` after `epochs_done` epochs of `config`, then the
+    cell drawings (timed as outputs `genotype` and `graphs`)."""
+    times = times or PhaseTimes()
+    with times.phase("outputs", "genotype"):
+        genotype = model.genotype()
+        write_genotype(out_dir, genotype, dataset=config.dataset, strategy=config.strategy,
+                       epochs_done=epochs_done, epochs=config.epochs, finished=epochs_done >= config.epochs)
+        save_alphas(out_dir, model)
+    with times.phase("outputs", "graphs"):
+        draw_genotype(out_dir, genotype, title_prefix=f"{config.strategy} on {config.dataset}: ")
+    return genotype
