@@ -213,7 +213,7 @@ def _finish(config: SearchConfig, ctx: DistContext, parts: SearchComponents, log
             start_epoch: int, times: PhaseTimes) -> Any:
     """The final genotype; checks every rank ends with the same network; the end record and lines."""
     genotype = parts.model.genotype()
-    # Every rank must end with the same network; measured, not assumed.
+    # Every rank must end with the same network; checked, not assumed.
     rank_diff = {"alphas": max_difference_from_rank0(parts.model.arch_parameters(), ctx),
                  "weights": max_difference_from_rank0(parts.model.weights_parameters(), ctx)}
     if ctx.is_main:
