@@ -51,6 +51,7 @@ def test_compile_check_rejects_bit_cast_and_accepts_the_memcpy_form(tmp_path):
     assert "bit_cast" in failed[bad]
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 @needs_gxx
 def test_csrc_compiles_as_cxx17_against_torch_2_11_headers():
     """Every csrc .cpp, g++ -std=c++17 -fsyntax-only against a C++17 torch's headers. CI fills the header cache

@@ -96,6 +96,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 @pytest.mark.parametrize("fault, timeout, what", [("die", "120", "another rank died"),
                                                   ("freeze", "30", "another rank did not answer")])
 def test_a_dead_or_frozen_rank_ends_the_survivor_with_one_line_and_the_resume_command(cifar10_jpeg_dir, tmp_path,
@@ -124,6 +125,7 @@ def test_a_dead_or_frozen_rank_ends_the_survivor_with_one_line_and_the_resume_co
                      f"{' '.join(args)} --resume"], err[-3000:]
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_torchrun_max_restarts_resumes_from_the_checkpoint_without_resume(cifar10_jpeg_dir, tmp_path):
     out, driver = tmp_path / "ddp", tmp_path / "driver.py"
     driver.write_text(DRIVER)

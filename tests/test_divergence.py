@@ -158,6 +158,7 @@ def test_train_scorer_refuses_flags_before_any_work(tmp_path, capsys, flag, valu
     assert not out.exists()
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 def test_train_scorer_diverging_writes_no_scorer(cifar10_jpeg_dir, tmp_path):
     out = tmp_path / "s.th"
     proc = run_module("proxynas_fast.train_scorer", "--dataset", "cifar10", "--data-dir", cifar10_jpeg_dir,

@@ -41,6 +41,7 @@ def _install(root: Path, env) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow  # a whole CLI run or long check: CI runs it with -m slow
 @pytest.mark.skipif(not list((REPO / "proxynas_fast").glob("_C*.so")), reason="the extension is not built here")
 def test_second_install_skips_packages_and_build(tmp_path):
     root = _copy_sources(tmp_path)
