@@ -7,7 +7,7 @@ No torch here: the checks run before torch loads.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 # numpy's legacy seeding takes [0, 2**32 - 1]; python's and torch's take it too.
 MAX_SEED = 2 ** 32 - 1
@@ -50,3 +50,16 @@ def seed(value) -> Optional[str]:
 def at_most(value, limit: int, what: str) -> Optional[str]:
     """Sizes beyond `limit` (absurd for this search space: they exhaust memory before a step runs)."""
     return None if value <= limit else f"{value} is over the maximum of {limit} {what}"
+
+
+SIZE_CAPS = (("layers", MAX_LAYERS, "cells"), ("init_channels", MAX_INIT_CHANNELS, "channels"),
+             ("batch_size", MAX_BATCH_SIZE, "examples"))
+
+
+def size_problems(config) -> Iterator[Tuple[str, str]]:
+    """(field, problem) for each of the network and batch sizes of `config` (a search or train configuration)
+    over its cap."""
+    for name, limit, what in SIZE_CAPS:
+        problem = at_most(getattr(config, name), limit, what)
+        if problem:
+            yield name, problem

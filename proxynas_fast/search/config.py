@@ -226,12 +226,8 @@ class SearchConfig:
         if adam_step > number_flags.FLOAT32_MAX:
             _bad("arch_learning_rate", f"{self.arch_learning_rate:g} makes Adam's first step {adam_step:.3g}, beyond "
                                        f"float32's range (at most {number_flags.FLOAT32_MAX:.3g})")
-        for name, limit, what in (("layers", number_flags.MAX_LAYERS, "cells"),
-                                  ("init_channels", number_flags.MAX_INIT_CHANNELS, "channels"),
-                                  ("batch_size", number_flags.MAX_BATCH_SIZE, "examples")):
-            problem = number_flags.at_most(getattr(self, name), limit, what)
-            if problem:
-                _bad(name, problem)
+        for name, problem in number_flags.size_problems(self):
+            _bad(name, problem)
 
     def _validate_run(self) -> None:
         if self.image_size is not None:

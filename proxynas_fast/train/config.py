@@ -108,12 +108,8 @@ class TrainConfig:
             problem = check(getattr(self, name))
             if problem:
                 bad(name, problem + (" (0 turns clipping off)" if name == "grad_clip" else ""))
-        for name, limit, what in (("layers", number_flags.MAX_LAYERS, "cells"),
-                                  ("init_channels", number_flags.MAX_INIT_CHANNELS, "channels"),
-                                  ("batch_size", number_flags.MAX_BATCH_SIZE, "examples")):
-            problem = number_flags.at_most(getattr(self, name), limit, what)
-            if problem:
-                bad(name, problem)
+        for name, problem in number_flags.size_problems(self):
+            bad(name, problem)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
