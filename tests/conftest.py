@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,12 @@ def pytest_configure(config):
     # Subprocesses started by tests (CLIs, torchrun ranks) run tiny configurations: one intra-op thread each.
     # With two, a busy machine stalls them in spin-waits (a 30 s search took over 300 s).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # A suite started in the background by a shell without job control inherits SIGINT ignored, and so would every
+    # CLI a test starts: CPython leaves an ignored SIGINT ignored, so the Ctrl-C tests' children would never see
+    # a KeyboardInterrupt and run to the end. A handler here is reset to the default action at exec, so the
+    # children start as from a terminal.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
